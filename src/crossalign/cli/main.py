@@ -1,0 +1,69 @@
+"""The ``crossalign`` console script: one parser, one module per command.
+
+Heavy libraries are imported inside the command that needs them, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+# command name -> module under crossalign.cli that defines add_parser(sub) and run(args)
+COMMANDS = {
+    "train": "train",
+    "evaluate": "evaluate",
+    "data": "data",
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossalign", description="Train, evaluate and serve CLIP-style image-text alignment.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        importlib.import_module(f"crossalign.cli.{module}").add_parser(sub)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from crossalign.data.formats import DataError
+    from crossalign.data.transforms import ImageError
+
+    errors: list[type[BaseException]] = [UserError, DataError, ImageError, FileNotFoundError, ValueError, KeyError]
+    try:
+        from crossalign.train.checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(message)s", force=True)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"crossalign {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Typed run configuration: one dataclass per component, YAML load/save, dotted overrides.
+
+The resolved config is written into every run folder (``config.yaml``) so a run can be
+reproduced, resumed and evaluated with exactly the settings it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DataConfig",
+    "ImageTowerConfig",
+    "TextTowerConfig",
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "CacheConfig",
+    "RunConfig",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "default_cache_dir",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from and how they are split."""
+
+    format: str = "auto"
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    group_column: str = ""  # optional: keep all rows sharing this label in one split
+    strict: bool = False  # fail on the first bad row instead of skipping it
+    max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
+
+
+@dataclass
+class ImageTowerConfig:
+    """Image tower: a registered name plus how much of it trains."""
+
+    tower: str = "efficientnet_lite0"
+    pretrained: bool = True
+    freeze: str = "frozen"  # frozen | trainable | last:N
+    checkpoint: str = ""  # optional local weights file
+    image_size: int = 0  # 0 = the tower's own default
+
+
+@dataclass
+class TextTowerConfig:
+    """Text tower: a registered name plus pooling, token limit and freezing."""
+
+    tower: str = "minilm"
+    pretrained: bool = True
+    freeze: str = "frozen"
+    pooling: str = "mean"  # mean | cls | pooler
+    max_tokens: int = 256
+    checkpoint: str = ""
+
+
+@dataclass
+class ModelConfig:
+    """Dual encoder: both towers, their heads and the logit scale."""
+
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    embed_dim: int = 256
+    head: str = "linear"  # linear | mlp | none
+    head_hidden: int = 1024
+    head_dropout: float = 0.1
+    logit_scale_init: float = 1 / 0.07
+    logit_scale_max: float = 100.0
+    learn_logit_scale: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Contrastive objective."""
+
+    name: str = "clip"  # clip | siglip
+    margin: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    early_stopping: bool = True
+    patience: int = 4
+    monitor: str = "rsum"  # validation metric to maximise
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    eval_batch_size: int = 128
+
+
+@dataclass
+class CacheConfig:
+    """On-disk cache of frozen-tower outputs."""
+
+    enabled: bool = True
+    dir: str = ""  # empty = $CROSSALIGN_CACHE_DIR or ~/.cache/crossalign
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+def default_cache_dir(cfg: CacheConfig) -> Path:
+    """Resolve the feature-cache folder."""
+    if cfg.dir:
+        return Path(cfg.dir).expanduser()
+    env = os.environ.get("CROSSALIGN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "crossalign"
+
+
+def to_dict(cfg: Any) -> dict:
+    """Dataclass tree to plain dicts and lists (tuples become lists for YAML)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to a field's declared type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config: {where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        args = typing.get_args(tp)
+        return tuple(_coerce(x, args[0], where) for x in items)
+    if tp is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"config: {where} expects true/false, got {value!r}")
+        return bool(value)
+    if tp in (int, float):
+        try:
+            return tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config: {where} expects {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build a dataclass from a (partial) dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {sorted(unknown)} in {where or 'top level'}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}".lstrip("."))
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key.sub=value`` strings (``--set``) to a config, returning a new one."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ValueError(f"config: unknown section {p!r} in {key!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"config: unknown key {key!r}; known here: {sorted(node)}")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return from_dict(RunConfig, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then a YAML file (if given), then ``--set`` overrides."""
+    cfg = RunConfig()
+    if path:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        cfg = from_dict(RunConfig, data, "")
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from crossalign._io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""crossalign.data."""

@@ -1,0 +1,70 @@
+"""Train/val/test assignment: given split files win, otherwise a seeded split by group.
+
+All captions of an image (or of a group such as a movie id) always land in one split,
+so no held-out caption describes an image the model trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+from crossalign.data.table import SPLITS, PairTable
+
+__all__ = ["assign_splits", "read_split_files", "write_split_files"]
+
+
+def read_split_files(folder: str | Path) -> dict[str, str]:
+    """Map image id -> split from ``folder/{train,val,test}.txt`` (one id per line)."""
+    folder = Path(folder)
+    mapping: dict[str, str] = {}
+    for name in SPLITS:
+        path = folder / f"{name}.txt"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            key = line.strip()
+            if key:
+                mapping[key] = name
+    return mapping
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) for a key (independent of row order)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(table: PairTable, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  group_column: str = "", only_unassigned: bool = True) -> PairTable:
+    """Fill ``table.split`` deterministically by group (image id unless a label column is named).
+
+    Groups are sorted by a seeded hash and cut at the cumulative ratios, so the split of
+    an image does not change when other images are added or removed.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"split ratios must be three non-negative numbers, got {ratios}")
+    if group_column and group_column not in table.labels:
+        raise ValueError(f"group column {group_column!r} not in the data; available: {sorted(table.labels)}")
+    total = float(sum(ratios))
+    groups = table.labels[group_column] if group_column else table.image_id
+    todo = sorted({str(g) for g, s in zip(groups, table.split) if not (only_unassigned and s)})
+    order = sorted(todo, key=lambda g: _unit_hash(g, seed))
+    cut1 = round(len(order) * ratios[0] / total)
+    cut2 = cut1 + round(len(order) * ratios[1] / total)
+    chosen = {g: ("train" if i < cut1 else "val" if i < cut2 else "test") for i, g in enumerate(order)}
+    for i, g in enumerate(groups):
+        if not (only_unassigned and table.split[i]):
+            table.split[i] = chosen[str(g)]
+    return table
+
+
+def write_split_files(table: PairTable, folder: str | Path) -> None:
+    """Write ``{train,val,test}.txt`` (image ids) so a later stage uses exactly these items."""
+    from crossalign._io import atomic_write_text
+
+    folder = Path(folder)
+    for name in SPLITS:
+        ids = list(dict.fromkeys(i for i, s in zip(table.image_id, table.split) if s == name))
+        atomic_write_text(folder / f"{name}.txt", "".join(f"{i}\n" for i in ids))

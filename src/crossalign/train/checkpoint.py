@@ -1,0 +1,96 @@
+"""Checkpoints: weights in safetensors, everything else in JSON. Nothing is unpickled.
+
+A frozen pretrained tower is not copied into every run: its weights come back from
+their source, and the fingerprint stored beside the checkpoint proves they are the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossalign._io import atomic_path, atomic_write_json
+from crossalign.config import RunConfig, load_config
+from crossalign.models.dual import DualEncoder, build_model, is_frozen
+
+__all__ = ["save_model", "load_model", "checkpoint_state", "CheckpointError"]
+
+
+class CheckpointError(RuntimeError):
+    """A run folder whose weights cannot be restored; the message says why."""
+
+
+def _skipped_prefixes(model: DualEncoder) -> list[str]:
+    """State-dict prefixes of towers that are frozen and rebuilt from their pretrained source."""
+    out = []
+    for side in ("image", "text"):
+        tcfg = getattr(model.cfg, side)
+        if is_frozen(tcfg.freeze) and (tcfg.pretrained or tcfg.checkpoint):
+            out.append(f"{side}_tower.")
+    return out
+
+
+def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint must hold to restore ``model``."""
+    skip = _skipped_prefixes(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not any(k.startswith(p) for p in skip)}
+
+
+def _tower_fingerprints(model: DualEncoder) -> dict[str, str]:
+    from crossalign.features import tower_fingerprint
+
+    return {
+        "image": tower_fingerprint(model.image_tower, model.image_tower.data_config),
+        "text": tower_fingerprint(model.text_tower, model.text_tower.preprocess_config()),
+    }
+
+
+def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -> None:
+    """Write ``path`` (safetensors) and ``path`` with ``.json`` (meta + tower fingerprints)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(checkpoint_state(model), str(tmp))
+    info = dict(meta or {})
+    info["skipped"] = _skipped_prefixes(model)
+    info["fingerprints"] = {side: fp for side, fp in _tower_fingerprints(model).items()
+                            if f"{side}_tower." in info["skipped"]}
+    atomic_write_json(path.with_suffix(".json"), info)
+
+
+def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tuple[DualEncoder, RunConfig]:
+    """Rebuild the model of a run folder from its ``config.yaml`` and ``model_<which>.safetensors``."""
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    weights = run / f"model_{which}.safetensors"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: not a run folder (config.yaml missing)")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: checkpoint not found (has the run finished an epoch?)")
+    cfg = load_config(cfg_path)
+    model = build_model(cfg.model)
+    _restore_extras(model, run)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    meta = json.loads(weights.with_suffix(".json").read_text()) if weights.with_suffix(".json").exists() else {}
+    skipped = tuple(meta.get("skipped", _skipped_prefixes(model)))
+    really_missing = [k for k in missing if not k.startswith(skipped)]
+    if really_missing or unexpected:
+        raise CheckpointError(f"{weights}: does not match the model in config.yaml "
+                              f"(missing {really_missing[:5]}, unexpected {unexpected[:5]})")
+    current = _tower_fingerprints(model) if meta.get("fingerprints") else {}
+    for side, fp in meta.get("fingerprints", {}).items():
+        if current[side] != fp:
+            raise CheckpointError(f"{weights}: the {side} tower's weights differ from the ones the run "
+                                  f"was trained with (fingerprint mismatch)")
+    return model.to(device).eval(), cfg
+
+
+def _restore_extras(model: DualEncoder, run: Path) -> None:
+    """Hook for towers that keep state outside tensors (a word-level vocabulary, say)."""
+    for tower in (model.image_tower, model.text_tower):
+        if hasattr(tower, "load_extras"):
+            tower.load_extras(run)

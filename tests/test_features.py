@@ -1,0 +1,74 @@
+"""FeatureCache: hit, miss, invalidation on changed content."""
+
+import shutil
+
+import numpy as np
+import torch
+
+from crossalign.evaluate import embed
+from crossalign.features import FeatureCache
+from crossalign.models.registry import create
+
+
+class CountingTower(torch.nn.Module):
+    """A tiny image tower that counts how many images it encoded."""
+
+    name = "counting"
+    width = 3
+    data_config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
+                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pixels):
+        self.calls += pixels.shape[0]
+        return pixels.mean((2, 3))  # [batch, 3]
+
+
+def test_cache_hit_miss_and_invalidation(tmp_path, shapes_dir):
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir / "images", data)
+    paths = sorted(str(p) for p in data.glob("*.png"))[:10]
+    tower = CountingTower()
+    first = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 10 and first.feats.shape == (10, 3) and not first.failed
+    again = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 10  # all hits
+    np.testing.assert_array_equal(first.feats, again.feats)
+    # change one file's content: only it is recomputed, and its features change
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(paths[3])
+    changed = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 11
+    assert not np.allclose(changed.feats[3], first.feats[3])
+    np.testing.assert_array_equal(changed.feats[4], first.feats[4])
+
+
+def test_unreadable_image_is_reported_not_fatal(tmp_path, shapes_dir):
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir / "images", data)
+    paths = sorted(str(p) for p in data.glob("*.png"))[:4]
+    with open(paths[1], "wb") as f:
+        f.write(b"\x89PNG broken")
+    out = embed.image_features(CountingTower(), paths, tmp_path / "cache", progress=False)
+    assert out.feats.shape == (3, 3)
+    assert paths[1] in out.failed and paths[1] in out.failed[paths[1]]
+
+
+def test_text_cache_keyed_by_tower(tmp_path):
+    tower = create("minilm")
+    texts = ["a red circle", "two blue squares", "a red circle"]
+    a = embed.text_features(tower, texts, tmp_path / "c", progress=False)
+    cache_dirs = list((tmp_path / "c").iterdir())
+    assert len(cache_dirs) == 1
+    assert len(FeatureCache(tmp_path / "c", cache_dirs[0].name)) == 2  # duplicates stored once
+    b = embed.text_features(tower, texts, tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a[0], a[2])
+    # another pooling is another tower: a new cache entry set
+    tower.pooling = "cls"
+    embed.text_features(tower, texts[:1], tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c").iterdir())) == 2
