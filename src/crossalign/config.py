@@ -86,7 +86,11 @@ class LossConfig:
     """Contrastive objective."""
 
     name: str = "clip"  # clip | siglip
-    margin: float = 0.0
+    margin: float = 0.0  # clip only: subtracted from positive similarities
+    gather_with_grad: bool = True  # exact global gradients across processes (see losses.py)
+    local_loss: bool = True  # each process scores only its own rows: [local, global] logits
+    siglip_scale_init: float = 10.0  # siglip: initial logit scale (the paper starts at 10)
+    siglip_bias_init: float = -10.0  # siglip: initial logit bias
 
 
 @dataclass
