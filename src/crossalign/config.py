@@ -41,6 +41,14 @@ class DataConfig:
     group_column: str = ""  # optional: keep all rows sharing this label in one split
     strict: bool = False  # fail on the first bad row instead of skipping it
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
+    # reader options; empty = the layout's usual name (see crossalign.data.formats)
+    image_column: str = ""  # CSV/JSONL key of the image path (filepath, image)
+    caption_column: str = ""  # CSV/JSONL key of the text (title, caption/captions; MovieLens: plot)
+    id_column: str = ""  # MovieLens: the movie id column (movieId, id, ...)
+    separator: str = ""  # CSV field separator: "," "\t" or "tab"; empty = sniffed from the header
+    image_dir: str = ""  # folder of the images, relative to the data folder, when not the usual one
+    extract_dir: str = ""  # where images from tar shards are unpacked; empty = <cache dir>/extracted
+    min_image_side: int = 16  # data check: images with a shorter side are reported as tiny
 
 
 @dataclass

@@ -1,29 +1,57 @@
 """Train/val/test assignment: given split files win, otherwise a seeded split by group.
 
 All captions of an image (or of a group such as a movie id) always land in one split,
-so no held-out caption describes an image the model trained on.
+so no held-out caption describes an image the model trained on. Split names from the
+usual sources are mapped to ours: Karpathy's ``restval`` goes to train, Flickr's ``dev``
+to val.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Sequence
 
 from crossalign.data.table import SPLITS, PairTable
 
-__all__ = ["assign_splits", "read_split_files", "write_split_files"]
+__all__ = ["assign_splits", "read_split_files", "write_split_files", "normalize_split",
+           "split_from_name", "SPLIT_ALIASES"]
+
+# every name a data set uses for a split -> ours
+SPLIT_ALIASES = {
+    "train": "train", "training": "train", "restval": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+
+
+def normalize_split(name: object) -> str:
+    """``"dev"`` -> ``"val"``, ``"restval"`` -> ``"train"``; unknown or empty -> ``""``."""
+    return SPLIT_ALIASES.get(str(name or "").strip().lower(), "")
+
+
+def split_from_name(name: str) -> str:
+    """The split a file name announces (``captions_train2014.json``, ``Flickr_8k.devImages.txt``,
+    ``val-000.tar``), or ``""``; words are split at case changes, digits and punctuation."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", Path(name).name)
+    found = {normalize_split(w) for w in words} - {""}
+    return found.pop() if len(found) == 1 else ""
 
 
 def read_split_files(folder: str | Path) -> dict[str, str]:
-    """Map image id -> split from ``folder/{train,val,test}.txt`` (one id per line)."""
+    """Map image id -> split from ``folder/{train,val,test}.txt`` (one id per line).
+
+    ``dev.txt``, ``validation.txt`` and ``restval.txt`` are read too (as val, val, train).
+    """
     folder = Path(folder)
     mapping: dict[str, str] = {}
-    for name in SPLITS:
-        path = folder / f"{name}.txt"
-        if not path.exists():
+    for alias, name in SPLIT_ALIASES.items():
+        path = folder / f"{alias}.txt"
+        if not path.is_file():
             continue
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        for line in text.splitlines():
             key = line.strip()
             if key:
                 mapping[key] = name

@@ -1,43 +1,110 @@
-"""Image loading and the preprocessing each tower declares."""
+"""Image loading and the preprocessing each tower declares.
+
+:func:`load_image` is the one door every stage (training, evaluation, indexing, the
+data check) opens images through, so an image that fails here fails everywhere the same
+way: as an :class:`ImageError` naming the file, which costs that image's rows and not the
+run. What it does with the awkward cases:
+
+- CMYK and YCbCr JPEGs, palette GIFs and PNGs, WEBP, grey images: converted to RGB;
+- 16-bit PNGs: scaled to 8 bits (not clipped, which would turn most of them white);
+- transparency (RGBA, LA, a palette with a transparent colour): composited on white;
+- EXIF orientation: applied, so a phone photo is upright (a broken EXIF block is ignored);
+- more than ``max_pixels`` pixels: refused before decoding (a decompression bomb);
+- zero bytes, truncated or not an image at all: refused.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from PIL import Image, ImageOps
 
-__all__ = ["ImageError", "load_image", "eval_transform"]
+__all__ = ["ImageError", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
+
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning threshold
 
 
 class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file."""
+    """An image file that cannot be used; the message names the file.
+
+    ``kind`` says why: missing, empty_file, truncated, too_large or unreadable.
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
-def load_image(path: str, max_pixels: int = 89_478_485) -> Image.Image:
-    """Open an image as RGB, applying its EXIF rotation. Raises :class:`ImageError`."""
+def _failure(path: str, e: Exception) -> ImageError:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(f"{path}: image is over Pillow's pixel limit ({e})", "too_large")
+    if "truncated" in text.lower() or isinstance(e, EOFError):
+        return ImageError(f"{path}: image file is truncated ({text})", "truncated")
+    return ImageError(f"{path}: cannot read image ({text})", "unreadable")
+
+
+@contextmanager
+def _decoded(path: str, max_pixels: int, draft: bool = False) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
+    """An image opened and fully decoded, with its stored size; every failure becomes
+    :class:`ImageError`.
+
+    ``draft`` lets a JPEG decode at 1/8 scale: every byte of its data is still read, so
+    damage is still found, at a third less time.
+    """
     try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(f"{path}: image file is empty (0 bytes)", "empty_file")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own limit decides, before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > max_pixels:
-                    raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {max_pixels}")
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    # composite transparency on white rather than on black
-                    rgba = im.convert("RGBA")
-                    bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                    bg.paste(rgba, mask=rgba.split()[-1])
-                    return bg
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    im = im.point(lambda v: v / 256).convert("L")
-                return im.convert("RGB")
+                    raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of "
+                                     f"{max_pixels} (data.max_pixels)", "too_large")
+                size = im.size
+                if draft and im.format == "JPEG":
+                    im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+                yield im, size
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except Exception as e:  # truncated, zero bytes, not an image, bomb ...
-        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"{path}: image file not found", "missing") from None
+    except Exception as e:  # truncated, not an image, broken codec data ...
+        raise _failure(path, e) from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not cost the picture
+        pass
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        # composite transparency on white rather than on black
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.split()[-1])
+        return bg
+    if im.mode.startswith("I;16") or im.mode == "I":
+        im = im.point(lambda v: v / 256).convert("L")  # 16-bit range -> 8-bit range
+    return im.convert("RGB")
+
+
+def load_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image as RGB, applying its EXIF rotation. Raises :class:`ImageError`."""
+    with _decoded(str(path), max_pixels) as (im, _):
+        return _to_rgb(im)
+
+
+def inspect_image(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int, str]:
+    """``(width, height, mode)`` after a full decode, the cheap form of :func:`load_image`'s
+    checks (no conversion). Raises :class:`ImageError`."""
+    with _decoded(str(path), max_pixels, draft=True) as (im, size):
+        return size[0], size[1], im.mode
 
 
 def eval_transform(data_config: dict) -> Callable:

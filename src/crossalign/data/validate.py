@@ -1,20 +1,32 @@
-"""Row checks shared by training, evaluation and indexing.
+"""Row checks shared by training, evaluation, indexing and ``crossalign data check``.
 
 Default policy: a bad row is skipped with a warning that names the file and row, the
 run continues, and the number of skipped rows is reported at the end. ``strict``
 turns the first problem into an error instead.
+
+Two depths of checking. :func:`validate_rows` runs in every command and is cheap: rows
+the reader could not use (bad UTF-8, malformed lines), empty or whitespace-only
+captions, missing and zero-byte image files. :func:`check_images` decodes every image
+through the same :func:`~crossalign.data.transforms.inspect_image` door that training
+uses; ``data check`` runs it up front, training meets the same failures when it loads
+the image and drops that image's rows.
+
+A :class:`Problem` of level ``error`` cost its row; ``warning`` marks something kept
+but worth a look (a duplicate pair, a caption over the token limit, a tiny image).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 from crossalign.data.formats import DataError
 from crossalign.data.table import PairTable
+from crossalign.data.transforms import MAX_PIXELS, ImageError, inspect_image
 
-__all__ = ["Problem", "validate_rows", "report_problems"]
+__all__ = ["Problem", "validate_rows", "report_problems", "check_images", "ImageCheck"]
 
 log = logging.getLogger("crossalign.data")
 
@@ -23,9 +35,10 @@ log = logging.getLogger("crossalign.data")
 class Problem:
     """One thing wrong with one input row or file."""
 
-    kind: str  # missing_image | empty_caption | unreadable_image | ...
+    kind: str  # missing_image | empty_caption | unreadable_image | non_utf8 | ...
     where: str  # "file:row" or a file path
     detail: str
+    level: str = "error"  # error: the row is skipped; warning: kept, worth a look
 
     def message(self) -> str:
         return f"{self.where}: {self.detail}"
@@ -34,30 +47,84 @@ class Problem:
         return asdict(self)
 
 
+def _strict_error(p: Problem) -> DataError:
+    return DataError(p.message().replace("; row skipped", ""))
+
+
+def _file_sizes(paths: list[str]) -> dict[str, int]:
+    """Size of each distinct path, -1 when it is not a file."""
+    sizes: dict[str, int] = {}
+    for p in paths:
+        if p not in sizes:
+            try:
+                sizes[p] = os.stat(p).st_size if os.path.isfile(p) else -1
+            except OSError:
+                sizes[p] = -1
+    return sizes
+
+
 def validate_rows(table: PairTable, strict: bool = False) -> tuple[PairTable, list[Problem]]:
-    """Drop rows with an empty caption or a missing image file.
+    """Drop rows the reader rejected, rows with an empty caption and rows whose image file
+    is missing or empty.
 
     Returns the clean table and the problems found. With ``strict`` the first problem
     raises :class:`DataError`.
     """
-    problems: list[Problem] = []
+    problems = [Problem(**d) for d in table.meta.get("skipped", [])]
+    if strict and problems:
+        raise _strict_error(problems[0])
+    sizes = _file_sizes(table.image_path)
     keep: list[int] = []
-    exists: dict[str, bool] = {}
-    for i in range(len(table)):
-        path = table.image_path[i]
-        if path not in exists:
-            exists[path] = os.path.isfile(path)
-        if not table.caption[i] or not table.caption[i].strip():
+    for i, (path, caption) in enumerate(zip(table.image_path, table.caption)):
+        if not caption or not caption.strip():
             problems.append(Problem("empty_caption", table.origin[i], "empty caption; row skipped"))
-        elif not exists[path]:
-            problems.append(Problem("missing_image", table.origin[i],
-                                    f"image file not found: {path}; row skipped"))
+        elif sizes[path] < 0:
+            problems.append(Problem("missing_image", table.origin[i], f"image file not found: {path}; row skipped"))
+        elif sizes[path] == 0:
+            problems.append(Problem("empty_file", table.origin[i], f"image file is empty (0 bytes): {path}; "
+                                                                   f"row skipped"))
         else:
             keep.append(i)
             continue
         if strict:
-            raise DataError(problems[-1].message().replace("; row skipped", ""))
-    return table.take(keep), problems
+            raise _strict_error(problems[-1])
+    clean = table.take(keep)
+    clean.meta["skipped"] = []  # reported once, here
+    return clean, problems
+
+
+@dataclass
+class ImageCheck:
+    """What decoding one image found: its size, or why it failed."""
+
+    path: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    kind: str = ""  # "" when the image is usable, else ImageError.kind
+    message: str = ""
+
+
+def _check_one(args: tuple[str, int]) -> ImageCheck:
+    path, max_pixels = args
+    try:
+        w, h, mode = inspect_image(path, max_pixels)
+    except ImageError as e:
+        return ImageCheck(path, kind=e.kind, message=str(e))
+    return ImageCheck(path, w, h, mode)
+
+
+def check_images(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int = 0) -> list[ImageCheck]:
+    """Decode every image fully (in ``workers`` processes; 0 = one per CPU core).
+
+    Small jobs stay in this process: starting workers costs more than a few hundred decodes.
+    """
+    jobs = [(p, max_pixels) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(jobs) < 500:
+        return [_check_one(j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_check_one, jobs, chunksize=64))
 
 
 def report_problems(problems: list[Problem], limit: int = 20) -> None:
@@ -66,5 +133,6 @@ def report_problems(problems: list[Problem], limit: int = 20) -> None:
         log.warning(p.message())
     if len(problems) > limit:
         log.warning("... and %d more problems", len(problems) - limit)
-    if problems:
-        log.warning("%d row(s) skipped because of bad input", len(problems))
+    skipped = sum(p.level == "error" for p in problems)
+    if skipped:
+        log.warning("%d row(s) skipped because of bad input", skipped)

@@ -1,0 +1,4 @@
+"""One reader per layout users already have; each returns a :class:`crossalign.data.table.PairTable`.
+
+The registry, detection and :func:`read_pairs` live in :mod:`crossalign.data.formats`.
+"""
