@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "data": "data",
+    "report": "report",
 }
 
 
