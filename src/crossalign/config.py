@@ -23,6 +23,7 @@ __all__ = [
     "LossConfig",
     "TrainConfig",
     "CacheConfig",
+    "AugmentConfig",
     "RunConfig",
     "load_config",
     "save_config",
@@ -128,6 +129,29 @@ class CacheConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation (see ``crossalign.data.augment``); probabilities in [0, 1]."""
+
+    image: bool = False
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # area fraction of the random crop
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # aspect ratio range of the random crop
+    crop_prob: float = 1.0
+    brightness: float = 0.4  # colour jitter strengths, as torchvision's ColorJitter
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    flip_prob: float = 0.0  # off by default: captions often say "left" and "right"
+    text: bool = False
+    text_prob: float = 0.5  # chance that a caption is augmented at all
+    synonym_prob: float = 0.1  # per content word: replace with a WordNet synonym
+    word_dropout: float = 0.1  # per word: drop it (never all words)
+    wordnet_dir: str = ""  # empty = $CROSSALIGN_WORDNET_DIR or /usr/share/wordnet
+    cached_views: int = 4  # frozen image tower: augmented views per image kept in the feature cache
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs."""
 
@@ -136,6 +160,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 def default_cache_dir(cfg: CacheConfig) -> Path:
