@@ -10,11 +10,11 @@ import torch
 
 from crossalign.config import RunConfig, load_config
 
-__all__ = ["train", "load", "Aligner"]
+__all__ = ["train", "resume", "load", "Aligner"]
 
 
 def train(data: str | Path, out: str | Path, config: str | Path | RunConfig | None = None,
-          overrides: Sequence[str] = (), progress: bool = True):
+          overrides: Sequence[str] = (), progress: bool = True, dist=None):
     """Train on ``data`` into the run folder ``out``; returns a :class:`TrainResult`.
 
     Args:
@@ -30,7 +30,14 @@ def train(data: str | Path, out: str | Path, config: str | Path | RunConfig | No
         cfg = apply_overrides(config, list(overrides))
     else:
         cfg = load_config(config, list(overrides))
-    return _train(data, out, cfg, progress=progress)
+    return _train(data, out, cfg, progress=progress, dist=dist)
+
+
+def resume(run: str | Path, progress: bool = True, dist=None):
+    """Continue a stopped run from its latest resume point; returns a :class:`TrainResult`."""
+    from crossalign.train.loop import resume as _resume
+
+    return _resume(run, progress=progress, dist=dist)
 
 
 class Aligner:
@@ -44,9 +51,11 @@ class Aligner:
 
     @torch.no_grad()
     def encode_image(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
-        """``[n, embed_dim]`` for image paths or PIL images."""
+        """``[n, embed_dim]`` for image paths or PIL images (one of them alone gives ``[1, embed_dim]``)."""
         from crossalign.data.transforms import load_image
 
+        if isinstance(images, (str, Path)) or hasattr(images, "convert"):
+            images = [images]
         out = []
         for s in range(0, len(images), batch_size):
             chunk = [load_image(str(x)) if isinstance(x, (str, Path)) else x.convert("RGB")
@@ -57,7 +66,9 @@ class Aligner:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        """``[n, embed_dim]`` for a list of strings."""
+        """``[n, embed_dim]`` for a list of strings (a single string gives ``[1, embed_dim]``)."""
+        if isinstance(texts, str):
+            texts = [texts]
         tower = self.model.text_tower
         out = []
         for s in range(0, len(texts), batch_size):

@@ -58,9 +58,10 @@ class ImageTowerConfig:
 
     tower: str = "efficientnet_lite0"
     pretrained: bool = True
-    freeze: str = "frozen"  # frozen | trainable | last:N
-    checkpoint: str = ""  # optional local weights file
+    freeze: str = "auto"  # frozen | trainable | last:N | auto (trainable from scratch, else frozen)
+    checkpoint: str = ""  # optional local weights file (or timm folder)
     image_size: int = 0  # 0 = the tower's own default
+    width: int = 256  # from-scratch towers (small_cnn): output width
 
 
 @dataclass
@@ -69,10 +70,14 @@ class TextTowerConfig:
 
     tower: str = "minilm"
     pretrained: bool = True
-    freeze: str = "frozen"
+    freeze: str = "auto"  # frozen | trainable | last:N | auto (trainable from scratch, else frozen)
     pooling: str = "mean"  # mean | cls | pooler
     max_tokens: int = 256
-    checkpoint: str = ""
+    chunk_long: bool = False  # longer texts: mean over windows of max_tokens instead of truncating
+    checkpoint: str = ""  # optional local folder (Hugging Face or sentence-transformers layout)
+    vocab_size: int = 10000  # from-scratch towers (lstm, transformer): words kept from the training captions
+    width: int = 256  # from-scratch towers: hidden and output width
+    layers: int = 2  # from-scratch towers: LSTM or Transformer layers
 
 
 @dataclass
@@ -109,6 +114,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 256
     lr: float = 1e-3
+    backbone_lr: float = 0.0  # learning rate of tower parameters that train; 0 = lr
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     early_stopping: bool = True

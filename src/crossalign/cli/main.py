@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "data": "data",
     "report": "report",
+    "models": "models",
 }
 
 

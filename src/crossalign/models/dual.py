@@ -6,6 +6,7 @@ outputs (which may come from the feature cache), ``encode_*`` takes raw inputs.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -14,7 +15,10 @@ from torch import nn
 
 from crossalign.config import ModelConfig
 
-__all__ = ["DualEncoder", "make_head", "apply_freeze", "build_model", "is_frozen"]
+log = logging.getLogger("crossalign.models")
+
+__all__ = ["DualEncoder", "make_head", "apply_freeze", "lock_frozen_modules", "build_model", "is_frozen",
+           "n_last_blocks"]
 
 
 def make_head(in_dim: int, cfg: ModelConfig) -> nn.Module:
@@ -34,7 +38,13 @@ def make_head(in_dim: int, cfg: ModelConfig) -> nn.Module:
 
 
 def is_frozen(spec: str) -> bool:
+    """True for ``frozen`` (the tower never trains; its outputs can be cached)."""
     return spec == "frozen"
+
+
+def n_last_blocks(spec: str) -> int | None:
+    """N of a ``last:N`` spec, else None."""
+    return int(spec.split(":", 1)[1]) if spec.startswith("last:") else None
 
 
 def apply_freeze(tower: nn.Module, spec: str) -> None:
@@ -46,9 +56,12 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
     tower.requires_grad_(False)
     if spec == "frozen":
         return
-    if not spec.startswith("last:"):
-        raise ValueError(f"freeze must be frozen, trainable or last:N, got {spec!r}")
-    n = int(spec.split(":", 1)[1])
+    try:
+        n = n_last_blocks(spec)
+    except ValueError:
+        n = None
+    if n is None:
+        raise ValueError(f"freeze must be frozen, trainable, auto or last:N, got {spec!r}")
     blocks = tower.blocks()
     if not 0 <= n <= len(blocks):
         raise ValueError(f"last:{n} asks for more blocks than the tower has ({len(blocks)})")
@@ -66,10 +79,27 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
             p.requires_grad_(True)
 
 
+def lock_frozen_modules(module: nn.Module) -> None:
+    """Put every submodule whose parameters are all frozen in eval mode, recursively.
+
+    Batch-norm statistics of frozen blocks stay as loaded, and dropout in frozen blocks
+    (an embedding layer, say) is off, so a partly trained tower's frozen part computes
+    what it would compute for a cache. Parameter-free modules (activations, dropout
+    inside a trainable block) keep the mode they are given.
+    """
+    for child in module.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+        elif params:
+            lock_frozen_modules(child)
+
+
 class DualEncoder(nn.Module):
     """Image tower + text tower, each with a head, L2-normalised, and a learnable logit scale."""
 
-    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig) -> None:
+    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig,
+                 logit_bias_init: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.image_tower = image_tower
@@ -78,15 +108,20 @@ class DualEncoder(nn.Module):
         self.text_head = make_head(text_tower.width, cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)),
                                         requires_grad=cfg.learn_logit_scale)
+        # SigLIP's learnable bias on the logits; None for losses that have none
+        self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init))) if logit_bias_init is not None else None
         apply_freeze(self.image_tower, cfg.image.freeze)
         apply_freeze(self.text_tower, cfg.text.freeze)
 
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
-        # a frozen tower keeps its batch-norm statistics and dropout off
+        # a frozen tower, and the frozen part of a partly trained one, keeps its batch-norm
+        # statistics and dropout off
         for tower, spec in ((self.image_tower, self.cfg.image.freeze), (self.text_tower, self.cfg.text.freeze)):
-            if is_frozen(spec):
+            if is_frozen(spec) or not any(p.requires_grad for p in tower.parameters()):
                 tower.eval()
+            elif mode:
+                lock_frozen_modules(tower)
         return self
 
     def scale(self) -> torch.Tensor:
@@ -102,21 +137,57 @@ class DualEncoder(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.project_image(self.image_tower(pixels))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.project_text(self.text_tower(input_ids, attention_mask))
+    def encode_text(self, **tokens: torch.Tensor) -> torch.Tensor:
+        """Embed the output of ``text_tower.tokenize`` (``input_ids``, ``attention_mask``, ...)."""
+        return self.project_text(self.text_tower(**tokens))
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.encode_image(pixels), self.encode_text(input_ids, attention_mask), self.scale()
+    def forward(self, pixels: torch.Tensor,
+                **tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode_image(pixels), self.encode_text(**tokens), self.scale()
 
 
-def build_model(cfg: ModelConfig) -> DualEncoder:
-    """Create both towers from the registry and wrap them."""
+def _resolve_freeze(cfg: ModelConfig) -> None:
+    from crossalign.models.registry import model_info, resolve_freeze
+
+    for side in ("image", "text"):
+        tcfg = getattr(cfg, side)
+        tcfg.freeze = resolve_freeze(tcfg.tower, tcfg.freeze)
+        if model_info(tcfg.tower).scratch and is_frozen(tcfg.freeze):
+            log.warning("%s tower %s is trained from scratch but freeze=frozen: it stays random", side, tcfg.tower)
+    if cfg.text.chunk_long and n_last_blocks(cfg.text.freeze) is not None:
+        # the prefix cache keeps one row per caption; a chunked caption has several
+        raise ValueError("model.text.chunk_long does not combine with model.text.freeze=last:N; "
+                         "use trainable or frozen")
+
+
+def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None = None) -> DualEncoder:
+    """Create both towers from the registry and wrap them.
+
+    ``freeze: auto`` in ``cfg`` is resolved in place (``trainable`` for from-scratch towers,
+    ``frozen`` otherwise), so the config then says what was built.
+
+    Args:
+        cfg: the model config.
+        loss: the LossConfig; SigLIP adds a logit bias and starts from its own scale.
+        pretrained: side ("image" / "text") -> False skips loading pretrained weights that a
+            checkpoint will overwrite anyway.
+    """
+    import dataclasses
+
     from crossalign.models.registry import create
 
-    img_kw = {"pretrained": cfg.image.pretrained, "checkpoint": cfg.image.checkpoint}
-    txt_kw = {"pretrained": cfg.text.pretrained, "checkpoint": cfg.text.checkpoint,
-              "pooling": cfg.text.pooling, "max_tokens": cfg.text.max_tokens}
+    _resolve_freeze(cfg)
+    bias = None
+    if loss is not None and loss.name == "siglip":
+        cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
+        bias = getattr(loss, "siglip_bias_init", -10.0)
+    load = {"image": True, "text": True, **(pretrained or {})}
+    img, txt = cfg.image, cfg.text
+    img_kw = {"pretrained": img.pretrained and load["image"], "checkpoint": img.checkpoint if load["image"] else "",
+              "image_size": img.image_size, "width": img.width}
+    txt_kw = {"pretrained": txt.pretrained and load["text"], "checkpoint": txt.checkpoint if load["text"] else "",
+              "pooling": txt.pooling, "max_tokens": txt.max_tokens, "chunk_long": txt.chunk_long,
+              "vocab_size": txt.vocab_size, "width": txt.width, "layers": txt.layers}
     image_tower = create(cfg.image.tower, **img_kw)
     text_tower = create(cfg.text.tower, **txt_kw)
-    return DualEncoder(image_tower, text_tower, cfg)
+    return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)

@@ -3,6 +3,26 @@
 Names are either registered ones (``efficientnet_lite0``, ``minilm``, ``lstm`` ...) or
 prefixed library names: ``timm:<model>`` for any timm image model and ``hf:<name or
 folder>`` for any Hugging Face text encoder.
+
+The tower contract (what the dual encoder, the feature cache and the training loop rely on):
+
+Every tower
+    ``.name`` (str), ``.width`` (int, features per item), ``.modality`` ("image" | "text"),
+    ``blocks() -> list[nn.Module]`` (trainable units from input to output, for ``last:N``),
+    ``forward_prefix(*inputs, n_last) -> dict[str, Tensor]`` (everything before the last
+    ``n_last`` blocks) and ``forward_suffix(prefix, n_last) -> [batch, width]`` (the rest):
+    ``forward_suffix(forward_prefix(x, n), n) == forward(x)``; ``.supports_split`` is False
+    where the prefix is only the raw input (an architecture the tower cannot cut), so
+    caching it saves nothing. The prefix dict's keys are the tower's own business; callers
+    hand it back unchanged (slicing every tensor along dim 0 selects items).
+Image towers
+    ``.data_config`` (``input_size``, ``interpolation``, ``crop_pct``, ``mean``, ``std``),
+    ``forward(pixels [batch, 3, H, W]) -> [batch, width]``.
+Text towers
+    ``tokenize(texts) -> dict[str, Tensor]``, ``forward(**tokens) -> [batch, width]``,
+    ``preprocess_config() -> dict`` (everything besides the weights that changes outputs).
+    Towers with a vocabulary learned from the training captions also have
+    ``fit_vocabulary(texts)``, ``save_extras(run_dir)`` and ``load_extras(run_dir)`` (JSON).
 """
 
 from __future__ import annotations
@@ -12,7 +32,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["TowerInfo", "register", "create", "list_models", "model_info"]
+__all__ = ["TowerInfo", "register", "create", "list_models", "list_prefixes", "model_info",
+           "resolve_freeze", "describe", "describe_models"]
 
 
 @dataclass
@@ -24,6 +45,7 @@ class TowerInfo:
     builder: Callable[..., torch.nn.Module]
     description: str = ""
     offline: Callable[[], bool] = lambda: False  # are the weights on this machine?
+    scratch: bool = False  # trained from scratch: there are no pretrained weights to reload
 
 
 _REGISTRY: dict[str, TowerInfo] = {}
@@ -31,11 +53,11 @@ _PREFIXES: dict[str, TowerInfo] = {}
 
 
 def register(name: str, modality: str, description: str = "",
-             offline: Callable[[], bool] | None = None, prefix: bool = False):
+             offline: Callable[[], bool] | None = None, prefix: bool = False, scratch: bool = False):
     """Decorator: register ``fn(**overrides) -> tower`` under ``name`` (or a ``name:`` prefix)."""
 
     def wrap(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-        info = TowerInfo(name, modality, fn, description, offline or (lambda: False))
+        info = TowerInfo(name, modality, fn, description, offline or (lambda: False), scratch)
         (_PREFIXES if prefix else _REGISTRY)[name] = info
         return fn
 
@@ -45,6 +67,7 @@ def register(name: str, modality: str, description: str = "",
 def _ensure_loaded() -> None:
     # Importing the tower modules runs their @register decorators.
     import crossalign.models.image  # noqa: F401
+    import crossalign.models.scratch  # noqa: F401
     import crossalign.models.text  # noqa: F401
 
 
@@ -71,3 +94,55 @@ def list_models(modality: str | None = None) -> list[str]:
     """Registered tower names, optionally of one modality."""
     _ensure_loaded()
     return sorted(n for n, i in _REGISTRY.items() if modality in (None, i.modality))
+
+
+def list_prefixes(modality: str | None = None) -> list[str]:
+    """Library prefixes (``timm``, ``hf``) that accept any model name after the colon."""
+    _ensure_loaded()
+    return sorted(n for n, i in _PREFIXES.items() if modality in (None, i.modality))
+
+
+def resolve_freeze(tower: str, spec: str) -> str:
+    """``auto`` becomes ``trainable`` for from-scratch towers and ``frozen`` for pretrained ones."""
+    if spec != "auto":
+        return spec
+    return "trainable" if model_info(tower).scratch else "frozen"
+
+
+def _preprocessing(tower: torch.nn.Module) -> str:
+    if getattr(tower, "modality", "") == "image":
+        c = tower.data_config
+        return (f"{c['input_size'][-1]}px {c['interpolation']} crop {c['crop_pct']:g} "
+                f"mean {tuple(round(m, 3) for m in c['mean'])} std {tuple(round(s, 3) for s in c['std'])}")
+    p = tower.preprocess_config()
+    return f"{p['tokenizer']} <= {p['max_tokens']} tokens, {p['pooling']} pooling"
+
+
+def describe(name: str, **overrides) -> dict:
+    """Width, parameter count, default preprocessing and offline availability of one tower.
+
+    Nothing is downloaded: registered towers load their packaged weights if present,
+    ``timm:`` names are built randomly initialised (``hf:`` names need their config reachable).
+    """
+    info = model_info(name)
+    # packaged weights load faster than a random init of the same network
+    pretrained = info.name == name and not info.scratch and info.offline()
+    tower = create(name, **{"pretrained": pretrained, **overrides})
+    return {
+        "name": name, "modality": info.modality, "width": int(tower.width),
+        "params": sum(p.numel() for p in tower.parameters()), "preprocessing": _preprocessing(tower),
+        "weights": ("from scratch" if info.scratch else "hub, local folder or file" if info.name != name
+                    else "offline" if info.offline() else "not on this machine"),
+        "blocks": len(tower.blocks()), "description": info.description,
+    }
+
+
+def describe_models(modality: str | None = None) -> list[dict]:
+    """:func:`describe` for every registered tower, then one row per library prefix."""
+    rows = [describe(n) for n in list_models(modality)]
+    for p in list_prefixes(modality):
+        info = _PREFIXES[p]
+        rows.append({"name": f"{p}:<name>", "modality": info.modality, "width": None, "params": None,
+                     "preprocessing": "the model's own", "weights": "hub, local folder or file",
+                     "blocks": None, "description": info.description})
+    return rows

@@ -23,14 +23,17 @@ class CheckpointError(RuntimeError):
     """A run folder whose weights cannot be restored; the message says why."""
 
 
+def _rebuilt_from_source(tcfg) -> bool:
+    """A frozen tower with pretrained weights: they come back from their source, not the run."""
+    from crossalign.models.registry import model_info, resolve_freeze
+
+    frozen = is_frozen(resolve_freeze(tcfg.tower, tcfg.freeze))
+    return frozen and bool(tcfg.pretrained or tcfg.checkpoint) and not model_info(tcfg.tower).scratch
+
+
 def _skipped_prefixes(model: DualEncoder) -> list[str]:
     """State-dict prefixes of towers that are frozen and rebuilt from their pretrained source."""
-    out = []
-    for side in ("image", "text"):
-        tcfg = getattr(model.cfg, side)
-        if is_frozen(tcfg.freeze) and (tcfg.pretrained or tcfg.checkpoint):
-            out.append(f"{side}_tower.")
-    return out
+    return [f"{side}_tower." for side in ("image", "text") if _rebuilt_from_source(getattr(model.cfg, side))]
 
 
 def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
@@ -40,24 +43,28 @@ def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
             if not any(k.startswith(p) for p in skip)}
 
 
-def _tower_fingerprints(model: DualEncoder) -> dict[str, str]:
+def _tower_fingerprints(model: DualEncoder, sides: tuple[str, ...] = ("image", "text")) -> dict[str, str]:
     from crossalign.features import tower_fingerprint
 
-    return {
-        "image": tower_fingerprint(model.image_tower, model.image_tower.data_config),
-        "text": tower_fingerprint(model.text_tower, model.text_tower.preprocess_config()),
-    }
+    prep = {"image": lambda: model.image_tower.data_config, "text": lambda: model.text_tower.preprocess_config()}
+    return {side: tower_fingerprint(getattr(model, f"{side}_tower"), prep[side]()) for side in sides}
 
 
 def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -> None:
-    """Write ``path`` (safetensors) and ``path`` with ``.json`` (meta + tower fingerprints)."""
+    """Write ``path`` (safetensors) and ``path`` with ``.json`` (meta + tower fingerprints).
+
+    Towers with state outside tensors (a word vocabulary) write it beside, as JSON.
+    """
     path = Path(path)
+    for tower in (model.image_tower, model.text_tower):
+        if hasattr(tower, "save_extras"):
+            tower.save_extras(path.parent)
     with atomic_path(path) as tmp:
         save_file(checkpoint_state(model), str(tmp))
     info = dict(meta or {})
     info["skipped"] = _skipped_prefixes(model)
-    info["fingerprints"] = {side: fp for side, fp in _tower_fingerprints(model).items()
-                            if f"{side}_tower." in info["skipped"]}
+    skipped = tuple(side for side in ("image", "text") if f"{side}_tower." in info["skipped"])
+    info["fingerprints"] = _tower_fingerprints(model, skipped)
     atomic_write_json(path.with_suffix(".json"), info)
 
 
@@ -71,17 +78,22 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
     if not weights.is_file():
         raise CheckpointError(f"{weights}: checkpoint not found (has the run finished an epoch?)")
     cfg = load_config(cfg_path)
-    model = build_model(cfg.model)
+    meta = json.loads(weights.with_suffix(".json").read_text()) if weights.with_suffix(".json").exists() else {}
+    if "skipped" in meta:
+        skipped = tuple(meta["skipped"])
+    else:
+        skipped = tuple(f"{s}_tower." for s in ("image", "text") if _rebuilt_from_source(getattr(cfg.model, s)))
+    # pretrained weights of towers stored in the checkpoint would only be overwritten
+    model = build_model(cfg.model, loss=cfg.loss,
+                        pretrained={side: f"{side}_tower." in skipped for side in ("image", "text")})
     _restore_extras(model, run)
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    meta = json.loads(weights.with_suffix(".json").read_text()) if weights.with_suffix(".json").exists() else {}
-    skipped = tuple(meta.get("skipped", _skipped_prefixes(model)))
     really_missing = [k for k in missing if not k.startswith(skipped)]
     if really_missing or unexpected:
         raise CheckpointError(f"{weights}: does not match the model in config.yaml "
                               f"(missing {really_missing[:5]}, unexpected {unexpected[:5]})")
-    current = _tower_fingerprints(model) if meta.get("fingerprints") else {}
+    current = _tower_fingerprints(model, tuple(meta.get("fingerprints", {})))
     for side, fp in meta.get("fingerprints", {}).items():
         if current[side] != fp:
             raise CheckpointError(f"{weights}: the {side} tower's weights differ from the ones the run "
