@@ -18,6 +18,8 @@ from crossalign.data.convert import convert_to_folder
 from crossalign.data.formats import READERS, DataError, detect_format, read_pairs
 from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import split_from_name
+from crossalign.data.transforms import load_image
+from crossalign.features import file_key
 
 # the one logical data set every fixture writes: 6 images, 2 captions each, a given split
 COLOURS = {"1": (200, 30, 30), "2": (30, 200, 30), "3": (30, 30, 200), "4": (200, 200, 30),
@@ -128,10 +130,10 @@ def write_movielens(root: Path) -> Path:
     return root
 
 
-def write_webdataset(root: Path) -> Path:
+def write_webdataset(root: Path, suffix: str = ".tar") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
-        with tarfile.open(root / f"{split}-000000.tar", "w") as tf:
+        with tarfile.open(root / f"{split}-000000{suffix}", "w:gz" if suffix.endswith("gz") else "w") as tf:
             for k in (k for k in COLOURS if SPLIT[k] == split):
                 for ext, data in (("jpg", _jpeg(k)), ("txt", "\n".join(CAPTIONS[k]).encode()),
                                   ("json", json.dumps({"genres": GENRES[k]}).encode())):
@@ -213,13 +215,20 @@ def test_webdataset_streams_into_a_content_addressed_folder(tmp_path):
     cfg = DataConfig(extract_dir=str(tmp_path / "x"))
     table = read_pairs(root, options=cfg)
     paths = set(table.image_path)
-    for p in paths:  # named by the content, inside the extract dir
+    for p in paths:  # named by the content, inside the extract dir; the rest of the pipeline opens it
         assert Path(p).parent.parent == tmp_path / "x"
-        assert Path(p).stem == hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest()
+        assert Path(p).stem == hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest() == file_key(p)
+        assert load_image(p).size == (40, 32)
     before = {p: Path(p).stat().st_mtime_ns for p in paths}
     again = read_pairs(root, options=cfg)  # a second read writes nothing
     assert {p: Path(p).stat().st_mtime_ns for p in set(again.image_path)} == before
     assert table.origin[table.image_id.index("1.jpg")].endswith("train-000000.tar:1.txt:1")
+
+
+def test_gzipped_shards_stream_too(tmp_path):
+    root = write_webdataset(tmp_path / "wds", ".tar.gz")
+    table = read_pairs(root, options=DataConfig(extract_dir=str(tmp_path / "x")))
+    assert table.meta["format"] == "webdataset" and canonical(table) == EXPECTED
 
 
 def test_damaged_shard_costs_its_tail_not_the_run(tmp_path):

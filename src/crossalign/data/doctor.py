@@ -15,6 +15,7 @@ truncated_image            error   image data ends early (its rows skipped)
 unreadable_image           error   not an image Pillow can decode (its rows skipped)
 too_large_image            error   over ``data.max_pixels`` pixels (its rows skipped)
 bad_shard                  error   a damaged tar shard (the rest of it skipped)
+no_pairs                   error   nothing usable at all
 duplicate_pair             warning the same image and caption again (kept)
 long_caption               warning more tokens than the text tower reads (kept, truncated)
 tiny_image                 warning shorter side under ``data.min_image_side`` (kept)
@@ -151,6 +152,8 @@ def check_data(path: str | Path, cfg: DataConfig | None = None, max_tokens: int 
         table = table.take(i for i, p in enumerate(table.image_path) if p not in bad)
     warnings, how = _caption_warnings(table, max_tokens, make_counter)
     problems += warnings + _uncaptioned(table, raw.image_path)
+    if not len(table):
+        problems.append(Problem("no_pairs", str(path), "no usable image-caption pair"))
     errors = [p for p in problems if p.level == "error"]
     return {
         "path": str(path), "format": table.meta.get("format", ""),

@@ -120,7 +120,7 @@ def _apply_split_folder(table: PairTable, root: Path) -> None:
     mapping = read_split_files(root / "splits")
     if mapping:
         table.split[:] = [mapping.get(i, "") for i in table.image_id]
-        table.meta["splits_given"] = True
+        table.meta["splits_given"] = any(table.split)
 
 
 def read_pairs(root: str | Path, format: str = "auto", options: DataConfig | None = None) -> PairTable:

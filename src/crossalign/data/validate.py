@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 from crossalign.data.formats import DataError
@@ -123,8 +124,11 @@ def check_images(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int = 
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(jobs) < 500:
         return [_check_one(j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_check_one, jobs, chunksize=64))
+    try:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_check_one, jobs, chunksize=64))
+    except BrokenProcessPool:  # a decoder crashed a worker: go slowly, in this process
+        return [_check_one(j) for j in jobs]
 
 
 def report_problems(problems: list[Problem], limit: int = 20) -> None:

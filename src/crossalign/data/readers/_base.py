@@ -104,15 +104,21 @@ class RowBuilder:
                           origin, **labels)
 
     def finish(self, **meta: object) -> PairTable:
-        """The table, with reader facts (format, root, splits_given, ...) in ``meta``."""
+        """The table, with reader facts (format, root, ...) in ``meta``.
+
+        ``splits_given`` is true when the source assigned any row a split; rows it left
+        out then stay out (as Flickr8k's images in no split file).
+        """
         self.table.meta.update(meta)
-        self.table.meta["splits_given"] = bool(meta.get("splits_given", any(self.table.split)))
+        self.table.meta["splits_given"] = any(self.table.split)
         self.table.meta["skipped"] = self.skipped
         return self.table
 
 
 def csv_rows(path: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
     """``(first line number, fields)`` per CSV record; quoted newlines stay inside a field."""
+    # the csv module refuses fields over 128 KiB by default; a long synopsis is not an error
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=sep)
     prev = 0
     while True:

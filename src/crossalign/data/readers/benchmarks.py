@@ -81,7 +81,7 @@ def read_flickr_token(root: str | Path, cfg: DataConfig | None = None) -> PairTa
             splits.update(dict.fromkeys(read_text(f).split(), split_from_name(f.name)))
     for n, name, caption in parsed:
         out.add(name, img_dir / name, caption, splits.get(name, ""), f"{token}:{n}")
-    return out.finish(format="flickr8k", root=str(root), splits_given=bool(splits), image_dirs=[str(img_dir)])
+    return out.finish(format="flickr8k", root=str(root), image_dirs=[str(img_dir)])
 
 
 def json_files(root: Path, key: str, name_glob: str) -> list[Path]:

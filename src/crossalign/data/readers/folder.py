@@ -52,7 +52,7 @@ def read_canonical(root: str | Path, cfg: DataConfig | None = None) -> PairTable
     splits = read_split_files(root / "splits")
     out = RowBuilder()
     add_csv_rows(out, rows, header, (ii, ci), sep, cap_path, lambda name: (img_dir / name, splits.get(name, "")))
-    return out.finish(format="folder", root=str(root), splits_given=bool(splits), image_dirs=[str(img_dir)])
+    return out.finish(format="folder", root=str(root), image_dirs=[str(img_dir)])
 
 
 def _sidecar_captions(txt: Path) -> list[tuple[int, str]]:
