@@ -99,7 +99,8 @@ def detect_format(root: Path, cfg: DataConfig | None = None) -> str:
         ("karpathy", lambda: bool(json_files(root, "sentences", "dataset_*.json"))),
         ("coco", lambda: bool(json_files(root, "annotations", "captions_*.json"))),
         ("jsonl", lambda: bool(table_files(root, (".jsonl",)))),
-        ("webdataset", lambda: any(p.name.lower().endswith(SHARD_EXTS) for p in [*root.glob("*"), *root.glob("*/*")])),
+        ("webdataset", lambda: any(p.name.lower().endswith(SHARD_EXTS)
+                                   for p in [*root.glob("*"), *root.glob("*/*")])),
         ("csv", lambda: _csv_has_image_column(root, cfg)),
         ("movielens", lambda: _has_posters(root, cfg) and find_movie_table(root, cfg) is not None),
         ("sidecar", lambda: looks_like_sidecar(root)),
@@ -128,7 +129,8 @@ def read_pairs(root: str | Path, format: str = "auto", options: DataConfig | Non
 
     Args:
         root: data folder, or a data file for the file-based layouts.
-        format: a name of :data:`READERS` (or an alias), or ``"auto"`` to detect it.
+        format: a name of :data:`READERS` (or an alias), or ``"auto"`` for ``options.format``
+            (itself ``"auto"`` by default: detect the layout).
         options: reader options (column names, separator, image folder); defaults otherwise.
     """
     root, cfg = Path(root), options or DataConfig()
@@ -136,7 +138,7 @@ def read_pairs(root: str | Path, format: str = "auto", options: DataConfig | Non
         raise DataError(f"{root}: data folder not found")
     if root.is_file() and root.name == "captions.txt":
         root = root.parent
-    fmt = (format or "auto").strip().lower()
+    fmt = (format if format and format != "auto" else cfg.format or "auto").strip().lower()
     fmt = detect_format(root, cfg) if fmt == "auto" else FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in READERS:
         raise DataError(f"unknown format {format!r}; known: {sorted(READERS)}")
