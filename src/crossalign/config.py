@@ -124,6 +124,16 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 128
+    scheduler: str = "none"  # none | cosine | plateau
+    warmup_steps: int = 0  # cosine: linear warm-up over this many optimizer steps
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
+    plateau_factor: float = 0.5  # plateau: lr multiplier when the monitor stalls
+    plateau_patience: int = 1  # plateau: epochs without improvement before lowering lr
+    accum_steps: int = 1  # micro-batches per optimizer step (the loss sees one micro-batch)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
+    checkpoint_every: int = 200  # optimizer steps between mid-epoch resume points (0 = epoch ends only)
+    log_every: int = 10  # optimizer steps between rows of steps.csv
+    tensorboard: bool = True
 
 
 @dataclass

@@ -20,13 +20,24 @@ __all__ = ["FeatureCache", "tower_fingerprint", "file_key", "text_key"]
 
 
 def tower_fingerprint(tower: torch.nn.Module, preprocess: dict) -> str:
-    """Hash of a tower's name, weights and preprocessing."""
+    """Hash of a tower's name, weights and preprocessing.
+
+    Hashing the weights of a large tower takes a while, so the result is remembered on
+    the tower while none of its parameters can train (a frozen tower's weights stay put).
+    """
+    prep = json.dumps(preprocess, sort_keys=True, default=str)
+    frozen = not any(p.requires_grad for p in tower.parameters())
+    memo = tower.__dict__.setdefault("_fingerprints", {})
+    if frozen and prep in memo:
+        return memo[prep]
     h = hashlib.blake2b(digest_size=16)
     h.update(str(getattr(tower, "name", type(tower).__name__)).encode())
-    h.update(json.dumps(preprocess, sort_keys=True, default=str).encode())
+    h.update(prep.encode())
     for name, t in tower.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if frozen:
+        memo[prep] = h.hexdigest()
     return h.hexdigest()
 
 
@@ -70,6 +81,10 @@ class FeatureCache:
                 for row, k in enumerate(keys.tolist()):
                     self._index[k] = (s, row)
         return self._index
+
+    def refresh(self) -> None:
+        """Forget what was read, so shards written by other processes are seen."""
+        self._index, self._shards = None, []
 
     def __len__(self) -> int:
         return len(self._load())

@@ -45,12 +45,19 @@ def _run_batches(items: Sequence, encode: Callable[[Sequence], torch.Tensor], ba
 
 
 def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, batch_size: int,
-            desc: str, progress: bool) -> np.ndarray:
-    """Features for ``inputs`` (identified by ``keys``), computing only what the cache lacks."""
+            desc: str, progress: bool, dist=None) -> np.ndarray:
+    """Features for ``inputs`` (identified by ``keys``), computing only what the cache lacks.
+
+    With several processes (``dist.world_size > 1``) each computes every world_size-th
+    missing item and writes its own shards; all then read the merged cache.
+    """
     if cache is None:
         return _run_batches(inputs, encode, batch_size, desc, progress)
     todo = set(cache.missing(keys))
     pending = [(k, x) for k, x in dict(zip(keys, inputs)).items() if k in todo]
+    sharded = dist is not None and dist.world_size > 1
+    if sharded:
+        pending = pending[dist.rank::dist.world_size]
     if pending:
         bar = tqdm(total=len(pending), desc=desc, unit="item", disable=not progress, leave=False,
                    dynamic_ncols=True)
@@ -60,20 +67,30 @@ def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, b
             cache.put([k for k, _ in part], feats)
             bar.update(len(part))
         bar.close()
+    if sharded:
+        torch.distributed.barrier()
+        cache.refresh()
     return cache.get(keys)
 
 
 @torch.no_grad()
 def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str | Path | None,
                    device: str = "cpu", batch_size: int = 64, max_pixels: int = 89_478_485,
-                   progress: bool = True) -> TowerOutputs:
-    """Tower outputs ``[n_ok, width]`` for the readable images, in input order."""
+                   progress: bool = True, dist=None, augment: Callable | None = None,
+                   key_suffix: str = "") -> TowerOutputs:
+    """Tower outputs ``[n_ok, width]`` for the readable images, in input order.
+
+    Args:
+        augment: optional ``fn(image, content_key) -> image`` applied before preprocessing;
+            give a ``key_suffix`` naming the view so its features are cached apart.
+        dist: a DistInfo to share the extraction among processes.
+    """
     transform = eval_transform(tower.data_config)
     failed: dict[str, str] = {}
     keys, ok_paths = [], []
     for p in dict.fromkeys(paths):
         try:
-            keys.append(file_key(p))
+            keys.append(file_key(p) + key_suffix)
             ok_paths.append(p)
         except OSError as e:
             failed[p] = f"{p}: cannot read image file ({e.strerror or e})"
@@ -82,7 +99,10 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
         pixels, rows = [], []
         for i, p in enumerate(chunk):
             try:
-                pixels.append(transform(load_image(p, max_pixels)))
+                img = load_image(p, max_pixels)
+                if augment is not None:
+                    img = augment(img, path_key[p])
+                pixels.append(transform(img))
                 rows.append(i)
             except ImageError as e:
                 failed[p] = str(e)
@@ -92,9 +112,10 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
             out[rows] = tower(torch.stack(pixels).to(device)).float().cpu()  # [batch, width]
         return out
 
+    path_key = dict(zip(ok_paths, keys))
     tower.eval()
     cache = FeatureCache(cache_root, tower_fingerprint(tower, tower.data_config)) if cache_root else None
-    feats = _cached(keys, ok_paths, encode, cache, batch_size, "image features", progress)
+    feats = _cached(keys, ok_paths, encode, cache, batch_size, "image features", progress, dist)
     good = ~np.isnan(feats).any(1)
     # unreadable images are stored as NaN rows, so they are not decoded again next time
     for p, bad in zip(ok_paths, ~good):
@@ -109,7 +130,7 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
 
 @torch.no_grad()
 def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str | Path | None,
-                  device: str = "cpu", batch_size: int = 128, progress: bool = True) -> np.ndarray:
+                  device: str = "cpu", batch_size: int = 128, progress: bool = True, dist=None) -> np.ndarray:
     """Tower outputs ``[len(texts), width]``."""
 
     def encode(chunk: Sequence[str]) -> torch.Tensor:
@@ -123,7 +144,7 @@ def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     sorted_texts = [texts[i] for i in order]
     feats = _cached([text_key(t) for t in sorted_texts], sorted_texts, encode, cache, batch_size,
-                    "text features", progress)
+                    "text features", progress, dist)
     out = np.empty_like(feats)
     out[order] = feats
     return out

@@ -1,35 +1,31 @@
-"""The training loop: contrastive training, validation each epoch, best checkpoint, early stop.
+"""``train`` and ``resume``: epochs, validation, best checkpoint, early stopping.
 
-A frozen tower never runs during training: its outputs come once from the feature
-cache, and only the heads (and whatever else trains) see gradients.
+The run folder is the whole state: ``config.yaml``, ``run.json`` (where the data is),
+``splits/``, logs, checkpoints and the resume point. ``resume(RUN)`` continues a stopped
+run and ends with exactly the metrics the uninterrupted run reaches.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from crossalign._io import atomic_write_json, atomic_path
-from crossalign.config import RunConfig, default_cache_dir, save_config, to_dict
+from crossalign._io import atomic_write_json
+from crossalign.config import RunConfig, load_config, save_config, to_dict
 from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import write_split_files
-from crossalign.data.table import PairTable
-from crossalign.data.validate import Problem
-from crossalign.evaluate.retrieval import retrieval_metrics
-from crossalign.losses import ClipLoss
-from crossalign.models.dual import DualEncoder, build_model, is_frozen
 from crossalign.train.checkpoint import save_model
-from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
+from crossalign.train.distributed import DistInfo
+from crossalign.train.engine import Engine, resolve_device, seed_everything
+from crossalign.train.logs import RunLogger
+from crossalign.train.state import has_resume_point
 
-__all__ = ["train", "TrainResult", "resolve_device", "seed_everything"]
+__all__ = ["train", "resume", "TrainResult", "resolve_device", "seed_everything"]
 
 log = logging.getLogger("crossalign.train")
 
@@ -45,153 +41,113 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+def _barrier(dist: DistInfo) -> None:
+    if dist.world_size > 1:
+        torch.distributed.barrier()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _make_loss(cfg: RunConfig) -> torch.nn.Module:
-    if cfg.loss.name == "clip":
-        return ClipLoss(margin=cfg.loss.margin)
-    raise ValueError(f"unknown loss {cfg.loss.name!r}; available: clip")
-
-
-def _optimizer(model: DualEncoder, cfg: RunConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # biases, norms and the temperature are not shrunk towards zero
-        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
-
-
-def _validate(model: DualEncoder, images: ImageSide, texts: TextSide, table: PairTable,
-              batch_size: int) -> dict:
-    model.eval()
-    ids, t2i = table.caption_image_index()
-    img = images.embed_all([images.index[i] for i in ids], batch_size)
-    txt = texts.embed_all([texts.index[o] for o in table.origin], batch_size)
-    model.train()
-    return retrieval_metrics(img, txt, t2i)
-
-
-class _CsvLog:
-    """Per-epoch metrics appended to ``metrics.csv`` (header from the first row)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict] = []
-
-    def append(self, row: dict) -> None:
-        self.rows.append(row)
-        keys = list(self.rows[0])
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-
-
-def _run_epoch(model, images, texts, rows, t2i_all, loss_fn, opt, cfg, gen, progress) -> float:
-    from tqdm.auto import tqdm
-
-    model.train()
-    perm = rows[torch.randperm(len(rows), generator=gen).numpy()]
-    bs = cfg.train.batch_size
-    n_batches = max(1, len(perm) // bs) if len(perm) >= bs else 1
-    total, seen = 0.0, 0
-    bar = tqdm(range(n_batches), desc="train", leave=False, disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for b in bar:
-        batch = perm[b * bs:(b + 1) * bs]
-        img_idx = t2i_all[batch]
-        img_emb = images.train_embed(img_idx)  # [batch, embed_dim]
-        txt_emb = texts.train_embed(batch)  # [batch, embed_dim]
-        loss = loss_fn(img_emb, txt_emb, model.scale(), torch.as_tensor(img_idx, device=img_emb.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip)
-        opt.step()
-        total += loss.item() * len(batch)
-        seen += len(batch)
-        bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{1 / model.scale().item():.4f}",
-                        sps=f"{seen / (time.perf_counter() - t0):.0f}")
-    return total / max(seen, 1)
-
-
-def _setup(data_dir, out, cfg: RunConfig) -> tuple[Path, PairTable, list[Problem]]:
-    run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    table, problems = prepare_table(data_dir, cfg.data)
-    write_split_files(table, run / "splits")
+def _prepare(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, fresh: bool):
+    """Read and split the data; the main process writes config, run.json and splits."""
+    if fresh and dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        atomic_write_json(run / "run.json", {"data": str(Path(data).resolve()), "world_size": dist.world_size})
+    _barrier(dist)
+    table, problems = prepare_table(data, cfg.data, run_dir=None if fresh else run, quiet=not dist.is_main)
     for split in ("train", "val"):
         if not table.select(split).caption:
-            raise ValueError(f"{data_dir}: the {split} split is empty; give more images or change data.split_ratios")
-    return run, table, problems
+            raise ValueError(f"{data}: the {split} split is empty; give more images or change data.split_ratios")
+    if fresh and dist.is_main:
+        write_split_files(table, run / "splits")
+    return table, problems
 
 
-def train(data: str | Path, out: str | Path, cfg: RunConfig, progress: bool = True) -> TrainResult:
+def _finish_epoch(engine: Engine, logger: RunLogger, train_loss: float, t_epoch: float) -> bool:
+    """Validate, log, checkpoint; returns True when training should stop early."""
+    cfg, pos = engine.cfg.train, engine.pos
+    val = engine.validate()
+    engine.sched.after_epoch(val[cfg.monitor])
+    row = {"epoch": pos.epoch, "step": pos.global_step, "train_loss": train_loss,
+           "lr": engine.opt.param_groups[0]["lr"], "temperature": 1 / engine.model.scale().item(),
+           "samples_per_s": getattr(engine, "samples_per_s", 0.0),
+           "epoch_seconds": time.perf_counter() - t_epoch, **{f"val_{k}": v for k, v in val.items()}}
+    logger.epoch(row)
+    improved = val[cfg.monitor] > pos.best
+    if improved:
+        pos.best, pos.best_epoch, pos.bad_epochs = val[cfg.monitor], pos.epoch, 0
+    else:
+        pos.bad_epochs += 1
+    if engine.dist.is_main:
+        save_model(engine.model, engine.run / "model_last.safetensors", {"epoch": pos.epoch, "val": val})
+        if improved:
+            save_model(engine.model, engine.run / "model_best.safetensors", {"epoch": pos.epoch, "val": val})
+    log.info("epoch %d loss %.4f val t2i R@1 %.2f i2t R@1 %.2f %s%s", pos.epoch, train_loss,
+             val["t2i_R@1"], val["i2t_R@1"], cfg.monitor, " *" if improved else "")
+    stop = cfg.early_stopping and pos.bad_epochs >= cfg.patience
+    if stop:
+        log.info("early stop: %s did not improve for %d epochs", cfg.monitor, pos.bad_epochs)
+    return stop
+
+
+def _fit(engine: Engine, logger: RunLogger, gen_state: torch.Tensor | None) -> None:
+    cfg = engine.cfg.train
+    stopped = engine.pos.bad_epochs >= cfg.patience and cfg.early_stopping
+    while engine.pos.epoch <= cfg.epochs and not stopped:
+        t_epoch = time.perf_counter()
+        if gen_state is None:  # a new epoch: remember the order generator's state for resume
+            gen_state = engine.gen.get_state()
+        train_loss = engine.train_epoch(logger, gen_state)
+        stopped = _finish_epoch(engine, logger, train_loss, t_epoch)
+        engine.pos.epoch += 1
+        engine.pos.step = 0
+        gen_state = None
+        engine.save_resume(logger, engine.gen.get_state())
+
+
+def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: bool, fresh: bool) -> TrainResult:
+    t_start = time.perf_counter()
+    seed_everything(cfg.train.seed + dist.rank)
+    table, problems = _prepare(data, run, cfg, dist, fresh)
+    engine = Engine(run, cfg, table, problems, dist, progress)
+    gen_state = None
+    if fresh:
+        logger = RunLogger(run, dist.is_main, cfg.train.tensorboard)
+    else:
+        logger = engine.restore()
+        gen_state = engine.resume_gen_state if engine.pos.step > 0 else None
+        if gen_state is None:
+            engine.gen.set_state(engine.resume_gen_state)
+    if dist.is_main:
+        atomic_write_json(run / "problems.json", [p.to_dict() for p in engine.problems])
+    _fit(engine, logger, gen_state)
+    logger.close()
+    elapsed = time.perf_counter() - t_start
+    best_val = next((r for r in logger.epochs if r["epoch"] == engine.pos.best_epoch), {})
+    summary = {"best_epoch": engine.pos.best_epoch, "monitor": cfg.train.monitor, "best_val": best_val,
+               "epochs_run": len(logger.epochs), "train_seconds": elapsed, "resumed": not fresh,
+               "skipped_rows": len(engine.problems), "splits": table.split_counts(),
+               "world_size": dist.world_size, "device": engine.device, "config": to_dict(cfg)}
+    if dist.is_main:
+        atomic_write_json(run / "summary.json", summary)
+    return TrainResult(run, engine.pos.best_epoch, best_val, logger.epochs, elapsed)
+
+
+def train(data: str | Path, out: str | Path, cfg: RunConfig, progress: bool = True,
+          dist: DistInfo | None = None) -> TrainResult:
     """Train a dual encoder on ``data`` and write the run folder ``out``.
 
-    Writes ``config.yaml``, ``splits/``, ``metrics.csv``, ``model_best.safetensors``,
-    ``model_last.safetensors`` and ``summary.json``.
+    Writes ``config.yaml``, ``run.json``, ``splits/``, ``metrics.csv``, ``steps.csv``,
+    ``tensorboard/``, ``model_best.safetensors``, ``model_last.safetensors``, ``resume/``
+    and ``summary.json``.
     """
-    t_start = time.perf_counter()
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    run, table, problems = _setup(data, out, cfg)
-    model = build_model(cfg.model).to(device)
-    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    used = table.select(["train", "val"])
-    images = ImageSide(model, used, device, cache_root if is_frozen(cfg.model.image.freeze) else None,
-                       cfg.train.eval_batch_size, progress)
-    used, dropped = drop_failed_images(used, images.failed)
-    problems += dropped
-    texts = TextSide(model, used, device, cache_root if is_frozen(cfg.model.text.freeze) else None,
-                     cfg.train.eval_batch_size, progress)
-    atomic_write_json(run / "problems.json", [p.to_dict() for p in problems])
-    tr, va = used.select("train"), used.select("val")
-    rows = np.array([texts.index[o] for o in tr.origin])
-    t2i_all = np.array([images.index[i] for i in texts.image_ids])
-    loss_fn, opt = _make_loss(cfg), _optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    csv_log, best, best_epoch, bad_epochs = _CsvLog(run / "metrics.csv"), -math.inf, 0, 0
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        train_loss = _run_epoch(model, images, texts, rows, t2i_all, loss_fn, opt, cfg, gen, progress)
-        val = _validate(model, images, texts, va, cfg.train.eval_batch_size)
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],
-               "temperature": 1 / model.scale().item(), "epoch_seconds": time.perf_counter() - t0,
-               **{f"val_{k}": v for k, v in val.items()}}
-        csv_log.append(row)
-        save_model(model, run / "model_last.safetensors", {"epoch": epoch, "val": val})
-        score = val[cfg.train.monitor]
-        improved = score > best
-        if improved:
-            best, best_epoch, bad_epochs = score, epoch, 0
-            save_model(model, run / "model_best.safetensors", {"epoch": epoch, "val": val})
-        else:
-            bad_epochs += 1
-        log.info("epoch %d loss %.4f val t2i R@1 %.2f i2t R@1 %.2f %s", epoch, train_loss,
-                 val["t2i_R@1"], val["i2t_R@1"], "*" if improved else "")
-        if cfg.train.early_stopping and bad_epochs >= cfg.train.patience:
-            log.info("early stop: %s did not improve for %d epochs", cfg.train.monitor, bad_epochs)
-            break
-    elapsed = time.perf_counter() - t_start
-    best_val = next(r for r in csv_log.rows if r["epoch"] == best_epoch)
-    summary = {"best_epoch": best_epoch, "monitor": cfg.train.monitor, "best_val": best_val,
-               "epochs_run": len(csv_log.rows), "train_seconds": elapsed, "skipped_rows": len(problems),
-               "splits": table.split_counts(), "config": to_dict(cfg)}
-    atomic_write_json(run / "summary.json", summary)
-    return TrainResult(run, best_epoch, best_val, csv_log.rows, elapsed)
+    return _run(data, Path(out), cfg, dist or DistInfo(), progress, fresh=True)
+
+
+def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None) -> TrainResult:
+    """Continue a stopped run from its latest resume point, with its own config and data."""
+    run = Path(run)
+    if not has_resume_point(run):
+        raise ValueError(f"{run}: no resume point (resume/latest.json) - nothing to continue")
+    cfg = load_config(run / "config.yaml")
+    data = json.loads((run / "run.json").read_text())["data"]
+    return _run(data, run, cfg, dist or DistInfo(), progress, fresh=False)

@@ -1,12 +1,19 @@
-"""One side of the pair (images or texts) as the training loop sees it.
+"""One side of the pair (images or texts) as training and evaluation see it.
 
-A side turns item indices into embeddings. When its tower is frozen it holds the
-tower's outputs (from the feature cache) and only the head runs; otherwise it loads
-and encodes raw inputs each step.
+A side turns item rows into embeddings, in one of three modes chosen from the tower's
+freezing:
+
+- ``features``: the tower is frozen; its outputs come from the feature cache (K
+  augmented views per item too, when augmentation is on) and only the head runs.
+- ``prefix``: only the last N blocks train (``last:N``); the output of the frozen
+  prefix is computed once per run and held in memory, so each step runs only the
+  blocks that learn.
+- ``raw``: the tower trains; inputs are loaded, augmented and encoded every step.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -17,77 +24,220 @@ from crossalign.data.table import PairTable
 from crossalign.data.transforms import ImageError, eval_transform, load_image
 from crossalign.data.validate import Problem
 from crossalign.evaluate.embed import image_features, text_features
-from crossalign.models.dual import DualEncoder
+from crossalign.models.dual import DualEncoder, is_frozen
 
-__all__ = ["ImageSide", "TextSide", "drop_failed_images"]
+__all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
 
 
-class ImageSide:
+def side_mode(freeze: str, training: bool) -> str:
+    if is_frozen(freeze):
+        return "features"
+    if training and freeze.startswith("last:"):
+        return "prefix"
+    return "raw"
+
+
+def _seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (Python's hash() changes between processes)."""
+    h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1
+
+
+def _pad_prefix(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack per-item prefix outputs; variable-length token tensors are right-padded."""
+    if "attention_mask" not in items[0]:
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    n = max(int(it["attention_mask"].shape[0]) for it in items)
+    out = {}
+    for k in items[0]:
+        padded = [torch.nn.functional.pad(it[k], [0, 0] * (it[k].dim() - 1) + [0, n - it[k].shape[0]])
+                  for it in items]
+        out[k] = torch.stack(padded)  # [batch, tokens, ...]
+    return out
+
+
+def _split_prefix(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Per-item prefix outputs, padding trimmed so memory holds only real tokens."""
+    n = next(iter(batch.values())).shape[0]
+    if "attention_mask" not in batch:
+        return [{k: v[i].detach().cpu() for k, v in batch.items()} for i in range(n)]
+    lengths = batch["attention_mask"].sum(1).tolist()
+    return [{k: v[i, :int(lengths[i])].detach().cpu() for k, v in batch.items()} for i in range(n)]
+
+
+class _Side:
+    """Shared machinery: views, mode, embedding in batches."""
+
+    mode: str
+    device: str
+
+    def _view(self, epoch: int, sample: int) -> int:
+        """Which cached augmented view a sample uses in an epoch (-1 = the clean one)."""
+        if not self.n_views:
+            return -1
+        return _seed(self.seed, "view", epoch, sample) % self.n_views
+
+    @torch.no_grad()
+    def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
+        """Clean (unaugmented) embeddings of ``rows``."""
+        out = [self.train_embed(np.asarray(rows[s:s + batch_size]), epoch=-1).float().cpu().numpy()
+               for s in range(0, len(rows), batch_size)]
+        return np.concatenate(out)
+
+
+class ImageSide(_Side):
     """The unique images of a table: ``index`` maps image id -> row of this side."""
 
     def __init__(self, model: DualEncoder, table: PairTable, device: str, cache_root: Path | None,
-                 batch_size: int, progress: bool) -> None:
+                 batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False) -> None:
         self.model, self.device = model, device
+        self.tower = model.image_tower
+        self.mode = side_mode(model.cfg.image.freeze, training)
+        self.aug = cfg.augment if (cfg is not None and training and getattr(cfg, "augment", None)
+                                   and cfg.augment.image) else None
+        self.seed = cfg.train.seed if cfg is not None else 0
+        self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
+        self.transform = eval_transform(self.tower.data_config)
         ids, paths = table.images()
         self.failed: dict[str, str] = {}  # image id -> message
-        self.transform = eval_transform(model.image_tower.data_config)
-        if cache_root is not None:
-            out = image_features(model.image_tower, paths, cache_root, device, batch_size, progress=progress)
-            bad_paths = set(out.failed)
-            self.failed = {i: out.failed[p] for i, p in zip(ids, paths) if p in bad_paths}
-            self.feats: torch.Tensor | None = torch.from_numpy(out.feats).to(device)
+        if self.mode == "features":
+            self._init_features(ids, paths, cache_root, batch_size, progress, dist)
         else:
-            self.feats = None
-            for i, p in zip(ids, paths):
-                try:
-                    load_image(p)
-                except ImageError as e:
-                    self.failed[i] = str(e)
+            self._check_readable(ids, paths)
         kept = [(i, p) for i, p in zip(ids, paths) if i not in self.failed]
-        self.ids = [i for i, _ in kept]
-        self.paths = [p for _, p in kept]
+        self.ids, self.paths = [i for i, _ in kept], [p for _, p in kept]
         self.index = {i: k for k, i in enumerate(self.ids)}
+        if self.mode == "prefix":
+            self._init_prefix(batch_size, progress)
 
-    def _pixels(self, rows: Sequence[int]) -> torch.Tensor:
-        return torch.stack([self.transform(load_image(self.paths[r])) for r in rows]).to(self.device)
+    def _augmenter(self, view: int):
+        from crossalign.data.augment import augment_image
 
-    def train_embed(self, rows: np.ndarray) -> torch.Tensor:
-        if self.feats is not None:
-            return self.model.project_image(self.feats[torch.as_tensor(rows, device=self.device)])
-        return self.model.encode_image(self._pixels(rows))
+        aug, seed = self.aug, self.seed
+        dc = self.tower.data_config
+        short = round(dc["input_size"][-1] / dc["crop_pct"])  # the resize the eval transform applies next
+        return lambda img, key: augment_image(img, aug, _seed(seed, "image", view, key), short_side=short)
+
+    def _init_features(self, ids, paths, cache_root, batch_size, progress, dist) -> None:
+        out = image_features(self.tower, paths, cache_root, self.device, batch_size, progress=progress, dist=dist)
+        self.failed = {i: out.failed[p] for i, p in zip(ids, paths) if p in out.failed}
+        ok = [p for p in paths if p not in out.failed]
+        self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
+        views = []
+        for v in range(self.n_views):
+            o = image_features(self.tower, ok, cache_root, self.device, batch_size, progress=progress, dist=dist,
+                               augment=self._augmenter(v), key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
+            views.append(torch.from_numpy(o.feats).to(self.device))
+        self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
+
+    def _check_readable(self, ids, paths) -> None:
+        for i, p in zip(ids, paths):
+            try:
+                load_image(p)
+            except ImageError as e:
+                self.failed[i] = str(e)
+
+    def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None, view: int | None = None):
+        imgs = []
+        for k, r in enumerate(rows):
+            img = load_image(self.paths[r])
+            if self.aug is not None and epoch >= 0:
+                v = view if view is not None else ("e", epoch, samples[k] if samples is not None else r)
+                img = self._augmenter(v)(img, self.paths[r])
+            imgs.append(self.transform(img))
+        return torch.stack(imgs).to(self.device)  # [batch, 3, H, W]
 
     @torch.no_grad()
-    def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
-        out = [self.train_embed(np.asarray(rows[s:s + batch_size])).float().cpu().numpy()
-               for s in range(0, len(rows), batch_size)]
-        return np.concatenate(out)
+    def _init_prefix(self, batch_size: int, progress: bool) -> None:
+        n_last = int(self.model.cfg.image.freeze.split(":")[1])
+        self.tower.eval()
+        self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
+        for view in [None] + list(range(self.n_views)):
+            items: list[dict] = []
+            for s in range(0, len(self.paths), batch_size):
+                rows = list(range(s, min(s + batch_size, len(self.paths))))
+                pixels = self._pixels(rows, epoch=-1 if view is None else 0, samples=None, view=view)
+                items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
+            self.prefix.append(items)
+
+    def train_embed(self, rows: np.ndarray, epoch: int = -1, samples: np.ndarray | None = None) -> torch.Tensor:
+        """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
+        views = [self._view(epoch, int(s)) for s in (samples if samples is not None else rows)] \
+            if epoch >= 0 else [-1] * len(rows)
+        if self.mode == "features":
+            idx = torch.as_tensor(rows, device=self.device)
+            feats = self.feats[idx]
+            if self.view_feats is not None and epoch >= 0:
+                v = torch.as_tensor(views, device=self.device)
+                feats = self.view_feats[v, idx]
+            return self.model.project_image(feats)
+        if self.mode == "prefix":
+            n_last = int(self.model.cfg.image.freeze.split(":")[1])
+            batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
+            batch = {k: t.to(self.device) for k, t in batch.items()}
+            return self.model.project_image(self.tower.forward_suffix(batch, n_last=n_last))
+        return self.model.encode_image(self._pixels(rows, epoch, samples))
 
 
-class TextSide:
+class TextSide(_Side):
     """The caption rows of a table: ``index`` maps row origin -> row of this side."""
 
     def __init__(self, model: DualEncoder, table: PairTable, device: str, cache_root: Path | None,
-                 batch_size: int, progress: bool) -> None:
+                 batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False) -> None:
         self.model, self.device = model, device
+        self.tower = model.text_tower
+        self.mode = side_mode(model.cfg.text.freeze, training)
+        self.aug = cfg.augment if (cfg is not None and training and getattr(cfg, "augment", None)
+                                   and cfg.augment.text) else None
+        self.seed = cfg.train.seed if cfg is not None else 0
+        self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
         self.captions = list(table.caption)
         self.image_ids = list(table.image_id)
         self.index = {o: k for k, o in enumerate(table.origin)}
-        self.feats: torch.Tensor | None = None
-        if cache_root is not None:
-            feats = text_features(model.text_tower, self.captions, cache_root, device, batch_size, progress)
-            self.feats = torch.from_numpy(feats).to(device)
+        if self.mode == "features":
+            views = [self.captions] + [self._augmented(v) for v in range(self.n_views)]
+            self.feats = torch.stack([
+                torch.from_numpy(text_features(self.tower, texts, cache_root, device, batch_size, progress,
+                                               dist=dist)).to(device) for texts in views])  # [views+1, n, width]
+        elif self.mode == "prefix":
+            self._init_prefix(batch_size)
 
-    def train_embed(self, rows: np.ndarray) -> torch.Tensor:
-        if self.feats is not None:
-            return self.model.project_text(self.feats[torch.as_tensor(rows, device=self.device)])
-        tok = self.model.text_tower.tokenize([self.captions[r] for r in rows])
-        return self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()})
+    def _augmented(self, view) -> list[str]:
+        from crossalign.data.augment import augment_text
+
+        return [augment_text(c, self.aug, _seed(self.seed, "text", view, k)) for k, c in enumerate(self.captions)]
 
     @torch.no_grad()
-    def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
-        out = [self.train_embed(np.asarray(rows[s:s + batch_size])).float().cpu().numpy()
-               for s in range(0, len(rows), batch_size)]
-        return np.concatenate(out)
+    def _init_prefix(self, batch_size: int) -> None:
+        n_last = int(self.model.cfg.text.freeze.split(":")[1])
+        self.tower.eval()
+        self.prefix = []
+        for texts in [self.captions] + [self._augmented(v) for v in range(self.n_views)]:
+            items: list[dict] = []
+            for s in range(0, len(texts), batch_size):
+                tok = {k: v.to(self.device) for k, v in self.tower.tokenize(texts[s:s + batch_size]).items()}
+                items += _split_prefix(self.tower.forward_prefix(**tok, n_last=n_last))
+            self.prefix.append(items)
+
+    def train_embed(self, rows: np.ndarray, epoch: int = -1) -> torch.Tensor:
+        """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
+        views = [self._view(epoch, int(r)) for r in rows] if epoch >= 0 else [-1] * len(rows)
+        if self.mode == "features":
+            v = torch.as_tensor(views, device=self.device) + 1
+            return self.model.project_text(self.feats[v, torch.as_tensor(rows, device=self.device)])
+        if self.mode == "prefix":
+            n_last = int(self.model.cfg.text.freeze.split(":")[1])
+            batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
+            batch = {k: t.to(self.device) for k, t in batch.items()}
+            return self.model.project_text(self.tower.forward_suffix(batch, n_last=n_last))
+        texts = [self.captions[r] for r in rows]
+        if self.aug is not None and epoch >= 0:
+            from crossalign.data.augment import augment_text
+
+            texts = [augment_text(t, self.aug, _seed(self.seed, "text", "e", epoch, int(r)))
+                     for t, r in zip(texts, rows)]
+        tok = self.tower.tokenize(texts)
+        return self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()})
 
 
 def drop_failed_images(table: PairTable, failed: dict[str, str]) -> tuple[PairTable, list[Problem]]:

@@ -1,0 +1,247 @@
+"""The training engine: one run's model, optimizer, schedule, data sides and position.
+
+A frozen tower never runs during training: its outputs come once from the feature
+cache, and only what trains sees gradients. With ``torchrun`` every process takes its
+slice of each global batch and the loss is computed over the whole global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossalign.config import RunConfig, default_cache_dir
+from crossalign.data.table import PairTable
+from crossalign.data.validate import Problem
+from crossalign.evaluate.retrieval import retrieval_metrics
+from crossalign.models.dual import DualEncoder, build_model
+from crossalign.train.checkpoint import checkpoint_state
+from crossalign.train.distributed import DistInfo, all_reduce_mean
+from crossalign.train.logs import RunLogger
+from crossalign.train.schedule import make_scheduler
+from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
+from crossalign.train.state import load_resume_point, save_resume_point
+
+__all__ = ["Engine", "resolve_device", "seed_everything"]
+
+log = logging.getLogger("crossalign.train")
+
+
+def resolve_device(name: str, dist: DistInfo | None = None) -> str:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist is not None and dist.world_size > 1:
+        return f"cuda:{dist.local_rank}"
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(model: DualEncoder, cfg: RunConfig) -> torch.optim.Optimizer:
+    groups: dict[tuple[bool, bool], list] = {(b, d): [] for b in (False, True) for d in (True, False)}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # biases, norms and the temperature are not shrunk towards zero
+        decay = not (p.ndim < 2 or name in ("logit_scale", "logit_bias"))
+        groups[(name.startswith(("image_tower.", "text_tower.")), decay)].append(p)
+    backbone_lr = cfg.train.backbone_lr or cfg.train.lr  # pretrained towers usually want a smaller one
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": cfg.train.weight_decay if decay else 0.0,
+          "lr": backbone_lr if backbone else cfg.train.lr}
+         for (backbone, decay), ps in groups.items() if ps], lr=cfg.train.lr)
+
+
+class _Step(torch.nn.Module):
+    """Embeds one local batch; a module so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: DualEncoder, images: ImageSide, texts: TextSide) -> None:
+        super().__init__()
+        self.model = model
+        self._sides = (images, texts)  # a tuple: not registered as submodules
+
+    def forward(self, img_rows: np.ndarray, txt_rows: np.ndarray, epoch: int):
+        images, texts = self._sides
+        img = images.train_embed(img_rows, epoch, txt_rows)  # [batch, embed_dim]
+        txt = texts.train_embed(txt_rows, epoch)  # [batch, embed_dim]
+        return img, txt, self.model.scale(), self.model.logit_bias
+
+
+@dataclass
+class _Position:
+    epoch: int = 1  # epoch in progress (1-based)
+    step: int = 0  # optimizer steps finished in that epoch
+    global_step: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    loss_sum: float = 0.0  # training loss summed over this epoch's finished steps
+
+
+class Engine:
+    """Owns the model, optimizer, schedule, data sides and position of one run."""
+
+    def __init__(self, run: Path, cfg: RunConfig, table: PairTable, problems: list[Problem],
+                 dist: DistInfo, progress: bool) -> None:
+        self.run, self.cfg, self.dist, self.progress = run, cfg, dist, progress
+        self.device = resolve_device(cfg.train.device, dist)
+        from crossalign.data.augment import check_augment
+
+        check_augment(cfg.augment)  # a missing WordNet fails here, before any work
+        self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
+        if hasattr(self.model.text_tower, "fit_vocabulary"):
+            self.model.text_tower.fit_vocabulary(table.select("train").caption)
+        cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
+        used = table.select(["train", "val"])
+        bs = cfg.train.eval_batch_size
+        self.images = ImageSide(self.model, used, self.device, cache_root, bs, progress, cfg=cfg, dist=dist,
+                                training=True)
+        used, dropped = drop_failed_images(used, self.images.failed)
+        self.problems = problems + dropped
+        self.texts = TextSide(self.model, used, self.device, cache_root, bs, progress, cfg=cfg, dist=dist,
+                              training=True)
+        self.val = used.select("val")
+        self.rows = np.array([self.texts.index[o] for o in used.select("train").origin])
+        self.t2i = np.array([self.images.index[i] for i in self.texts.image_ids])
+        from crossalign.losses import make_loss
+
+        self.loss_fn = make_loss(cfg.loss, dist)
+        self.step_module = _Step(self.model, self.images, self.texts)
+        self.wrapped = self._wrap_ddp()
+        self.opt = _optimizer(self.model, cfg)
+        self.sched = make_scheduler(self.opt, cfg.train, self.steps_per_epoch())
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.pos = _Position()
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        if self.dist.world_size == 1:
+            return self.step_module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.dist.local_rank] if self.device.startswith("cuda") else None
+        return DDP(self.step_module, device_ids=ids)
+
+    def local_batch(self) -> int:
+        """Per-process batch: ``train.batch_size``, shrunk for data smaller than one global batch."""
+        per_step = self.dist.world_size * self.cfg.train.accum_steps
+        return max(1, min(self.cfg.train.batch_size, len(self.rows) // per_step))
+
+    def steps_per_epoch(self) -> int:
+        per_step = self.local_batch() * self.dist.world_size * self.cfg.train.accum_steps
+        return max(1, len(self.rows) // per_step)  # the last partial global batch is dropped
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+        if self.cfg.train.precision != "fp32":
+            raise ValueError(f"train.precision must be fp32 or bf16, got {self.cfg.train.precision!r}")
+        return nullcontext()
+
+    def _micro_step(self, batch: np.ndarray, epoch: int, sync: bool) -> float:
+        bs, rank = self.local_batch(), self.dist.rank
+        local = batch[rank * bs:(rank + 1) * bs]
+        no_sync = self.wrapped.no_sync if (not sync and self.dist.world_size > 1) else nullcontext
+        with no_sync():
+            with self._autocast():
+                img, txt, scale, bias = self.wrapped(self.t2i[local], local, epoch)
+            ids = torch.as_tensor(self.t2i[local], device=img.device)
+            kwargs = {"logit_bias": bias.float()} if bias is not None else {}
+            loss = self.loss_fn(img.float(), txt.float(), scale.float(), ids, **kwargs)
+            (loss / self.cfg.train.accum_steps).backward()
+        return loss.item()
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0
+                                              else float("inf"))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.after_step()
+        return float(norm)
+
+    def train_epoch(self, logger: RunLogger, epoch_gen_state: torch.Tensor) -> float:
+        """Run the optimizer steps of ``self.pos.epoch`` from ``self.pos.step`` on."""
+        from tqdm.auto import tqdm
+
+        cfg, epoch = self.cfg.train, self.pos.epoch
+        self.model.train()
+        self.gen.set_state(epoch_gen_state)
+        perm = self.rows[torch.randperm(len(self.rows), generator=self.gen).numpy()]
+        global_bs = self.local_batch() * self.dist.world_size
+        n_steps = self.steps_per_epoch()
+        bar = tqdm(total=n_steps, initial=self.pos.step, desc=f"epoch {epoch}", leave=False,
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        t0, seen = time.perf_counter(), 0
+        if self.pos.step == 0:
+            self.pos.loss_sum = 0.0
+        while self.pos.step < n_steps:
+            first = self.pos.step * cfg.accum_steps
+            micro = [self._micro_step(perm[(first + m) * global_bs:(first + m + 1) * global_bs], epoch,
+                                      sync=m == cfg.accum_steps - 1) for m in range(cfg.accum_steps)]
+            grad_norm = self._optimizer_step()
+            self.pos.step += 1
+            self.pos.global_step += 1
+            step_loss = all_reduce_mean(float(np.mean(micro)), self.dist)  # the global batch's loss
+            self.pos.loss_sum += step_loss
+            seen += global_bs * cfg.accum_steps
+            sps = seen / (time.perf_counter() - t0)
+            temp = 1 / self.model.scale().item()
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}",
+                            T=f"{temp:.4f}", sps=f"{sps:.0f}")
+            bar.update(1)
+            if self.pos.global_step % max(1, cfg.log_every) == 0:
+                logger.step({"step": self.pos.global_step, "epoch": epoch, "loss": step_loss,
+                             "lr": self.opt.param_groups[0]["lr"], "temperature": temp,
+                             "grad_norm": grad_norm, "samples_per_s": sps})
+            if cfg.checkpoint_every and self.pos.step % cfg.checkpoint_every == 0 and self.pos.step < n_steps:
+                self.save_resume(logger, epoch_gen_state)
+        bar.close()
+        self.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        return self.pos.loss_sum / max(1, n_steps)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        ids, t2i = self.val.caption_image_index()
+        img = self.images.embed_all([self.images.index[i] for i in ids], self.cfg.train.eval_batch_size)
+        txt = self.texts.embed_all([self.texts.index[o] for o in self.val.origin], self.cfg.train.eval_batch_size)
+        self.model.train()
+        return retrieval_metrics(img, txt, t2i)
+
+    def save_resume(self, logger: RunLogger, epoch_gen_state: torch.Tensor) -> None:
+        if not self.dist.is_main:
+            return
+        logger.flush_steps()
+        position = {**self.pos.__dict__, "history": logger.epochs}
+        save_resume_point(self.run, checkpoint_state(self.model), self.opt, self.sched.state_dict(),
+                          position, epoch_gen_state)
+
+    def restore(self) -> RunLogger:
+        """Load the latest resume point (model, optimizer, schedule, RNGs, position, logs)."""
+        state = load_resume_point(self.run)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected:
+            raise ValueError(f"{self.run}: resume point does not match the model ({unexpected[:3]})")
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        pos = dict(state["position"])
+        history = pos.pop("history")
+        self.pos = _Position(**pos)
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.resume_gen_state = state["epoch_generator"]
+        return RunLogger(self.run, self.dist.is_main, self.cfg.train.tensorboard,
+                         resume_step=self.pos.global_step, history=history)

@@ -1,0 +1,97 @@
+"""Resumable training state: optimizer, scheduler, RNG states and position.
+
+A resume point is one generation of files under ``RUN/resume/``: the model weights, the
+optimizer tensors (both safetensors) and a JSON with everything else. ``latest.json`` is
+written last and names the generation, so a process killed at any moment leaves either
+the old resume point or the new one, never a mix. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossalign._io import atomic_path, atomic_write_json
+
+__all__ = ["save_resume_point", "load_resume_point", "has_resume_point"]
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors + a JSON-able skeleton."""
+    sd = opt.state_dict()
+    tensors, skeleton = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                entry[k] = {"tensor": f"opt.{pid}.{k}"}
+            else:
+                entry[k] = v
+        skeleton["state"][str(pid)] = entry
+    return tensors, skeleton
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], skeleton: dict) -> dict:
+    state = {}
+    for pid, entry in skeleton["state"].items():
+        state[int(pid)] = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+                           for k, v in entry.items()}
+    return {"state": state, "param_groups": skeleton["param_groups"]}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def save_resume_point(run: Path, model_state: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
+                      scheduler_state: dict | None, position: dict, generator_state: torch.Tensor) -> None:
+    """Write one resume generation and point ``latest.json`` at it (the commit point).
+
+    ``generator_state`` is the state of the epoch-order generator at the start of the
+    current epoch, so a resumed run draws the same order and skips the finished steps.
+    """
+    folder = Path(run) / "resume"
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{position['epoch']:04d}-{position['step']:07d}"
+    opt_tensors, skeleton = _flatten_optimizer(opt)
+    opt_tensors.update(_rng_tensors())
+    opt_tensors["rng.epoch_generator"] = generator_state
+    with atomic_path(folder / f"model-{tag}.safetensors") as tmp:
+        save_file(model_state, str(tmp))
+    with atomic_path(folder / f"state-{tag}.safetensors") as tmp:
+        save_file(opt_tensors, str(tmp))
+    atomic_write_json(folder / f"state-{tag}.json",
+                      {"optimizer": skeleton, "scheduler": scheduler_state, "position": position})
+    atomic_write_json(folder / "latest.json", {"tag": tag})
+    for old in folder.glob("*-*.*"):  # earlier generations are no longer needed
+        if tag not in old.name:
+            old.unlink(missing_ok=True)
+
+
+def has_resume_point(run: Path) -> bool:
+    return (Path(run) / "resume" / "latest.json").is_file()
+
+
+def load_resume_point(run: Path) -> dict:
+    """Read the latest generation: model state, optimizer state dict, scheduler, position, RNGs."""
+    folder = Path(run) / "resume"
+    tag = json.loads((folder / "latest.json").read_text())["tag"]
+    meta = json.loads((folder / f"state-{tag}.json").read_text())
+    tensors = load_file(str(folder / f"state-{tag}.safetensors"))
+    return {
+        "model": load_file(str(folder / f"model-{tag}.safetensors")),
+        "optimizer": _unflatten_optimizer(tensors, meta["optimizer"]),
+        "scheduler": meta["scheduler"],
+        "position": meta["position"],
+        "rng_torch": tensors["rng.torch"],
+        "rng_cuda": [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))],
+        "epoch_generator": tensors["rng.epoch_generator"],
+    }

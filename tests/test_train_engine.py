@@ -1,0 +1,128 @@
+"""The training engine: exact resume, schedules, accumulation, clipping, early stopping."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from crossalign.api import resume, train
+from crossalign.train import engine as engine_mod
+
+FAST = ["train.batch_size=32", "train.checkpoint_every=3", "train.early_stopping=false",
+        "train.tensorboard=false", "model.head=mlp", "model.head_dropout=0.2"]
+
+
+def _epochs(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_after_crash_mid_epoch_is_exact(tmp_path, shapes_dir, monkeypatch):
+    full = train(shapes_dir, tmp_path / "full", overrides=FAST + ["train.epochs=3"], progress=False)
+    # crash in the middle of epoch 2, after a resume point and a few more steps
+    real_step = engine_mod.Engine._optimizer_step
+    calls = {"n": 0}
+
+    def crashing_step(self):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self)
+
+    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dir, tmp_path / "cut", overrides=FAST + ["train.epochs=3"], progress=False)
+    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", real_step)
+    latest = json.loads((tmp_path / "cut" / "resume" / "latest.json").read_text())["tag"]
+    assert latest.startswith("0002-")  # the resume point is inside epoch 2
+    resumed = resume(tmp_path / "cut", progress=False)
+    timing = {"samples_per_s", "epoch_seconds"}
+    assert {k: v for k, v in resumed.best_metrics.items() if k not in timing} == \
+        {k: v for k, v in full.best_metrics.items() if k not in timing}
+    a, b = _epochs(tmp_path / "full"), _epochs(tmp_path / "cut")
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert [r["val_rsum"] for r in a] == [r["val_rsum"] for r in b]
+    with open(tmp_path / "cut" / "steps.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_sigkill_then_resume_from_the_command_line(tmp_path, shapes_dir):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sets = []
+    for s in FAST + ["train.epochs=6", "train.checkpoint_every=2"]:
+        sets += ["--set", s]
+    cmd = [sys.executable, "-m", "crossalign", "-q", "train", "--data", str(shapes_dir), "--out", str(run), *sets]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        latest = run / "resume" / "latest.json"
+        if latest.exists() and json.loads(latest.read_text())["tag"] >= "0002-":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-m", "crossalign", "-q", "train", "--resume", str(run)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref = train(shapes_dir, tmp_path / "ref", overrides=FAST + ["train.epochs=6", "train.checkpoint_every=2"],
+                progress=False)
+    assert [r["val_rsum"] for r in _epochs(run)] == [r["val_rsum"] for r in _epochs(tmp_path / "ref")]
+    assert json.loads((run / "summary.json").read_text())["best_val"]["val_rsum"] == ref.best_metrics["val_rsum"]
+
+
+def test_cosine_schedule_warmup_and_decay(tmp_path, shapes_dir):
+    train(shapes_dir, tmp_path / "r", overrides=FAST + ["train.epochs=2", "train.scheduler=cosine",
+          "train.warmup_steps=3", "train.log_every=1", "train.lr=0.01"], progress=False)
+    with open(tmp_path / "r" / "steps.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    # logged after each step: warm-up 2/3, 3/3 of the peak, then a cosine decay to 0
+    assert lrs[0] == pytest.approx(0.01 * 2 / 3) and lrs[1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_plateau_accumulation_and_early_stopping(tmp_path, shapes_dir):
+    # a tiny lr: the monitor soon stops improving, plateau halves lr, early stopping ends the run
+    res = train(shapes_dir, tmp_path / "p", overrides=[
+        "train.batch_size=16", "train.accum_steps=2", "train.tensorboard=false", "train.epochs=12",
+        "train.scheduler=plateau", "train.plateau_patience=0", "train.lr=1e-6", "train.patience=2",
+        "train.monitor=t2i_R@1"], progress=False)
+    rows = _epochs(tmp_path / "p")
+    best, bad, lr = -1.0, 0, 1e-6
+    for r in rows:
+        score = float(r["val_t2i_R@1"])
+        if score > best:
+            best, bad = score, 0
+        else:
+            bad, lr = bad + 1, lr / 2
+        assert float(r["lr"]) == pytest.approx(lr)
+    assert bad == 2 and len(rows) < 12  # stopped by patience, not by the epoch limit
+    assert float(next(r for r in rows if int(r["epoch"]) == res.best_epoch)["val_t2i_R@1"]) == best
+    # 240 training captions, 16 per micro-batch, 2 micro-batches per step: 7 steps an epoch
+    assert [int(r["step"]) for r in rows] == [7 * (k + 1) for k in range(len(rows))]
+
+
+def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
+    from crossalign.config import load_config
+    from crossalign.data.prepare import prepare_table
+    from crossalign.train.distributed import DistInfo
+
+    seen = {}
+    for clip in (0.05, 0.0):
+        cfg = load_config(None, FAST + [f"train.grad_clip={clip}"])
+        table, problems = prepare_table(shapes_dir, cfg.data)
+        eng = engine_mod.Engine(tmp_path / str(clip), cfg, table, problems, DistInfo(), progress=False)
+        params = [p for p in eng.model.parameters() if p.requires_grad]
+        eng.opt.step = lambda: seen.__setitem__(clip, float(torch.norm(torch.stack([p.grad.norm() for p in params]))))
+        eng._micro_step(eng.rows[:32], epoch=1, sync=True)
+        reported = eng._optimizer_step()
+        assert reported > 0.05  # the norm before clipping
+    assert seen[0.05] == pytest.approx(0.05, rel=1e-4)  # what the optimizer saw
+    assert seen[0.0] > 0.05  # clip 0 = off
