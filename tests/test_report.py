@@ -175,6 +175,17 @@ def test_missing_columns_are_tolerated(tmp_path):
         assert np.asarray(im.convert("L")).std() > 0  # something was drawn
 
 
+def test_heatmap_draws_captions_as_written(tmp_path):
+    from crossalign.report.plots import distance_heatmap
+
+    # unescaped, "$\frac{ ... $" is invalid matplotlib maths and savefig raises
+    labels = ["price $\\frac{ and $", "plain words"]
+    png = distance_heatmap(np.array([[0.1, 0.9], [0.8, 0.2]]), labels, [Image.new("RGB", (32, 32))] * 2,
+                           tmp_path / "heat.png")
+    with Image.open(png) as im:
+        assert im.width > 200
+
+
 def test_setup_describes_towers_and_augmentation():
     from crossalign.config import load_config
     from crossalign.report.collect import describe_config

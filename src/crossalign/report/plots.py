@@ -33,6 +33,11 @@ _STYLE = {
 _RECALL = re.compile(r"^val_(t2i|i2t)_R@(\d+)$")
 
 
+def _plain(text: str) -> str:
+    """User text drawn as written: a ``$`` would otherwise start matplotlib's maths mode."""
+    return text.replace("$", r"\$")
+
+
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -114,7 +119,7 @@ def rsum_curves(histories: Mapping[str, Sequence[Mapping]], path: str | Path, co
         fig, ax = plt.subplots(figsize=(10, 3.6))
         for n, (name, history) in enumerate(histories.items()):
             x, y = _series(history, column)
-            ax.plot(x, y, marker="o", markersize=3, color=_RUN_COLOURS[n % len(_RUN_COLOURS)], label=name)
+            ax.plot(x, y, marker="o", markersize=3, color=_RUN_COLOURS[n % len(_RUN_COLOURS)], label=_plain(name))
         ax.set_title(f"{column} per epoch")
         ax.set_xlabel("epoch")
         ax.set_ylabel("R-sum")
@@ -138,7 +143,7 @@ def distance_heatmap(dist: np.ndarray, row_labels: Sequence[str], thumbs: Sequen
                         color="white" if dist[r, c] < 0.6 * max(1.0, float(dist.max())) else "#111827")
         for d in range(min(k_rows, k_cols)):
             ax.add_patch(plt.Rectangle((d - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="#f43f5e", linewidth=2))
-        ax.set_yticks(range(k_rows), [f"{r + 1}. {lab}" for r, lab in enumerate(row_labels)])
+        ax.set_yticks(range(k_rows), [f"{r + 1}. {_plain(lab)}" for r, lab in enumerate(row_labels)])
         ax.set_xticks(range(k_cols), [str(c + 1) for c in range(k_cols)])
         ax.xaxis.tick_top()
         ax.tick_params(axis="x", pad=44, length=0)
@@ -191,7 +196,7 @@ def _grouped_bars(ax, groups: Mapping[str, Mapping], keys: Sequence[str], colour
     x = np.arange(len(keys))
     for n, (name, values) in enumerate(groups.items()):
         heights = [values.get(k) or 0.0 for k in keys]
-        bars = ax.bar(x + (n - (len(groups) - 1) / 2) * width, heights, width * 0.92, label=name,
+        bars = ax.bar(x + (n - (len(groups) - 1) / 2) * width, heights, width * 0.92, label=_plain(name),
                       color=colours[n % len(colours)])
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(x, [k.replace("_", " ") for k in keys])
