@@ -126,3 +126,16 @@ def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
         assert reported > 0.05  # the norm before clipping
     assert seen[0.05] == pytest.approx(0.05, rel=1e-4)  # what the optimizer saw
     assert seen[0.0] > 0.05  # clip 0 = off
+
+
+def test_bf16_autocast_and_siglip_train_on_cpu(tmp_path, shapes_dir):
+    res = train(shapes_dir, tmp_path / "b", overrides=FAST + ["train.epochs=2", "train.precision=bf16",
+                "loss.name=siglip", "train.lr=0.003"], progress=False)
+    rows = _epochs(tmp_path / "b")
+    assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in rows)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # the checkpoint holds the SigLIP bias, and loads back
+    import crossalign
+
+    aligner = crossalign.load(res.run_dir)
+    assert aligner.model.logit_bias is not None
