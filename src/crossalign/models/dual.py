@@ -61,7 +61,7 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
     except ValueError:
         n = None
     if n is None:
-        raise ValueError(f"freeze must be frozen, trainable, auto or last:N, got {spec!r}")
+        raise ValueError(f"freeze must be frozen, trainable or last:N (or auto in the config), got {spec!r}")
     blocks = tower.blocks()
     if not 0 <= n <= len(blocks):
         raise ValueError(f"last:{n} asks for more blocks than the tower has ({len(blocks)})")
@@ -110,6 +110,8 @@ class DualEncoder(nn.Module):
                                         requires_grad=cfg.learn_logit_scale)
         # SigLIP's learnable bias on the logits; None for losses that have none
         self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init))) if logit_bias_init is not None else None
+        if "auto" in (cfg.image.freeze, cfg.text.freeze):  # built directly, not by build_model
+            _resolve_freeze(cfg)
         apply_freeze(self.image_tower, cfg.image.freeze)
         apply_freeze(self.text_tower, cfg.text.freeze)
 
