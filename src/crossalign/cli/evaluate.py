@@ -1,4 +1,4 @@
-"""``crossalign evaluate RUN --data DIR [--split test] [--json FILE]``"""
+"""``crossalign evaluate RUN --data DIR [--split test|all] [--gap] [--json FILE] [--matrix FILE.npy]``"""
 
 from __future__ import annotations
 
@@ -7,30 +7,63 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics of a trained run",
-                       description="Recall@K, median rank and more, in both directions, from embeddings.")
+                       description="Recall@K, median and mean rank, MRR, top-1 and R-sum in both directions, "
+                                   "from embeddings, with the chance level beside each number.")
     p.add_argument("run", help="run folder written by 'crossalign train'")
     p.add_argument("--data", required=True, help="data folder")
-    p.add_argument("--split", default="test", help="train, val, test or all (default test)")
+    p.add_argument("--split", default="test", help="train, val, test, several joined by commas, or all (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.add_argument("--k", default="1,5,10", help="the K of Recall@K, comma-separated")
+    p.add_argument("--gap", action="store_true",
+                   help="also score items the model trained on (train split) and held-out items apart")
+    p.add_argument("--seen", default="match", choices=["match", "all"],
+                   help="with --gap: sample the train images down to the held-out count (match, default) or keep all")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.add_argument("--matrix", metavar="FILE.npy",
+                   help="write the cosine distance matrix (rows images, columns captions) and FILE.json "
+                        "naming them; refused for very large sets")
+    p.add_argument("--float16", action="store_true", help="store the matrix as float16")
+    p.add_argument("--lists", metavar="FILE.npz", help="write per-query ranks and top-K lists, both directions")
+    p.add_argument("--lists-k", type=int, default=10, help="length of those lists (default 10)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
 
+def _fmt_rank(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
 def format_table(metrics: dict, ks: list[int]) -> str:
-    """Metrics as a small text table, one row per direction."""
+    """Metrics as a small text table: one row per direction, the chance level under each."""
     head = ["direction"] + [f"R@{k}" for k in ks] + ["median rank", "mean rank", "MRR"]
+    chance = metrics.get("chance", {})
     rows = []
     for d, label in (("t2i", "text->image"), ("i2t", "image->text")):
-        rows.append([label] + [f"{metrics[f'{d}_R@{k}']:.2f}" for k in ks]
-                    + [f"{metrics[f'{d}_median_rank']:.0f}", f"{metrics[f'{d}_mean_rank']:.1f}",
-                       f"{metrics[f'{d}_mrr']:.3f}"])
+        for name, src in ((label, metrics), ("  chance", chance)):
+            if not src:
+                continue
+            rows.append([name] + [f"{src[f'{d}_R@{k}']:.2f}" for k in ks]
+                        + [_fmt_rank(src[f"{d}_median_rank"]), f"{src[f'{d}_mean_rank']:.1f}",
+                           f"{src[f'{d}_mrr']:.3f}"])
     widths = [max(len(str(r[c])) for r in [head] + rows) for c in range(len(head))]
-    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    tail = f" (chance {chance['rsum']:.1f})" if chance else ""
     out.append(f"{metrics['n_images']} images, {metrics['n_captions']} captions ({metrics['split']} split); "
-               f"rsum {metrics['rsum']:.1f}")
+               f"rsum {metrics['rsum']:.1f}{tail}")
+    return "\n".join(out)
+
+
+def format_gap(metrics: dict, ks: list[int]) -> str:
+    """The seen and unseen tables and the gap in R@K points."""
+    proto = metrics["gap_protocol"]
+    out = [f"\nseen (trained on): {proto['seen_images_used']} of {proto['seen_images_available']} train images "
+           f"(sampling {proto['sampling']}, seed {proto['seed']})", format_table(metrics["seen"], ks),
+           "\nunseen (held out):", format_table(metrics["unseen"], ks)]
+    gap = metrics["gap"]
+    parts = [f"{d} R@{k} {gap[f'{d}_R@{k}']:+.1f}" for d in ("t2i", "i2t") for k in ks]
+    out.append("\ngeneralization gap (seen - unseen, points): " + ", ".join(parts))
     return "\n".join(out)
 
 
@@ -38,9 +71,19 @@ def run(args: argparse.Namespace) -> int:
     from crossalign._io import atomic_write_json
     from crossalign.evaluate.run import evaluate
 
-    ks = [int(k) for k in args.k.split(",") if k.strip()]
-    metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device, progress=not args.quiet)
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if args.float16 and not args.matrix:
+        raise ValueError("--float16 applies to --matrix; give --matrix FILE.npy too")
+    metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
+                       progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
+                       matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k)
+    ks = sorted(set(ks))
     print(format_table(metrics, ks))
+    if args.gap:
+        print(format_gap(metrics, ks))
     if args.json:
         atomic_write_json(args.json, metrics)
     return 0

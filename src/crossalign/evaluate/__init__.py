@@ -1,12 +1,13 @@
-"""Evaluation: embeddings, retrieval metrics, the ``evaluate`` entry point.
+"""Evaluation: embeddings, retrieval metrics, zero-shot classification, the ``evaluate`` entry point.
 
-``crossalign.evaluate(run, data, split="test")`` calls :func:`crossalign.evaluate.run.evaluate`.
+``crossalign.evaluate(run, data, split="test")`` calls :func:`crossalign.evaluate.run.evaluate`;
+zero-shot classification is :func:`crossalign.evaluate.zeroshot.zeroshot`.
 """
 
 from crossalign._callable import make_callable
-from crossalign.evaluate.retrieval import retrieval_metrics
+from crossalign.evaluate.retrieval import retrieval_metrics, retrieve, topk
 from crossalign.evaluate.run import evaluate
 
-__all__ = ["evaluate", "retrieval_metrics"]
+__all__ = ["evaluate", "retrieval_metrics", "retrieve", "topk"]
 
 make_callable(__name__, evaluate)

@@ -1,21 +1,36 @@
-"""``crossalign.evaluate``: metrics of a trained run on one split of a data set."""
+"""``crossalign.evaluate``: metrics of a trained run on one split of a data set.
+
+With ``gap=True`` the same metrics are computed separately for items the model trained on
+("seen": the run's train split) and items it did not ("unseen": the held-out part of the
+requested split), the comparison the seed reports made as "train 100 % vs held-out 11 %".
+Each set is ranked among itself, and Recall@K depends on how many items compete, so by
+default the seen images are sub-sampled (seeded) to the number of unseen images; the JSON
+says so under ``gap_protocol``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from crossalign.config import default_cache_dir
+from crossalign.config import RunConfig, default_cache_dir
 from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
-from crossalign.evaluate.retrieval import retrieval_metrics
+from crossalign.evaluate.chance import chance_metrics
+from crossalign.evaluate.retrieval import MATRIX_MAX_CELLS, retrieval_metrics, retrieve, write_distance_matrix
 from crossalign.models.dual import DualEncoder, is_frozen
 
-__all__ = ["evaluate", "embed_table", "EmbeddedTable"]
+__all__ = ["evaluate", "embed_table", "embed_images", "encode_texts", "EmbeddedTable", "select_split",
+           "sample_images", "open_run", "RunData", "GAP_KEYS"]
+
+# the metrics whose seen - unseen difference is reported as the generalization gap
+GAP_KEYS = ("R@", "_median_rank", "_mean_rank", "_mrr", "_top1", "rsum")
 
 
 @dataclass
@@ -28,6 +43,29 @@ class EmbeddedTable:
     text_emb: np.ndarray  # [n_captions, dim]
     text_to_image: np.ndarray  # [n_captions]
     problems: list[Problem]
+
+
+@dataclass
+class RunData:
+    """A loaded run and the data table split the way the run split it."""
+
+    model: DualEncoder
+    cfg: RunConfig
+    table: PairTable
+    problems: list[Problem]
+    cache_root: Path | None
+    device: str
+
+
+def open_run(run: str | Path, data: str | Path, which: str = "best", device: str = "cpu",
+             quiet: bool = False) -> RunData:
+    """Load the run's checkpoint and read ``data`` with the run's stored split."""
+    from crossalign.train.checkpoint import load_model
+
+    model, cfg = load_model(run, which, device)
+    table, problems = prepare_table(data, cfg.data, run_dir=run, quiet=quiet)
+    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
+    return RunData(model, cfg, table, problems, cache_root, device)
 
 
 def embed_table(model: DualEncoder, table: PairTable, cache_root: Path | None, device: str = "cpu",
@@ -48,23 +86,145 @@ def embed_table(model: DualEncoder, table: PairTable, cache_root: Path | None, d
     return EmbeddedTable(table, ids, img, txt, t2i, problems)
 
 
+def embed_images(model: DualEncoder, table: PairTable, cache_root: Path | None, device: str = "cpu",
+                 batch_size: int = 128, progress: bool = True) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """Embeddings ``[n_ok, dim]`` of the table's unique readable images, their ids, and the failures."""
+    from crossalign.train.sides import ImageSide
+
+    frozen = is_frozen(model.cfg.image.freeze)
+    images = ImageSide(model, table, device, cache_root if frozen else None, batch_size, progress)
+    model.eval()
+    if not images.ids:
+        return [], np.zeros((0, model.cfg.embed_dim), np.float32), images.failed
+    return images.ids, images.embed_all(list(range(len(images.ids))), batch_size), images.failed
+
+
+@torch.no_grad()
+def encode_texts(model: DualEncoder, texts: Sequence[str], device: str = "cpu",
+                 batch_size: int = 128) -> np.ndarray:
+    """Embeddings ``[len(texts), dim]`` of free text (prompts, queries), L2-normalised."""
+    model.eval()
+    out = []
+    for s in range(0, len(texts), batch_size):
+        tok = model.text_tower.tokenize(list(texts[s:s + batch_size]))
+        out.append(model.encode_text(**{k: v.to(device) for k, v in tok.items()}).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
+def select_split(table: PairTable, split: str) -> PairTable:
+    """Rows of ``split``: a name, several names joined by commas, or ``all``."""
+    names = "all" if split == "all" else [s.strip() for s in split.split(",") if s.strip()]
+    sub = table.select(names)
+    if len(sub) == 0:
+        raise ValueError(f"the {split!r} split has no rows (splits: {table.split_counts()})")
+    return sub
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sample_images(table: PairTable, n: int, seed: int = 0) -> PairTable:
+    """All rows of ``n`` images chosen by a seeded hash of their id (independent of row order)."""
+    ids, _ = table.images()
+    if n >= len(ids):
+        return table
+    chosen = set(sorted(ids, key=lambda i: _unit_hash(i, seed))[:n])
+    return table.take(k for k, i in enumerate(table.image_id) if i in chosen)
+
+
+def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool) -> tuple[dict, EmbeddedTable]:
+    emb = embed_table(rd.model, sub, rd.cache_root, rd.device, rd.cfg.train.eval_batch_size, progress)
+    if len(emb.image_ids) == 0:
+        raise ValueError("no readable images left to evaluate")
+    metrics = retrieval_metrics(emb.image_emb, emb.text_emb, emb.text_to_image, ks)
+    metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
+    metrics["skipped_rows"] = len(emb.problems)
+    return metrics, emb
+
+
+def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], seen: str, seed: int,
+         progress: bool) -> dict:
+    """``seen`` / ``unseen`` metrics, their difference, and how the two sets were drawn."""
+    if seen not in ("match", "all"):
+        raise ValueError(f"seen must be 'match' or 'all', got {seen!r}")
+    unseen_tab = sub.take(k for k, s in enumerate(sub.split) if s != "train")
+    train_tab = rd.table.select("train")
+    if len(unseen_tab) == 0:
+        raise ValueError(f"--gap compares the train split with held-out items, and the {split!r} split "
+                         f"holds none; use --split test, val or all")
+    if len(train_tab) == 0:
+        raise ValueError("--gap needs the run's train split, and no row of the data is in it")
+    n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(train_tab.image_id))
+    seen_tab = sample_images(train_tab, n_unseen, seed) if seen == "match" else train_tab
+    seen_m, _ = _score(rd, seen_tab, ks, progress)
+    unseen_m = top if len(unseen_tab) == len(sub) else _score(rd, unseen_tab, ks, progress)[0]
+    seen_m["split"] = "train"
+    unseen_m = {**unseen_m, "split": ",".join(sorted(set(unseen_tab.split)))}
+    gap = {k: seen_m[k] - unseen_m[k] for k in seen_m
+           if isinstance(seen_m[k], float) and any(tag in k for tag in GAP_KEYS)}
+    protocol = {
+        "seen": "images of the run's train split", "unseen": f"held-out images of the {split!r} split",
+        "seen_images_available": n_train, "seen_images_used": len(set(seen_tab.image_id)),
+        "unseen_images": n_unseen, "sampling": seen, "seed": seed,
+        "note": ("each set is ranked among itself; with sampling 'match' the seen images are a seeded "
+                 "sample of the unseen count, so Recall@K and ranks of the two are comparable"),
+    }
+    return {"seen": seen_m, "unseen": unseen_m, "gap": gap, "gap_protocol": protocol}
+
+
+def _export(emb: EmbeddedTable, matrix: str | Path | None, float16: bool, lists: str | Path | None,
+            lists_k: int) -> None:
+    """The distance matrix (small sets) and per-query ranks and top-K lists (any size)."""
+    from crossalign._io import atomic_path, atomic_write_json
+
+    if matrix:
+        write_distance_matrix(matrix, emb.image_emb, emb.text_emb, float16)
+        atomic_write_json(Path(matrix).with_suffix(".json"), {
+            "matrix": "cosine distance 1 - cos; rows are images, columns are captions",
+            "image_ids": emb.image_ids, "caption_image": emb.text_to_image.tolist(),
+            "caption_origin": list(emb.table.origin)})
+    if lists:
+        res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=lists_k)
+        with atomic_path(lists) as tmp, open(tmp, "wb") as f:
+            np.savez(f, image_ids=np.array(emb.image_ids), caption_image=emb.text_to_image,
+                     t2i_ranks=res.t2i_ranks, i2t_ranks=res.i2t_ranks,
+                     t2i_topk=res.t2i.indices, t2i_topk_scores=res.t2i.scores,
+                     i2t_topk=res.i2t.indices, i2t_topk_scores=res.i2t.scores)
+
+
 def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
-             which: str = "best", device: str = "cpu", progress: bool = True) -> dict:
+             which: str = "best", device: str = "cpu", progress: bool = True, *, gap: bool = False,
+             seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
+             lists: str | Path | None = None, lists_k: int = 10) -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
     those training held out.
-    """
-    from crossalign.train.checkpoint import load_model
 
-    model, cfg = load_model(run, which, device)
-    table, problems = prepare_table(data, cfg.data, run_dir=run)
-    sub = table.select(split)
-    if len(sub) == 0:
-        raise ValueError(f"{data}: the {split!r} split has no rows (splits: {table.split_counts()})")
-    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    emb = embed_table(model, sub, cache_root, device, cfg.train.eval_batch_size, progress)
-    metrics = retrieval_metrics(emb.image_emb, emb.text_emb, emb.text_to_image, ks)
+    Args:
+        split: a split name, names joined by commas, or ``all``.
+        ks: the K of Recall@K.
+        gap: also score seen (train) and unseen (held-out) items apart, under ``seen`` / ``unseen``.
+        seen: ``match`` samples the seen images down to the unseen count (seeded); ``all`` keeps all.
+        seed: seed of that sample.
+        matrix: write the cosine distance matrix of ``split`` here (``.npy``; refused for huge sets).
+        float16: store the matrix as float16.
+        lists: write per-query ranks and top-``lists_k`` lists in both directions here (``.npz``).
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"the K of Recall@K must be positive integers, got {list(ks)}")
+    rd = open_run(run, data, which, device)
+    sub = select_split(rd.table, split)
+    if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
+        raise ValueError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above the "
+                         f"distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
+    metrics, emb = _score(rd, sub, ks, progress)
     metrics["split"] = split
-    metrics["skipped_rows"] = len(problems) + len(emb.problems)
+    metrics["skipped_rows"] += len(rd.problems)
+    _export(emb, matrix, float16, lists, lists_k)
+    if gap:
+        metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
     return metrics
