@@ -16,6 +16,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
+    "zeroshot": "zeroshot",
     "data": "data",
     "report": "report",
     "models": "models",
