@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "ranks_t2i", "ranks_i2t", "rank_summary", "TopK", "Retrieval",
+__all__ = ["retrieval_metrics", "metrics_from_ranks", "ranks_t2i", "ranks_i2t", "rank_summary", "TopK", "Retrieval",
            "retrieve", "topk", "block_rows", "write_distance_matrix", "MATRIX_MAX_CELLS",
            "BLOCK_BYTES"]
 
@@ -233,10 +233,15 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1
         max_bytes: memory bound of one block of scores.
     """
     res = retrieve(image_emb, text_emb, text_to_image, k=0, max_bytes=max_bytes)
-    out = {**rank_summary(res.t2i_ranks, ks, "t2i"), **rank_summary(res.i2t_ranks, ks, "i2t")}
+    return metrics_from_ranks(res.t2i_ranks, res.i2t_ranks, ks)
+
+
+def metrics_from_ranks(t2i_ranks: np.ndarray, i2t_ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The metrics of :func:`retrieval_metrics` from ranks already computed (by :func:`retrieve`)."""
+    out = {**rank_summary(t2i_ranks, ks, "t2i"), **rank_summary(i2t_ranks, ks, "i2t")}
     out["rsum"] = float(sum(out[f"{d}_R@{k}"] for d in ("t2i", "i2t") for k in ks))
-    out["n_images"] = int(len(res.i2t_ranks))
-    out["n_captions"] = int(len(res.t2i_ranks))
+    out["n_images"] = int(len(i2t_ranks))
+    out["n_captions"] = int(len(t2i_ranks))
     return out
 
 

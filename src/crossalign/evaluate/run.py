@@ -23,7 +23,8 @@ from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
 from crossalign.evaluate.chance import chance_metrics
-from crossalign.evaluate.retrieval import MATRIX_MAX_CELLS, retrieval_metrics, retrieve, write_distance_matrix
+from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
+                                          write_distance_matrix)
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["evaluate", "embed_table", "embed_images", "encode_texts", "EmbeddedTable", "select_split",
@@ -134,14 +135,17 @@ def sample_images(table: PairTable, n: int, seed: int = 0) -> PairTable:
     return table.take(k for k, i in enumerate(table.image_id) if i in chosen)
 
 
-def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool) -> tuple[dict, EmbeddedTable]:
+def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool,
+           k: int = 0) -> tuple[dict, EmbeddedTable, Retrieval]:
+    """Metrics of ``sub``, its embeddings, and its ranks (plus top-``k`` lists) from one pass."""
     emb = embed_table(rd.model, sub, rd.cache_root, rd.device, rd.cfg.train.eval_batch_size, progress)
     if len(emb.image_ids) == 0:
         raise ValueError("no readable images left to evaluate")
-    metrics = retrieval_metrics(emb.image_emb, emb.text_emb, emb.text_to_image, ks)
+    res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k)
+    metrics = metrics_from_ranks(res.t2i_ranks, res.i2t_ranks, ks)
     metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
     metrics["skipped_rows"] = len(emb.problems)
-    return metrics, emb
+    return metrics, emb, res
 
 
 def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], seen: str, seed: int,
@@ -158,7 +162,7 @@ def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], 
         raise ValueError("--gap needs the run's train split, and no row of the data is in it")
     n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(train_tab.image_id))
     seen_tab = sample_images(train_tab, n_unseen, seed) if seen == "match" else train_tab
-    seen_m, _ = _score(rd, seen_tab, ks, progress)
+    seen_m = _score(rd, seen_tab, ks, progress)[0]
     unseen_m = top if len(unseen_tab) == len(sub) else _score(rd, unseen_tab, ks, progress)[0]
     seen_m["split"] = "train"
     unseen_m = {**unseen_m, "split": ",".join(sorted(set(unseen_tab.split)))}
@@ -174,8 +178,8 @@ def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], 
     return {"seen": seen_m, "unseen": unseen_m, "gap": gap, "gap_protocol": protocol}
 
 
-def _export(emb: EmbeddedTable, matrix: str | Path | None, float16: bool, lists: str | Path | None,
-            lists_k: int) -> None:
+def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float16: bool,
+            lists: str | Path | None) -> None:
     """The distance matrix (small sets) and per-query ranks and top-K lists (any size)."""
     from crossalign._io import atomic_path, atomic_write_json
 
@@ -186,7 +190,6 @@ def _export(emb: EmbeddedTable, matrix: str | Path | None, float16: bool, lists:
             "image_ids": emb.image_ids, "caption_image": emb.text_to_image.tolist(),
             "caption_origin": list(emb.table.origin)})
     if lists:
-        res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=lists_k)
         with atomic_path(lists) as tmp, open(tmp, "wb") as f:
             np.savez(f, image_ids=np.array(emb.image_ids), caption_image=emb.text_to_image,
                      t2i_ranks=res.t2i_ranks, i2t_ranks=res.i2t_ranks,
@@ -216,15 +219,17 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"the K of Recall@K must be positive integers, got {list(ks)}")
+    if lists and lists_k < 1:
+        raise ValueError(f"the length of the top-K lists must be at least 1, got {lists_k}")
     rd = open_run(run, data, which, device)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ValueError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above the "
                          f"distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
-    metrics, emb = _score(rd, sub, ks, progress)
+    metrics, emb, res = _score(rd, sub, ks, progress, k=lists_k if lists else 0)
     metrics["split"] = split
     metrics["skipped_rows"] += len(rd.problems)
-    _export(emb, matrix, float16, lists, lists_k)
+    _export(emb, res, matrix, float16, lists)
     if gap:
         metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
     return metrics
