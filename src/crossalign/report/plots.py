@@ -158,26 +158,43 @@ def distance_heatmap(dist: np.ndarray, row_labels: Sequence[str], thumbs: Sequen
 
 
 def _rank_bins(n: int) -> np.ndarray:
-    """Integer bins while ranks are few, then log-spaced, so rank 1 keeps its own bar."""
+    """Integer bins while ranks are few, then log-spaced ones that each hold at least one integer."""
     if n <= 30:
         return np.arange(0.5, n + 1.5)
-    return np.unique(np.concatenate([[0.5, 1.5, 2.5, 3.5, 5.5], np.geomspace(5.5, n + 0.5, 24)]))
+    edges = np.unique(np.round(np.geomspace(1, n + 1, 32)))  # integer edges: no empty sliver bins
+    return np.unique(np.concatenate([[1, 2, 3, 4], edges])) - 0.5
+
+
+_RANK_TICKS = (1, 2, 5, 10, 20, 50, 100, 300, 1000, 3000, 10000, 30000, 100000, 300000)
 
 
 def _rank_panel(ax, ranks: np.ndarray, pool: int, direction: str, title: str) -> None:
     bins = _rank_bins(pool)
-    ax.hist(ranks, bins=bins, color=DIRECTION_COLOURS[direction], alpha=0.85, edgecolor="white")
+    # bins widen with rank, so each bar is the mean count per rank inside it: no false bumps
+    width = np.diff(bins)[np.clip(np.searchsorted(bins, ranks) - 1, 0, len(bins) - 2)]
+    ax.hist(ranks, bins=bins, weights=1.0 / width, color=DIRECTION_COLOURS[direction], alpha=0.85,
+            edgecolor="white")
     if pool > 30:
         ax.set_xscale("log")
-        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000) if t <= pool]
+        ticks = [t for t in _RANK_TICKS if t <= pool]
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(0.5, pool + 0.5)
     med = float(np.median(ranks)) if len(ranks) else 0.0
-    ax.axvline(med, color="#111827", linestyle="--", linewidth=1.2, label=f"median rank {med:g}")
+    ax.axvline(med, color="#6b7280", linestyle="--", linewidth=1.2, label=f"median rank {med:g}")
+    cum = ax.twinx()  # the share of queries at or above each rank is Recall@K read off the curve
+    ks = np.arange(1, pool + 1)
+    cum.plot(ks, 100.0 * np.searchsorted(np.sort(ranks), ks, side="right") / max(1, len(ranks)),
+             color="#111827", linewidth=1.4, label="Recall@K (right axis)")
+    cum.set_ylim(0, 102)
+    cum.set_ylabel("Recall@K, %")
+    cum.grid(False)
+    cum.spines["right"].set_visible(True)
     ax.set_title(title)
     ax.set_xlabel(f"rank of the correct item (1 = best, pool of {pool})")
-    ax.set_ylabel("queries")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("queries per rank")
+    lines = ax.get_legend_handles_labels()[0] + cum.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="center right")
 
 
 def rank_histograms(ranks_t2i: np.ndarray, ranks_i2t: np.ndarray, n_images: int, n_captions: int,
