@@ -16,7 +16,7 @@ import numpy as np
 
 from crossalign.config import RunConfig, default_cache_dir, load_config, to_dict
 from crossalign.data.table import PairTable
-from crossalign.evaluate.retrieval import ranks_i2t, ranks_t2i, retrieval_metrics
+from crossalign.evaluate.retrieval import metrics_from_ranks, ranks_i2t, ranks_t2i, retrieval_metrics
 from crossalign.evaluate.run import EmbeddedTable, embed_table, sample_images, select_split
 
 __all__ = ["RunData", "collect_run", "read_history", "describe_config"]
@@ -114,13 +114,13 @@ def collect_run(run: str | Path, data: str | Path, split: str = "test", name: st
     emb = embed_table(model, sub, cache_root, device, cfg.train.eval_batch_size, progress)
     if len(emb.image_ids) == 0:
         raise ValueError(f"{data}: no readable image in the {split!r} split of run {run}")
-    metrics = retrieval_metrics(emb.image_emb, emb.text_emb, emb.text_to_image)
+    t2i = ranks_t2i(emb.image_emb, emb.text_emb, emb.text_to_image)  # [n_captions]
+    i2t = ranks_i2t(emb.image_emb, emb.text_emb, emb.text_to_image)  # [n_images]
     seen = _seen_metrics(model, cfg, table, sub, cache_root, device, seed, progress)
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return RunData(
         name=name or run.name, path=run, cfg=cfg, history=read_history(run / "metrics.csv"),
-        summary=summary, split=split, emb=emb, metrics=metrics,
-        ranks_t2i=ranks_t2i(emb.image_emb, emb.text_emb, emb.text_to_image),
-        ranks_i2t=ranks_i2t(emb.image_emb, emb.text_emb, emb.text_to_image), seen=seen,
+        summary=summary, split=split, emb=emb, metrics=metrics_from_ranks(t2i, i2t), ranks_t2i=t2i,
+        ranks_i2t=i2t, seen=seen,
     )
