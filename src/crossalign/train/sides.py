@@ -71,6 +71,17 @@ class _Side:
     mode: str
     device: str
 
+    def _setup(self, model: DualEncoder, side: str, device: str, cfg, training: bool) -> None:
+        """Mode, augmentation and seed of the ``side`` ("image" or "text") of ``model``."""
+        self.model, self.device = model, device
+        self.tower = getattr(model, f"{side}_tower")
+        self.mode = side_mode(getattr(model.cfg, side).freeze, training)
+        wants_aug = cfg is not None and training and getattr(cfg.augment, side)
+        self.aug = cfg.augment if wants_aug else None
+        self.seed = cfg.train.seed if cfg is not None else 0
+        # augmented views are precomputed when the inputs do not run through the tower each step
+        self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
+
     def _view(self, epoch: int, sample: int) -> int:
         """Which cached augmented view a sample uses in an epoch (-1 = the clean one)."""
         if not self.n_views:
@@ -90,13 +101,7 @@ class ImageSide(_Side):
 
     def __init__(self, model: DualEncoder, table: PairTable, device: str, cache_root: Path | None,
                  batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False) -> None:
-        self.model, self.device = model, device
-        self.tower = model.image_tower
-        self.mode = side_mode(model.cfg.image.freeze, training)
-        self.aug = cfg.augment if (cfg is not None and training and getattr(cfg, "augment", None)
-                                   and cfg.augment.image) else None
-        self.seed = cfg.train.seed if cfg is not None else 0
-        self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
+        self._setup(model, "image", device, cfg, training)
         self.transform = eval_transform(self.tower.data_config)
         ids, paths = table.images()
         self.failed: dict[str, str] = {}  # image id -> message
@@ -184,13 +189,7 @@ class TextSide(_Side):
 
     def __init__(self, model: DualEncoder, table: PairTable, device: str, cache_root: Path | None,
                  batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False) -> None:
-        self.model, self.device = model, device
-        self.tower = model.text_tower
-        self.mode = side_mode(model.cfg.text.freeze, training)
-        self.aug = cfg.augment if (cfg is not None and training and getattr(cfg, "augment", None)
-                                   and cfg.augment.text) else None
-        self.seed = cfg.train.seed if cfg is not None else 0
-        self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
+        self._setup(model, "text", device, cfg, training)
         self.captions = list(table.caption)
         self.image_ids = list(table.image_id)
         self.index = {o: k for k, o in enumerate(table.origin)}
