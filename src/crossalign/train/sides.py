@@ -29,10 +29,15 @@ from crossalign.models.dual import DualEncoder, is_frozen
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
 
 
-def side_mode(freeze: str, training: bool) -> str:
+def side_mode(freeze: str, training: bool, splittable: bool = True) -> str:
+    """``features``, ``prefix`` or ``raw`` (see the module docstring).
+
+    A tower that cannot be cut into prefix and suffix trains in ``raw`` mode even under
+    ``last:N``: caching its inputs would only hold raw pixels or tokens in memory.
+    """
     if is_frozen(freeze):
         return "features"
-    if training and freeze.startswith("last:"):
+    if training and freeze.startswith("last:") and splittable:
         return "prefix"
     return "raw"
 
@@ -75,7 +80,7 @@ class _Side:
         """Mode, augmentation and seed of the ``side`` ("image" or "text") of ``model``."""
         self.model, self.device = model, device
         self.tower = getattr(model, f"{side}_tower")
-        self.mode = side_mode(getattr(model.cfg, side).freeze, training)
+        self.mode = side_mode(getattr(model.cfg, side).freeze, training, getattr(self.tower, "supports_split", True))
         wants_aug = cfg is not None and training and getattr(cfg.augment, side)
         self.aug = cfg.augment if wants_aug else None
         self.seed = cfg.train.seed if cfg is not None else 0
