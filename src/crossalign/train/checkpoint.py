@@ -44,10 +44,11 @@ def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
 
 
 def _tower_fingerprints(model: DualEncoder, sides: tuple[str, ...] = ("image", "text")) -> dict[str, str]:
+    """Hashes of the frozen towers' weights alone: preprocessing comes from config.yaml, and a new
+    preprocessing option must not make older runs unloadable."""
     from crossalign.features import tower_fingerprint
 
-    prep = {"image": lambda: model.image_tower.data_config, "text": lambda: model.text_tower.preprocess_config()}
-    return {side: tower_fingerprint(getattr(model, f"{side}_tower"), prep[side]()) for side in sides}
+    return {side: tower_fingerprint(getattr(model, f"{side}_tower"), {"weights": "only"}) for side in sides}
 
 
 def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -> None:
