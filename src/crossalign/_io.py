@@ -11,8 +11,11 @@ from typing import Any, Iterator
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -22,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files others may read
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files others may read
     try:
         yield Path(tmp)
         os.replace(tmp, path)

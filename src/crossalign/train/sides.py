@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import ImageError, eval_transform, load_image
+from crossalign.data.transforms import ImageError, eval_transform, inspect_image, load_image
 from crossalign.data.validate import Problem
 from crossalign.evaluate.embed import image_features, text_features
 from crossalign.models.dual import DualEncoder, is_frozen
@@ -141,9 +141,10 @@ class ImageSide(_Side):
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
 
     def _check_readable(self, ids, paths) -> None:
+        # the doctor's cheap decode check: a bad file costs its rows now, not a crash mid-epoch
         for i, p in zip(ids, paths):
             try:
-                load_image(p)
+                inspect_image(p)
             except ImageError as e:
                 self.failed[i] = str(e)
 
