@@ -23,7 +23,10 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
+from crossalign.errors import CrossalignError
+
+
+class UserError(CrossalignError):
     """An error the user can fix; printed without a traceback."""
 
 

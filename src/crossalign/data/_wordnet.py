@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from crossalign.errors import CrossalignError
+
 __all__ = ["WordNetMissing", "WordNet", "find_wordnet_dir", "INSTALL_HINT"]
 
 POS = ("noun", "verb", "adj", "adv")
@@ -29,7 +31,7 @@ INSTALL_HINT = (
 )
 
 
-class WordNetMissing(ValueError):
+class WordNetMissing(CrossalignError, ValueError):
     """No WordNet database folder was found; the message says how to install one."""
 
 

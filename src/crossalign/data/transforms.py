@@ -22,12 +22,14 @@ from typing import Callable, Iterator
 
 from PIL import Image, ImageOps
 
+from crossalign.errors import CrossalignError
+
 __all__ = ["ImageError", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning threshold
 
 
-class ImageError(ValueError):
+class ImageError(CrossalignError, ValueError):
     """An image file that cannot be used; the message names the file.
 
     ``kind`` says why: missing, empty_file, truncated, too_large or unreadable.

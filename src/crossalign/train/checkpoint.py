@@ -14,12 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from crossalign._io import atomic_path, atomic_write_json
 from crossalign.config import RunConfig, load_config
+from crossalign.errors import CrossalignError
 from crossalign.models.dual import DualEncoder, build_model, is_frozen
 
 __all__ = ["save_model", "load_model", "checkpoint_state", "CheckpointError"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CrossalignError, RuntimeError):
     """A run folder whose weights cannot be restored; the message says why."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from crossalign.data.splits import normalize_split
+from crossalign.errors import CrossalignError
 from crossalign.data.table import PairTable
 
 __all__ = ["DataError", "IMAGE_EXTS", "RowBuilder", "read_text", "has_bad_bytes", "clean_caption",
@@ -26,7 +27,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8
 
 
-class DataError(ValueError):
+class DataError(CrossalignError, ValueError):
     """Input data that cannot be read; the message names the file (and row)."""
 
 
