@@ -81,8 +81,8 @@ def _finish_epoch(engine: Engine, logger: RunLogger, train_loss: float, t_epoch:
         save_model(engine.model, engine.run / "model_last.safetensors", {"epoch": pos.epoch, "val": val})
         if improved:
             save_model(engine.model, engine.run / "model_best.safetensors", {"epoch": pos.epoch, "val": val})
-    log.info("epoch %d loss %.4f val t2i R@1 %.2f i2t R@1 %.2f %s%s", pos.epoch, train_loss,
-             val["t2i_R@1"], val["i2t_R@1"], cfg.monitor, " *" if improved else "")
+    log.info("epoch %d loss %.4f val t2i R@1 %.2f i2t R@1 %.2f %s %.2f%s", pos.epoch, train_loss,
+             val["t2i_R@1"], val["i2t_R@1"], cfg.monitor, val[cfg.monitor], " *" if improved else "")
     stop = cfg.early_stopping and pos.bad_epochs >= cfg.patience
     if stop:
         log.info("early stop: %s did not improve for %d epochs", cfg.monitor, pos.bad_epochs)
