@@ -66,3 +66,25 @@ def test_monitor_other_than_rsum_is_logged_with_its_value(tmp_path, shapes_dir, 
     row = _csv(tmp_path / "run" / "metrics.csv")[0]
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1 "))
     assert f"i2t_R@5 {float(row['val_i2t_R@5']):.2f}" in line, line
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars(logged_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = logged_run
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file in RUN/tensorboard"
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"epoch/train_loss", "epoch/val_rsum", "step/loss", "step/lr", "step/temperature"} <= tags
+    for row in _csv(run / "metrics.csv"):
+        epoch = int(row["epoch"])
+        for key in ("train_loss", "val_rsum", "val_t2i_R@1"):
+            value = {e.step: e.value for e in acc.Scalars(f"epoch/{key}")}[epoch]
+            assert value == pytest.approx(float(row[key]), rel=1e-5, abs=1e-5)
+    steps = _csv(run / "steps.csv")
+    logged = {e.step: e.value for e in acc.Scalars("step/loss")}
+    assert sorted(logged) == [int(r["step"]) for r in steps]
+    for r in steps:
+        assert logged[int(r["step"])] == pytest.approx(float(r["loss"]), rel=1e-5, abs=1e-6)
