@@ -1,4 +1,19 @@
-"""Shared fixtures: a private feature cache and a tiny generated data set."""
+"""Shared fixtures (a private feature cache, a tiny generated data set) and the CI guard.
+
+The CI guard: a test that needs something outside Python says so with a marker and skips
+with a reason when it is missing::
+
+    @pytest.mark.needs("chromium")           # also "wordnet", "service", or several names
+    def test_report_renders_in_a_browser():
+        if not CHROMIUM.exists():
+            pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+        ...
+
+On a developer's machine such a test skips (``-rs`` prints why). Under CI (``CI`` set to
+``true``, ``1`` or ``yes``, as ``.ci/run`` does) the skip of a ``needs`` test is turned
+into a failure that names what was missing, so CI cannot pass with a check switched off.
+A skip in a fixture counts too, and so does ``pytest.importorskip``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,35 @@ from pathlib import Path
 import pytest
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+
+
+def under_ci() -> bool:
+    """True when the environment says this is a CI run (``CI=true``, ``1`` or ``yes``)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(*what): the test needs chromium, wordnet, a service, ...; it skips "
+        "without them, and under CI=true that skip is a failure")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    marker = item.get_closest_marker("needs")
+    if marker is not None and report.skipped and under_ci() and not hasattr(report, "wasxfail"):
+        what = ", ".join(map(str, marker.args)) or "an external dependency"
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} needs {what} and was skipped under CI=true: "
+                           f"{_skip_reason(report)}")
+    return report
 
 
 @pytest.fixture(scope="session", autouse=True)

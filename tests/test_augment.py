@@ -235,6 +235,7 @@ def test_synonyms_come_from_the_first_sense_keep_case_and_plural(tiny_wn):
     assert out in {"Domestic dog pups adult female mounts", "Domestic dog pups adult female climbs"}, out
 
 
+@pytest.mark.needs("wordnet")
 def test_synonym_text_is_a_real_wordnet_synonym():
     wordnet = _real_wordnet()
     cfg = AugmentConfig(**{**TEXT_OFF, "synonym_prob": 1.0})
@@ -249,6 +250,7 @@ def test_synonym_text_is_a_real_wordnet_synonym():
     assert " dog " in line and f" {synonym.replace(' ', '_')} " in line
 
 
+@pytest.mark.needs("wordnet")
 def test_index_binary_search_matches_a_linear_scan():
     wordnet = _real_wordnet()
     blob = (wordnet.root / "index.adv").read_bytes()

@@ -205,6 +205,7 @@ def test_bad_input_is_a_clear_error(tmp_path, shapes_dir, runs, capsys):
     assert "'nosuch' split" in capsys.readouterr().err
 
 
+@pytest.mark.needs("chromium")
 def test_report_renders_in_a_browser(single, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install chromium); the browser check needs it")
