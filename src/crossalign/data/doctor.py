@@ -63,7 +63,9 @@ def token_counter(text: TextTowerConfig) -> Callable[[str], int] | None:
         tok = AutoTokenizer.from_pretrained(source)
     except Exception:  # no tokenizer on this machine: fall back to an estimate
         return None
-    return lambda s: len(tok(s, add_special_tokens=True, truncation=False)["input_ids"])
+    from crossalign.models.text import count_tokens
+
+    return lambda s: count_tokens(tok, s)
 
 
 def _image_problems(table: PairTable, cfg: DataConfig, workers: int) -> tuple[list[Problem], set[str]]:

@@ -7,6 +7,8 @@ Every text tower owns its tokenizer: ``tokenize(texts)`` gives the tensors its
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,7 +16,36 @@ from torch import nn
 
 from crossalign.models.registry import register
 
-__all__ = ["HFTextTower", "masked_mean", "minilm_path"]
+__all__ = ["HFTextTower", "count_tokens", "masked_mean", "minilm_path", "quiet_length_warning"]
+
+_TOO_LONG = "Token indices sequence length is longer than the specified maximum sequence length"
+
+
+class _DropTooLong(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TOO_LONG)
+
+
+@contextmanager
+def quiet_length_warning():
+    """Drop transformers' "Token indices sequence length is longer ..." warning, and only it.
+
+    crossalign truncates or chunks every long text before a model sees it (and ``data
+    check`` reports long captions itself), so the warning would only alarm the user.
+    """
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    drop = _DropTooLong()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` with special tokens, untruncated (a long text warns nothing)."""
+    with quiet_length_warning():
+        return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -65,8 +96,9 @@ class HFTextTower(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` ``[rows, tokens]``; with ``chunk_long`` one row per
         window and ``chunk_owner`` ``[rows]`` naming the text each window belongs to."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt", return_overflowing_tokens=self.chunk_long)
+        with quiet_length_warning():  # a long text is cut or chunked right here
+            enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
+                                 return_tensors="pt", return_overflowing_tokens=self.chunk_long)
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self.chunk_long:
             out["chunk_owner"] = enc["overflow_to_sample_mapping"].long()
@@ -167,21 +199,35 @@ def _transformer_folder(source: str) -> str:
     return source
 
 
+@contextmanager
+def _quiet_loading():
+    """transformers' load report (it lists the unused pooler weights of sentence-transformers
+    folders) and download bars are noise here; its settings are restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf(source: str, name: str, pretrained: bool, pooling: str, max_tokens: int,
              chunk_long: bool = False, config_overrides: dict | None = None) -> HFTextTower:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    # the load report lists unused pooler weights of sentence-transformers folders: noise here
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     source = _transformer_folder(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if pretrained:
-            model = AutoModel.from_pretrained(source)
-        else:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(source, **(config_overrides or {})))
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            if pretrained:
+                model = AutoModel.from_pretrained(source)
+            else:
+                model = AutoModel.from_config(AutoConfig.from_pretrained(source, **(config_overrides or {})))
     except OSError as e:  # neither a local folder nor reachable on the hub
         raise ValueError(f"{name}: cannot load {source!r} ({str(e).splitlines()[0]})") from None
     return HFTextTower(model, tokenizer, name, pooling, max_tokens, chunk_long)
