@@ -111,7 +111,8 @@ def _ci_run(tmp_path: Path, apt_rc: int, make_rc: int) -> tuple[int, list[str]]:
 def test_ci_run_installs_then_tests_under_ci(tmp_path):
     rc, calls = _ci_run(tmp_path, apt_rc=0, make_rc=0)
     assert rc == 0, calls
-    assert [c.split()[:2] for c in calls] == [["apt-get", "update"], ["apt-get", "install"], ["make", "test"]]
+    assert [c.split()[:2] for c in calls] == [["apt-get", "update"], ["apt-get", "install"],
+                                              ["make", "test"]]
     assert "chromium" in calls[1].split() and "wordnet-base" in calls[1].split()
     assert calls[2].endswith("CI=true")  # the guard is on for the test run
 

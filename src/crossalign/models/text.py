@@ -97,8 +97,9 @@ class HFTextTower(nn.Module):
         """``input_ids`` and ``attention_mask`` ``[rows, tokens]``; with ``chunk_long`` one row per
         window and ``chunk_owner`` ``[rows]`` naming the text each window belongs to."""
         with quiet_length_warning():  # a long text is cut or chunked right here
-            enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
-                                 return_tensors="pt", return_overflowing_tokens=self.chunk_long)
+            enc = self.tokenizer(list(texts), padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt",
+                                 return_overflowing_tokens=self.chunk_long)
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self.chunk_long:
             out["chunk_owner"] = enc["overflow_to_sample_mapping"].long()
@@ -227,7 +228,8 @@ def _load_hf(source: str, name: str, pretrained: bool, pooling: str, max_tokens:
             if pretrained:
                 model = AutoModel.from_pretrained(source)
             else:
-                model = AutoModel.from_config(AutoConfig.from_pretrained(source, **(config_overrides or {})))
+                config = AutoConfig.from_pretrained(source, **(config_overrides or {}))
+                model = AutoModel.from_config(config)
     except OSError as e:  # neither a local folder nor reachable on the hub
         raise ValueError(f"{name}: cannot load {source!r} ({str(e).splitlines()[0]})") from None
     return HFTextTower(model, tokenizer, name, pooling, max_tokens, chunk_long)
