@@ -48,16 +48,17 @@ def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, b
             desc: str, progress: bool, dist=None) -> np.ndarray:
     """Features for ``inputs`` (identified by ``keys``), computing only what the cache lacks.
 
-    With several processes (``dist.world_size > 1``) each computes every world_size-th
-    missing item and writes its own shards; all then read the merged cache.
+    With several processes (``dist.world_size > 1``) each computes the missing ones of every
+    world_size-th item and writes its own shards; all then read the merged cache.
     """
     if cache is None:
         return _run_batches(inputs, encode, batch_size, desc, progress)
-    todo = set(cache.missing(keys))
-    pending = [(k, x) for k, x in dict(zip(keys, inputs)).items() if k in todo]
+    unique = list(dict(zip(keys, inputs)).items())
     sharded = dist is not None and dist.world_size > 1
-    if sharded:
-        pending = pending[dist.rank::dist.world_size]
+    if sharded:  # shares fixed before looking at the cache, which other processes are filling
+        unique = unique[dist.rank::dist.world_size]
+    todo = set(cache.missing([k for k, _ in unique]))
+    pending = [(k, x) for k, x in unique if k in todo]
     if pending:
         bar = tqdm(total=len(pending), desc=desc, unit="item", disable=not progress, leave=False,
                    dynamic_ncols=True)

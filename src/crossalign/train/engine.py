@@ -24,7 +24,7 @@ from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
 from crossalign.models.dual import DualEncoder, build_model
 from crossalign.train.checkpoint import checkpoint_state
-from crossalign.train.distributed import DistInfo, all_reduce_mean
+from crossalign.train.distributed import DistInfo, all_reduce_mean, has_batch_norm, sync_batch_norm
 from crossalign.train.logs import RunLogger
 from crossalign.train.schedule import make_scheduler
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
@@ -100,7 +100,11 @@ class Engine:
         from crossalign.data.augment import check_augment
 
         check_augment(cfg.augment)  # a missing WordNet fails here, before any work
-        self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
+        # every process builds the same model: DDP copies rank 0's trainable weights anyway, but
+        # a frozen tower never passes through DDP, and its features fill one shared cache
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
         if hasattr(self.model.text_tower, "fit_vocabulary"):
             self.model.text_tower.fit_vocabulary(table.select("train").caption)
         cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
@@ -118,12 +122,26 @@ class Engine:
         from crossalign.losses import make_loss
 
         self.loss_fn = make_loss(cfg.loss, dist)
+        self._sync_batch_norm()
         self.step_module = _Step(self.model, self.images, self.texts)
         self.wrapped = self._wrap_ddp()
         self.opt = _optimizer(self.model, cfg)
         self.sched = make_scheduler(self.opt, cfg.train, self.steps_per_epoch())
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.pos = _Position()
+
+    def _sync_batch_norm(self) -> None:
+        """With many processes, batch norm in a tower that trains sees the global batch.
+
+        Otherwise each process would normalise with the statistics of its own slice, and N
+        processes would not train like one process with N times the batch. A frozen tower
+        only runs in evaluation mode (its outputs come from the cache), so it is left alone.
+        """
+        if self.dist.world_size == 1:
+            return
+        for side in (self.images, self.texts):
+            if side.mode != "features" and has_batch_norm(side.tower):
+                sync_batch_norm(side.tower, self.device)  # in place: the tower object is kept
 
     def _wrap_ddp(self) -> torch.nn.Module:
         if self.dist.world_size == 1:
