@@ -208,7 +208,9 @@ def sync_batch_norm(module: nn.Module, device: str) -> nn.Module:
     Call it before wrapping in DistributedDataParallel and before building the optimizer.
     """
     if device.startswith("cuda"):
-        from timm.layers import convert_sync_batchnorm  # torch's, plus timm's BatchNormAct2d
+        # timm's converter: torch's would turn timm's BatchNormAct2d into a plain SyncBatchNorm
+        # and drop its activation
+        from timm.layers import convert_sync_batchnorm
 
         return convert_sync_batchnorm(module)
     return _to_cpu_sync(module)
