@@ -74,11 +74,12 @@ def test_data_check_reports_a_long_caption_without_the_warning(hf_records, capfd
     first = (data / "captions.txt").read_text().splitlines()[1].split(",")[0]
     with open(data / "captions.txt", "a") as f:
         f.write(f"{first},{LONG}\n")
-    assert main(["-q", "data", "check", str(data)]) == 0
+    assert main(["-q", "data", "check", str(data), "--json", str(tmp_path / "check.json")]) == 0
     out = capfd.readouterr()
     assert "long_caption" in out.out + out.err
     assert WARNING not in out.out + out.err
     assert _too_long(hf_records) == []
+    assert "long_caption" in (tmp_path / "check.json").read_text()
 
 
 def test_training_reads_a_long_caption_quietly(hf_records, capfd, tmp_path, shapes_dir):
