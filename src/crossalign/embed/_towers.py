@@ -1,0 +1,179 @@
+"""Tower outputs for whole collections: batched, cached when the tower is frozen.
+
+A file that cannot be read costs its own row: it comes back in ``failed`` as the
+:class:`~crossalign.data.transforms.ImageError` naming it, and the caller drops the rows
+that use it. Failures are never stored in the cache, so a later run names them again
+with the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
+from crossalign.features import FeatureCache, file_key, text_key, tower_fingerprint
+
+__all__ = ["image_features", "text_features", "project", "TowerOutputs", "SHARD"]
+
+log = logging.getLogger("crossalign.embed")
+SHARD = 1024  # items per cache shard: an interruption loses at most this much work
+
+
+class TowerOutputs:
+    """Features ``[n_ok, width]`` of the readable inputs and the failures (path -> ImageError)."""
+
+    def __init__(self, feats: np.ndarray, failed: dict[str, ImageError]) -> None:
+        self.feats = feats
+        self.failed = failed
+
+
+def _bar(total: int, desc: str, progress: bool):
+    return tqdm(total=total, desc=desc, unit="item", disable=not progress or total == 0, leave=False,
+                dynamic_ncols=True)
+
+
+def _run_batches(items: Sequence, encode: Callable[[Sequence], tuple[torch.Tensor, list[int]]],
+                 batch_size: int, width: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """``encode`` over ``items`` in batches: features ``[n_ok, width]`` and which items they are."""
+    feats, ok = [], []
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        out, rows = encode(chunk)  # [len(rows), width], rows of chunk that worked
+        feats.append(out.float().cpu().numpy())
+        ok += [s + r for r in rows]
+        if bar is not None:
+            bar.update(len(chunk))
+    arr = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
+    return arr, np.asarray(ok, dtype=np.int64)
+
+
+def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, batch_size: int,
+            width: int, desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
+    """Features by key for ``inputs`` (identified by ``keys``), computing only what the cache
+    lacks; keys whose input failed are absent from the result.
+
+    With several processes (``dist.world_size > 1``) each computes every world_size-th
+    missing item and writes its own shards; all then read the merged cache.
+    """
+    unique = dict(zip(keys, inputs))
+    if cache is None:
+        pending, sharded = list(unique.items()), False
+    else:
+        todo = set(cache.missing(unique))
+        pending = [(k, x) for k, x in unique.items() if k in todo]
+        sharded = dist is not None and dist.world_size > 1
+        if sharded:
+            pending = pending[dist.rank::dist.world_size]
+    done: dict[str, np.ndarray] = {}
+    bar = _bar(len(pending), desc, progress)
+    for s in range(0, len(pending), SHARD):
+        part = pending[s:s + SHARD]
+        feats, ok = _run_batches([x for _, x in part], encode, batch_size, width, bar)
+        ok_keys = [part[i][0] for i in ok]
+        if cache is not None:
+            cache.put(ok_keys, feats)
+        done.update(zip(ok_keys, feats))
+    bar.close()
+    if cache is None:
+        return done
+    if sharded:
+        torch.distributed.barrier()
+        cache.refresh()
+    stored = [k for k in unique if k in cache]
+    feats = cache.get(stored) if stored else []
+    # caches written by older versions hold NaN rows for unreadable images: not features
+    return {k: v for k, v in zip(stored, feats) if np.isfinite(v).all()}
+
+
+def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[str, ImageError]]:
+    """Content key of each distinct path, and the paths that cannot even be opened."""
+    keys, failed = {}, {}
+    for p in dict.fromkeys(paths):
+        try:
+            keys[p] = file_key(p) + suffix
+        except OSError as e:
+            failed[p] = ImageError(f"{p}: cannot read image file ({e.strerror or e})",
+                                   "missing" if isinstance(e, FileNotFoundError) else "unreadable")
+    return keys, failed
+
+
+@torch.no_grad()
+def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str | Path | None,
+                   device: str = "cpu", batch_size: int = 64, max_pixels: int = MAX_PIXELS,
+                   progress: bool = True, dist=None, augment: Callable | None = None,
+                   key_suffix: str = "") -> TowerOutputs:
+    """Tower outputs ``[n_ok, width]`` for the readable images, in input order (repeats once).
+
+    Args:
+        max_pixels: images with more pixels are refused before decoding (``data.max_pixels``).
+        augment: optional ``fn(image, content_key) -> image`` applied before preprocessing;
+            give a ``key_suffix`` naming the view so its features are cached apart.
+        dist: a DistInfo to share the extraction among processes.
+    """
+    transform = eval_transform(tower.data_config)
+    path_key, failed = _file_keys(paths, key_suffix)
+
+    def encode(chunk: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        pixels, rows = [], []
+        for i, p in enumerate(chunk):
+            try:
+                img = load_image(p, max_pixels)
+                pixels.append(transform(img if augment is None else augment(img, path_key[p])))
+                rows.append(i)
+            except ImageError as e:
+                failed[p] = e
+        if not pixels:
+            return torch.zeros((0, tower.width)), rows
+        return tower(torch.stack(pixels).to(device)).float().cpu(), rows  # [n_ok, width]
+
+    tower.eval()
+    fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""
+    cache = FeatureCache(cache_root, fp) if cache_root else None
+    ok_paths = list(path_key)
+    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, encode, cache, batch_size, tower.width,
+                     "image features", progress, dist)
+    for p in ok_paths:  # failed in another process: decode here to name the reason
+        if path_key[p] not in by_key and p not in failed:
+            encode([p])
+            failed.setdefault(p, ImageError(f"{p}: cannot read image", "unreadable"))
+    order = [p for p in ok_paths if path_key[p] in by_key]
+    arr = np.stack([by_key[path_key[p]] for p in order]) if order else np.zeros((0, tower.width), np.float32)
+    return TowerOutputs(arr.astype(np.float32, copy=False), failed)
+
+
+@torch.no_grad()
+def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str | Path | None,
+                  device: str = "cpu", batch_size: int = 128, progress: bool = True,
+                  dist=None) -> np.ndarray:
+    """Tower outputs ``[len(texts), width]``."""
+
+    def encode(chunk: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        tok = {k: v.to(device) for k, v in tower.tokenize(list(chunk)).items()}
+        return tower(**tok), list(range(len(chunk)))  # [batch, width]
+
+    tower.eval()
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, tower.width), np.float32)
+    fp = tower_fingerprint(tower, tower.preprocess_config()) if cache_root else ""
+    cache = FeatureCache(cache_root, fp) if cache_root else None
+    # sort by length so each batch pads little
+    ordered = sorted(dict.fromkeys(texts), key=len)
+    by_key = _cached([text_key(t) for t in ordered], ordered, encode, cache, batch_size, tower.width,
+                     "text features", progress, dist)
+    return np.stack([by_key[text_key(t)] for t in texts]).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def project(head: Callable[[torch.Tensor], torch.Tensor], feats: np.ndarray, device: str = "cpu",
+            batch_size: int = 4096) -> np.ndarray:
+    """Apply a projection head (``model.project_image`` / ``project_text``) in batches."""
+    out = [head(torch.from_numpy(feats[s:s + batch_size]).to(device)).float().cpu().numpy()
+           for s in range(0, len(feats), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
