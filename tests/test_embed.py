@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -117,3 +118,34 @@ def test_the_embed_room_imports_neither_training_nor_evaluation():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+class _MeanTower(torch.nn.Module):
+    """A weightless image tower: the mean colour, counting the images it saw."""
+
+    name, width = "mean-colour", 3
+    data_config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
+                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pixels):
+        self.calls += pixels.shape[0]
+        return pixels.mean((2, 3))  # [batch, 3]
+
+
+def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
+    from crossalign.embed import image_features
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (10, 10), (200, 0, 0)).save(small)
+    Image.new("RGB", (40, 40), (0, 0, 200)).save(large)
+    tower = _MeanTower()
+    first = image_features(tower, [str(small), str(large)], tmp_path / "cache", progress=False)
+    assert first.feats.shape == (2, 3) and tower.calls == 2
+    limited = image_features(tower, [str(small), str(large)], tmp_path / "cache", max_pixels=500,
+                             progress=False)
+    assert tower.calls == 2 and limited.feats.shape == (1, 3)  # from the cache, but refused
+    assert limited.failed[str(large)].kind == "too_large" and "40x40" in str(limited.failed[str(large)])

@@ -49,7 +49,7 @@ class Aligner:
         self.model, self.cfg, self.device = model, cfg, device
 
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
-        """``[n, embed_dim]`` for image paths, file bytes or PIL images (one alone gives ``[1, embed_dim]``).
+        """``[n, embed_dim]`` for image paths, file bytes or PIL images (one alone: ``[1, embed_dim]``).
 
         Every image goes through ``load_image`` (EXIF rotation, transparency on white, 16-bit
         scaling, the run's ``data.max_pixels``). Raises ``ImageError`` naming a bad one.

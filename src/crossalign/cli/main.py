@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(message)s", force=True)
     try:
         return int(args.func(args) or 0)
-    except CrossalignError as e:  # the user's to fix: one line; anything else is a bug and keeps its traceback
+    except CrossalignError as e:  # the user's to fix: one line; anything else is a bug (traceback)
         print(f"crossalign {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 

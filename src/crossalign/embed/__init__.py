@@ -30,5 +30,5 @@ from crossalign.embed._collection import (EmbeddedTable, ImageVectors, embed_ima
                                           embed_table, embed_texts)
 from crossalign.embed._towers import TowerOutputs, image_features, project, text_features
 
-__all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "ImageVectors", "EmbeddedTable",
-           "image_features", "text_features", "project", "TowerOutputs"]
+__all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "ImageVectors",
+           "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs"]

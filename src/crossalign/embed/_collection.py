@@ -51,9 +51,9 @@ def _cache_for(model: DualEncoder, side: str, cache_root: str | Path | None) -> 
 
 
 @torch.no_grad()
-def embed_images(model: DualEncoder, paths: Sequence[str | Path], *, cache_root: str | Path | None = None,
-                 device: str = "cpu", batch_size: int = 64, max_pixels: int = MAX_PIXELS,
-                 progress: bool = False, dist=None) -> ImageVectors:
+def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
+                 cache_root: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
+                 max_pixels: int = MAX_PIXELS, progress: bool = False, dist=None) -> ImageVectors:
     """Vectors ``[n_ok, embed_dim]`` of the image files at ``paths``; unreadable ones are reported.
 
     Args:
@@ -62,8 +62,9 @@ def embed_images(model: DualEncoder, paths: Sequence[str | Path], *, cache_root:
         dist: a DistInfo to share the tower's work among processes.
     """
     model.eval()
-    out = image_features(model.image_tower, [str(p) for p in paths], _cache_for(model, "image", cache_root),
-                         device, batch_size, max_pixels, progress, dist)
+    cache = _cache_for(model, "image", cache_root)
+    out = image_features(model.image_tower, [str(p) for p in paths], cache, device, batch_size,
+                         max_pixels, progress, dist)
     ok = [p for p in dict.fromkeys(str(p) for p in paths) if p not in out.failed]
     vectors = project(model.project_image, out.feats, device)
     if not ok:
@@ -93,7 +94,8 @@ def embed_pictures(model: DualEncoder, images: Sequence[ImageSource], *, device:
 
 @torch.no_grad()
 def embed_texts(model: DualEncoder, texts: Sequence[str], *, cache_root: str | Path | None = None,
-                device: str = "cpu", batch_size: int = 128, progress: bool = False, dist=None) -> np.ndarray:
+                device: str = "cpu", batch_size: int = 128, progress: bool = False,
+                dist=None) -> np.ndarray:
     """Vectors ``[len(texts), embed_dim]`` of captions, prompts or queries."""
     model.eval()
     if len(texts) == 0:

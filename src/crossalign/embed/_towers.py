@@ -9,11 +9,13 @@ with the same message.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
@@ -103,6 +105,24 @@ def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[
     return keys, failed
 
 
+def _over_limit(paths: Sequence[str], max_pixels: int) -> dict[str, ImageError]:
+    """Images over ``max_pixels``, from their headers alone (the limit may have changed
+    since their features were cached)."""
+    out = {}
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    w, h = im.size
+        except Exception:  # unreadable now: decoding will name it
+            continue
+        if w * h > max_pixels:
+            out[p] = ImageError(f"{p}: {w}x{h} pixels is over the limit of {max_pixels} "
+                                f"(data.max_pixels)", "too_large")
+    return out
+
+
 @torch.no_grad()
 def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str | Path | None,
                    device: str = "cpu", batch_size: int = 64, max_pixels: int = MAX_PIXELS,
@@ -135,7 +155,9 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     tower.eval()
     fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""
     cache = FeatureCache(cache_root, fp) if cache_root else None
-    ok_paths = list(path_key)
+    if cache is not None:  # a hit skips decoding, not the pixel limit of this run
+        failed.update(_over_limit([p for p in path_key if path_key[p] in cache], max_pixels))
+    ok_paths = [p for p in path_key if p not in failed]
     by_key = _cached([path_key[p] for p in ok_paths], ok_paths, encode, cache, batch_size, tower.width,
                      "image features", progress, dist)
     for p in ok_paths:  # failed in another process: decode here to name the reason
@@ -143,7 +165,9 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
             encode([p])
             failed.setdefault(p, ImageError(f"{p}: cannot read image", "unreadable"))
     order = [p for p in ok_paths if path_key[p] in by_key]
-    arr = np.stack([by_key[path_key[p]] for p in order]) if order else np.zeros((0, tower.width), np.float32)
+    if not order:
+        return TowerOutputs(np.zeros((0, tower.width), np.float32), failed)
+    arr = np.stack([by_key[path_key[p]] for p in order])  # [n_ok, width]
     return TowerOutputs(arr.astype(np.float32, copy=False), failed)
 
 
