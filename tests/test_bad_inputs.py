@@ -322,7 +322,8 @@ def test_cli_check_and_convert_never_trace_back(corpus, tmp_path, capsys):
 TINY = ["--set", "model.image.tower=small_cnn", "--set", "model.text.tower=lstm",
         "--set", "model.image.pretrained=false", "--set", "model.text.pretrained=false",
         "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "cache.enabled=false"]
-LIMIT = ["--set", "data.max_pixels=1100"]
+# evaluate and report read the run's config: their images are decoded in two worker processes
+LIMIT = ["--set", "data.max_pixels=1100", "--set", "train.num_workers=2"]
 
 
 def _tiny_towers() -> None:

@@ -149,3 +149,24 @@ def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
                              progress=False)
     assert tower.calls == 2 and limited.feats.shape == (1, 3)  # from the cache, but refused
     assert limited.failed[str(large)].kind == "too_large" and "40x40" in str(limited.failed[str(large)])
+
+
+def test_decoding_workers_give_the_same_features_and_failures(tmp_path):
+    from crossalign.embed import image_features
+
+    paths = []
+    for k in range(7):
+        p = tmp_path / f"img{k}.png"
+        Image.new("RGB", (12 + k, 10), (30 * k, 200 - 20 * k, 90)).save(p)
+        paths.append(str(p))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    paths[2:2] = [str(tmp_path / "broken.jpg"), str(tmp_path / "big.png")]
+    here = image_features(_MeanTower(), paths, None, batch_size=3, max_pixels=1000, progress=False)
+    spread = image_features(_MeanTower(), paths, None, batch_size=3, max_pixels=1000, progress=False,
+                            workers=2)
+    assert here.feats.shape == (7, 3)
+    np.testing.assert_array_equal(spread.feats, here.feats)
+    assert {p: (str(e), e.kind) for p, e in spread.failed.items()} == \
+        {p: (str(e), e.kind) for p, e in here.failed.items()}
+    assert {e.kind for e in here.failed.values()} == {"unreadable", "too_large"}

@@ -6,17 +6,18 @@ an item gets the same vector whichever door it comes in by. Every function takes
 L2-normalised vectors ``[n, embed_dim]`` as float32 numpy arrays.
 
 - :func:`embed_images` ``(model, paths, *, cache_root=None, device="cpu", batch_size=64,
-  max_pixels=..., progress=False, dist=None) -> ImageVectors``: image files; ``.paths``
+  max_pixels=..., progress=False, dist=None, workers=0) -> ImageVectors``: image files; ``.paths``
   are the readable ones in input order (each once), ``.vectors`` their vectors and
   ``.failed`` maps every other path to the ``ImageError`` that names why. A frozen image
-  tower reads and fills the feature cache under ``cache_root``.
+  tower reads and fills the feature cache under ``cache_root``; ``workers`` processes decode
+  through a ``torch.utils.data.DataLoader`` (same vectors, same failures).
 - :func:`embed_pictures` ``(model, images, *, device, batch_size, max_pixels) -> ndarray``:
   paths, file bytes (an upload) or PIL images, all through ``load_image``'s checks and
   conversion (EXIF rotation, transparency on white, 16-bit scaling); raises ``ImageError``.
 - :func:`embed_texts` ``(model, texts, *, cache_root=None, device, batch_size, progress,
   dist) -> ndarray``: captions, prompts or queries.
 - :func:`embed_table` ``(model, table, *, cache_root=None, device, batch_size, max_pixels,
-  strict=False, progress) -> EmbeddedTable``: every image and caption of a
+  strict=False, progress, workers=0) -> EmbeddedTable``: every image and caption of a
   :class:`~crossalign.data.table.PairTable`; rows whose image failed are dropped and
   listed in ``.problems`` (one per row, named by file and row), or raise with ``strict``.
 - Tower outputs before the heads, for training's feature mode: :func:`image_features`,

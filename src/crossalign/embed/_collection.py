@@ -53,18 +53,21 @@ def _cache_for(model: DualEncoder, side: str, cache_root: str | Path | None) -> 
 @torch.no_grad()
 def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
                  cache_root: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
-                 max_pixels: int = MAX_PIXELS, progress: bool = False, dist=None) -> ImageVectors:
+                 max_pixels: int = MAX_PIXELS, progress: bool = False, dist=None,
+                 workers: int = 0) -> ImageVectors:
     """Vectors ``[n_ok, embed_dim]`` of the image files at ``paths``; unreadable ones are reported.
 
     Args:
         cache_root: feature cache folder (used only when the image tower is frozen).
         max_pixels: larger images are refused before decoding (``data.max_pixels``).
         dist: a DistInfo to share the tower's work among processes.
+        workers: processes decoding images (``train.num_workers``); 0 decodes here. The
+            vectors are the same either way.
     """
     model.eval()
     cache = _cache_for(model, "image", cache_root)
     out = image_features(model.image_tower, [str(p) for p in paths], cache, device, batch_size,
-                         max_pixels, progress, dist)
+                         max_pixels, progress, dist, workers=workers)
     ok = [p for p in dict.fromkeys(str(p) for p in paths) if p not in out.failed]
     vectors = project(model.project_image, out.feats, device)
     if not ok:
@@ -107,15 +110,16 @@ def embed_texts(model: DualEncoder, texts: Sequence[str], *, cache_root: str | P
 
 def embed_table(model: DualEncoder, table: PairTable, *, cache_root: str | Path | None = None,
                 device: str = "cpu", batch_size: int = 128, max_pixels: int = MAX_PIXELS,
-                strict: bool = False, progress: bool = False) -> EmbeddedTable:
+                strict: bool = False, progress: bool = False, workers: int = 0) -> EmbeddedTable:
     """Embed every image and caption of ``table``; rows whose image cannot be read are dropped.
 
     Args:
         strict: raise ``DataError`` naming the first such row instead (``data.strict``).
+        workers: processes decoding images (``train.num_workers``).
     """
     ids, paths = table.images()
     images = embed_images(model, paths, cache_root=cache_root, device=device, batch_size=batch_size,
-                          max_pixels=max_pixels, progress=progress)
+                          max_pixels=max_pixels, progress=progress, workers=workers)
     table, problems = drop_failed_images(table, images.failed, strict, by="image_path")
     img_ids, t2i = table.caption_image_index()
     row_of = {p: k for k, p in enumerate(images.paths)}

@@ -1,6 +1,8 @@
 """Tower outputs for whole collections: batched, cached when the tower is frozen.
 
-A file that cannot be read costs its own row: it comes back in ``failed`` as the
+Images are decoded in ``workers`` processes by a ``torch.utils.data.DataLoader``
+(``train.num_workers``; 0 decodes in this process); the batches, and so the features, are
+the same either way. A file that cannot be read costs its own row: it comes back in ``failed`` as the
 :class:`~crossalign.data.transforms.ImageError` naming it, and the caller drops the rows
 that use it. Failures are never stored in the cache, so a later run names them again
 with the same message.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,22 +42,23 @@ def _bar(total: int, desc: str, progress: bool):
                 dynamic_ncols=True)
 
 
-def _run_batches(items: Sequence, encode: Callable[[Sequence], tuple[torch.Tensor, list[int]]],
-                 batch_size: int, width: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
-    """``encode`` over ``items`` in batches: features ``[n_ok, width]`` and which items they are."""
+# batches(items) yields (items consumed, indices into items that worked, their outputs)
+Batches = Callable[[Sequence], Iterator[tuple[int, list[int], torch.Tensor]]]
+
+
+def _run_batches(items: Sequence, batches: Batches, width: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``batches`` over ``items``: features ``[n_ok, width]`` and which items they are."""
     feats, ok = [], []
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        out, rows = encode(chunk)  # [len(rows), width], rows of chunk that worked
+    for n, rows, out in batches(items):  # out: [len(rows), width]
         feats.append(out.float().cpu().numpy())
-        ok += [s + r for r in rows]
+        ok += rows
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(n)
     arr = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
     return arr, np.asarray(ok, dtype=np.int64)
 
 
-def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, batch_size: int,
+def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache | None,
             width: int, desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
     """Features by key for ``inputs`` (identified by ``keys``), computing only what the cache
     lacks; keys whose input failed are absent from the result.
@@ -76,7 +79,7 @@ def _cached(keys: list[str], inputs: list, encode, cache: FeatureCache | None, b
     bar = _bar(len(pending), desc, progress)
     for s in range(0, len(pending), SHARD):
         part = pending[s:s + SHARD]
-        feats, ok = _run_batches([x for _, x in part], encode, batch_size, width, bar)
+        feats, ok = _run_batches([x for _, x in part], batches, width, bar)
         ok_keys = [part[i][0] for i in ok]
         if cache is not None:
             cache.put(ok_keys, feats)
@@ -123,11 +126,37 @@ def _over_limit(paths: Sequence[str], max_pixels: int) -> dict[str, ImageError]:
     return out
 
 
+class _Decode(torch.utils.data.Dataset):
+    """Item ``i``: ``(i, pixels, None)``, or ``(i, None, (message, kind))`` when it fails."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, max_pixels: int,
+                 augment: Callable | None, keys: dict[str, str]) -> None:
+        self.paths, self.transform, self.max_pixels = paths, transform, max_pixels
+        self.augment, self.keys = augment, keys
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        p = self.paths[i]
+        try:
+            img = load_image(p, self.max_pixels)
+            if self.augment is not None:
+                img = self.augment(img, self.keys[p])
+            return i, self.transform(img), None  # [3, H, W]
+        except ImageError as e:  # sent back as plain values: an exception need not pickle
+            return i, None, (str(e), e.kind)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
 @torch.no_grad()
 def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str | Path | None,
                    device: str = "cpu", batch_size: int = 64, max_pixels: int = MAX_PIXELS,
                    progress: bool = True, dist=None, augment: Callable | None = None,
-                   key_suffix: str = "") -> TowerOutputs:
+                   key_suffix: str = "", workers: int = 0) -> TowerOutputs:
     """Tower outputs ``[n_ok, width]`` for the readable images, in input order (repeats once).
 
     Args:
@@ -135,22 +164,25 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
         augment: optional ``fn(image, content_key) -> image`` applied before preprocessing;
             give a ``key_suffix`` naming the view so its features are cached apart.
         dist: a DistInfo to share the extraction among processes.
+        workers: processes decoding images (``train.num_workers``); 0 decodes here.
     """
     transform = eval_transform(tower.data_config)
     path_key, failed = _file_keys(paths, key_suffix)
 
-    def encode(chunk: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
-        pixels, rows = [], []
-        for i, p in enumerate(chunk):
-            try:
-                img = load_image(p, max_pixels)
-                pixels.append(transform(img if augment is None else augment(img, path_key[p])))
-                rows.append(i)
-            except ImageError as e:
-                failed[p] = e
-        if not pixels:
-            return torch.zeros((0, tower.width)), rows
-        return tower(torch.stack(pixels).to(device)).float().cpu(), rows  # [n_ok, width]
+    def batches(items: Sequence[str]):
+        data = _Decode(items, transform, max_pixels, augment, path_key)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
+                                             collate_fn=_as_list)
+        for batch in loader:
+            for i, _, err in batch:
+                if err is not None:
+                    failed[items[i]] = ImageError(*err)
+            good = [(i, px) for i, px, err in batch if err is None]
+            if not good:
+                yield len(batch), [], torch.zeros((0, tower.width))
+                continue
+            pixels = torch.stack([px for _, px in good]).to(device)  # [n_ok, 3, H, W]
+            yield len(batch), [i for i, _ in good], tower(pixels)  # [n_ok, width]
 
     tower.eval()
     fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""
@@ -158,12 +190,15 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     if cache is not None:  # a hit skips decoding, not the pixel limit of this run
         failed.update(_over_limit([p for p in path_key if path_key[p] in cache], max_pixels))
     ok_paths = [p for p in path_key if p not in failed]
-    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, encode, cache, batch_size, tower.width,
+    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, batches, cache, tower.width,
                      "image features", progress, dist)
     for p in ok_paths:  # failed in another process: decode here to name the reason
         if path_key[p] not in by_key and p not in failed:
-            encode([p])
-            failed.setdefault(p, ImageError(f"{p}: cannot read image", "unreadable"))
+            try:
+                load_image(p, max_pixels)
+                failed[p] = ImageError(f"{p}: cannot read image", "unreadable")
+            except ImageError as e:
+                failed[p] = e
     order = [p for p in ok_paths if path_key[p] in by_key]
     if not order:
         return TowerOutputs(np.zeros((0, tower.width), np.float32), failed)
@@ -177,9 +212,11 @@ def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str 
                   dist=None) -> np.ndarray:
     """Tower outputs ``[len(texts), width]``."""
 
-    def encode(chunk: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
-        tok = {k: v.to(device) for k, v in tower.tokenize(list(chunk)).items()}
-        return tower(**tok), list(range(len(chunk)))  # [batch, width]
+    def batches(items: Sequence[str]):
+        for s in range(0, len(items), batch_size):
+            chunk = list(items[s:s + batch_size])
+            tok = {k: v.to(device) for k, v in tower.tokenize(chunk).items()}
+            yield len(chunk), list(range(s, s + len(chunk))), tower(**tok)  # [batch, width]
 
     tower.eval()
     texts = list(texts)
@@ -189,7 +226,7 @@ def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str 
     cache = FeatureCache(cache_root, fp) if cache_root else None
     # sort by length so each batch pads little
     ordered = sorted(dict.fromkeys(texts), key=len)
-    by_key = _cached([text_key(t) for t in ordered], ordered, encode, cache, batch_size, tower.width,
+    by_key = _cached([text_key(t) for t in ordered], ordered, batches, cache, tower.width,
                      "text features", progress, dist)
     return np.stack([by_key[text_key(t)] for t in texts]).astype(np.float32, copy=False)
 

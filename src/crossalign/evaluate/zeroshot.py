@@ -146,7 +146,8 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
         raise DataError(f"no image of the {split!r} split has a label in {label_column!r} among the classes")
     all_ids, paths = sub.images()
     vec = embed_images(rd.model, paths, cache_root=rd.cache_root, device=device, progress=progress,
-                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels)
+                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
+                       workers=rd.cfg.train.num_workers)
     readable = set(vec.paths)
     ids = [i for i, p in zip(all_ids, paths) if p in readable]
     img, failed = vec.vectors, vec.failed

@@ -115,6 +115,7 @@ class ImageSide(_Side):
         self._setup(model, "image", device, cfg, training)
         self.transform = eval_transform(self.tower.data_config)
         self.max_pixels = cfg.data.max_pixels if cfg is not None else max_pixels
+        self.workers = cfg.train.num_workers if cfg is not None else 0
         ids, paths = table.images()
         self.failed: dict[str, ImageError] = {}
         if self.mode == "features":
@@ -139,14 +140,15 @@ class ImageSide(_Side):
 
     def _init_features(self, ids, paths, cache_root, batch_size, progress, dist) -> None:
         out = image_features(self.tower, paths, cache_root, self.device, batch_size, self.max_pixels,
-                             progress=progress, dist=dist)
+                             progress=progress, dist=dist, workers=self.workers)
         self.failed = {i: out.failed[p] for i, p in zip(ids, paths) if p in out.failed}
         ok = [p for p in paths if p not in out.failed]
         self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
         views = []
         for v in range(self.n_views):
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
-                               progress=progress, dist=dist, augment=self._augmenter(v), key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
+                               progress=progress, dist=dist, workers=self.workers, augment=self._augmenter(v),
+                               key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
 
