@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import torch
 
-from crossalign.evaluate import embed
+from crossalign import embed
 from crossalign.features import FeatureCache
 from crossalign.models.registry import create
 
@@ -55,7 +55,7 @@ def test_unreadable_image_is_reported_not_fatal(tmp_path, shapes_dir):
         f.write(b"\x89PNG broken")
     out = embed.image_features(CountingTower(), paths, tmp_path / "cache", progress=False)
     assert out.feats.shape == (3, 3)
-    assert paths[1] in out.failed and paths[1] in out.failed[paths[1]]
+    assert paths[1] in out.failed and paths[1] in str(out.failed[paths[1]])
 
 
 def test_text_cache_keyed_by_tower(tmp_path):

@@ -144,7 +144,7 @@ def test_seed_fixes_the_samples(tmp_path, runs, shapes_dir):
 
 def test_other_seeds_draw_other_samples():
     from crossalign.data.table import PairTable
-    from crossalign.evaluate.run import EmbeddedTable
+    from crossalign.embed import EmbeddedTable
     from crossalign.report.samples import draw_samples
 
     t2i = np.repeat(np.arange(50), 5)  # 50 images with 5 captions each

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-
 from crossalign.config import RunConfig, load_config
 
 __all__ = ["train", "resume", "load", "Aligner"]
@@ -41,45 +39,40 @@ def resume(run: str | Path, progress: bool = True, dist=None):
 
 
 class Aligner:
-    """A trained model ready to embed: normalised vectors, batched, with the run's preprocessing."""
+    """A trained model ready to embed: normalised vectors, batched, with the run's preprocessing.
+
+    Both methods go through :mod:`crossalign.embed`, the same path evaluation and the index
+    use, so an image embeds the same way from a path, from its bytes or as a PIL image.
+    """
 
     def __init__(self, model, cfg: RunConfig, device: str = "cpu") -> None:
-        from crossalign.data.transforms import eval_transform
-
         self.model, self.cfg, self.device = model, cfg, device
-        self._transform = eval_transform(model.image_tower.data_config)
 
-    @torch.no_grad()
-    def encode_image(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
-        """``[n, embed_dim]`` for image paths or PIL images (one of them alone gives ``[1, embed_dim]``)."""
-        from crossalign.data.transforms import load_image
+    def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
+        """``[n, embed_dim]`` for image paths, file bytes or PIL images (one alone: ``[1, embed_dim]``).
 
-        if isinstance(images, (str, Path)) or hasattr(images, "convert"):
+        Every image goes through ``load_image`` (EXIF rotation, transparency on white, 16-bit
+        scaling, the run's ``data.max_pixels``). Raises ``ImageError`` naming a bad one.
+        """
+        from crossalign.embed import embed_pictures
+
+        if isinstance(images, (str, Path, bytes, bytearray, memoryview)) or hasattr(images, "convert"):
             images = [images]
-        out = []
-        for s in range(0, len(images), batch_size):
-            chunk = [load_image(str(x)) if isinstance(x, (str, Path)) else x.convert("RGB")
-                     for x in images[s:s + batch_size]]
-            pixels = torch.stack([self._transform(im) for im in chunk]).to(self.device)
-            out.append(self.model.encode_image(pixels).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.cfg.model.embed_dim), np.float32)
+        return embed_pictures(self.model, list(images), device=self.device, batch_size=batch_size,
+                              max_pixels=self.cfg.data.max_pixels)
 
-    @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """``[n, embed_dim]`` for a list of strings (a single string gives ``[1, embed_dim]``)."""
+        from crossalign.embed import embed_texts
+
         if isinstance(texts, str):
             texts = [texts]
-        tower = self.model.text_tower
-        out = []
-        for s in range(0, len(texts), batch_size):
-            tok = tower.tokenize(list(texts[s:s + batch_size]))
-            out.append(self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()}).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.cfg.model.embed_dim), np.float32)
+        return embed_texts(self.model, list(texts), device=self.device, batch_size=batch_size)
 
 
 def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
-    """Load a run folder's checkpoint (safetensors; nothing is unpickled)."""
-    from crossalign.train.checkpoint import load_model
+    """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding."""
+    from crossalign.evaluate.run import open_run
 
-    model, cfg = load_model(run, which, device)
-    return Aligner(model, cfg, device)
+    rd = open_run(run, None, which, device)
+    return Aligner(rd.model, rd.cfg, device)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from crossalign.errors import ConfigError, InputNotFound
+
 __all__ = [
     "DataConfig",
     "ImageTowerConfig",
@@ -208,7 +210,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"config: {where} must be a mapping, got {value!r}")
+            raise ConfigError(f"config: {where} must be a mapping, got {value!r}")
         return from_dict(tp, value, where)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
@@ -221,13 +223,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"config: {where} expects true/false, got {value!r}")
+            raise ConfigError(f"config: {where} expects true/false, got {value!r}")
         return bool(value)
     if tp in (int, float):
         try:
             return tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
         except (TypeError, ValueError):
-            raise ValueError(f"config: {where} expects {tp.__name__}, got {value!r}") from None
+            raise ConfigError(f"config: {where} expects {tp.__name__}, got {value!r}") from None
     if tp is str:
         return "" if value is None else str(value)
     return value
@@ -239,7 +241,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"config: unknown key(s) {sorted(unknown)} in {where or 'top level'}; known: {sorted(names)}")
+        raise ConfigError(f"config: unknown key(s) {sorted(unknown)} in {where or 'top level'}; known: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}".lstrip("."))
@@ -251,16 +253,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ValueError(f"config: unknown section {p!r} in {key!r}")
+                raise ConfigError(f"config: unknown section {p!r} in {key!r}")
             node = node[p]
         if parts[-1] not in node:
-            raise ValueError(f"config: unknown key {key!r}; known here: {sorted(node)}")
+            raise ConfigError(f"config: unknown key {key!r}; known here: {sorted(node)}")
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
     return from_dict(RunConfig, data)
 
@@ -269,8 +271,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then a YAML file (if given), then ``--set`` overrides."""
     cfg = RunConfig()
     if path:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        if not Path(path).is_file():
+            raise InputNotFound(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a valid YAML config ({' '.join(str(e).split())})") from None
         cfg = from_dict(RunConfig, data, "")
     return apply_overrides(cfg, overrides or [])
 

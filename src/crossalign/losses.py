@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from crossalign.errors import ConfigError
 from crossalign.config import LossConfig
 from crossalign.train.distributed import DistInfo
 
@@ -273,6 +274,6 @@ def make_loss(cfg: LossConfig, dist: DistInfo | None = None) -> torch.nn.Module:
         return ClipLoss(margin=cfg.margin, **common)
     if cfg.name == "siglip":
         if cfg.margin:
-            raise ValueError("loss.margin applies to the clip loss only; set it to 0 for siglip")
+            raise ConfigError("loss.margin applies to the clip loss only; set it to 0 for siglip")
         return SigLipLoss(**common)
-    raise ValueError(f"unknown loss {cfg.name!r}; available: clip, siglip")
+    raise ConfigError(f"unknown loss {cfg.name!r}; available: clip, siglip")

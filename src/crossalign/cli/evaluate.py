@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from crossalign.errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics of a trained run",
@@ -74,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
     except ValueError:
-        raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
+        raise ConfigError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if args.float16 and not args.matrix:
-        raise ValueError("--float16 applies to --matrix; give --matrix FILE.npy too")
+        raise ConfigError("--float16 applies to --matrix; give --matrix FILE.npy too")
     metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
                        progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
                        matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k)

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from crossalign.errors import CrossalignError
+
 __all__ = ["main", "COMMANDS"]
 
 # command name -> module under crossalign.cli that defines add_parser(sub) and run(args)
@@ -21,9 +23,6 @@ COMMANDS = {
     "report": "report",
     "models": "models",
 }
-
-
-from crossalign.errors import CrossalignError
 
 
 class UserError(CrossalignError):
@@ -40,20 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from crossalign.data.formats import DataError
-    from crossalign.data.transforms import ImageError
-
-    errors: list[type[BaseException]] = [UserError, DataError, ImageError, FileNotFoundError, ValueError, KeyError]
-    try:
-        from crossalign.train.checkpoint import CheckpointError
-
-        errors.append(CheckpointError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input)."""
     parser = build_parser()
@@ -65,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(message)s", force=True)
     try:
         return int(args.func(args) or 0)
-    except _known_errors() as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"crossalign {args.command}: error: {msg}", file=sys.stderr)
+    except CrossalignError as e:  # the user's to fix: one line; anything else is a bug (traceback)
+        print(f"crossalign {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

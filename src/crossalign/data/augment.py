@@ -29,6 +29,7 @@ from functools import lru_cache
 
 from PIL import Image
 
+from crossalign.errors import ConfigError
 from crossalign.config import AugmentConfig
 from crossalign.data._wordnet import WordNet, WordNetMissing, find_wordnet_dir
 
@@ -312,17 +313,17 @@ def check_augment(cfg: AugmentConfig) -> None:
     for key in ("crop_prob", "jitter_prob", "grayscale_prob", "flip_prob", "text_prob", "synonym_prob", "word_dropout"):
         value = getattr(cfg, key)
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"config: augment.{key} must be in [0, 1], got {value}")
+            raise ConfigError(f"config: augment.{key} must be in [0, 1], got {value}")
     for key, (low, high) in (("crop_scale", cfg.crop_scale), ("crop_ratio", cfg.crop_ratio)):
         if not 0.0 < low <= high or (key == "crop_scale" and high > 1.0):
-            raise ValueError(f"config: augment.{key} must be two increasing positive numbers, got {low},{high}")
+            raise ConfigError(f"config: augment.{key} must be two increasing positive numbers, got {low},{high}")
     for key in ("brightness", "contrast", "saturation"):
         if getattr(cfg, key) < 0:
-            raise ValueError(f"config: augment.{key} must be >= 0, got {getattr(cfg, key)}")
+            raise ConfigError(f"config: augment.{key} must be >= 0, got {getattr(cfg, key)}")
     if not 0.0 <= cfg.hue <= 0.5:
-        raise ValueError(f"config: augment.hue must be in [0, 0.5], got {cfg.hue}")
+        raise ConfigError(f"config: augment.hue must be in [0, 0.5], got {cfg.hue}")
     if cfg.cached_views < 1:
-        raise ValueError(f"config: augment.cached_views must be >= 1, got {cfg.cached_views}")
+        raise ConfigError(f"config: augment.cached_views must be >= 1, got {cfg.cached_views}")
     if cfg.text and cfg.synonym_prob > 0:
         try:
             load_wordnet(cfg.wordnet_dir)

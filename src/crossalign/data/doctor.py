@@ -10,6 +10,7 @@ kind                       level   meaning
 non_utf8, bad_row          error   a line the reader could not use (row skipped)
 empty_caption              error   empty or whitespace-only caption (row skipped)
 missing_image              error   a caption whose image file is not there (skipped)
+outside_data               error   an image path or link that leaves the data folder (not read)
 empty_file                 error   zero-byte image file (its rows skipped)
 truncated_image            error   image data ends early (its rows skipped)
 unreadable_image           error   not an image Pillow can decode (its rows skipped)
@@ -38,12 +39,11 @@ from crossalign.data.formats import read_pairs
 from crossalign.data.prepare import split_table
 from crossalign.data.readers._base import list_images
 from crossalign.data.table import PairTable
-from crossalign.data.validate import Problem, check_images, validate_rows
+from crossalign.data.transforms import ImageError
+from crossalign.data.validate import Problem, check_images, drop_failed_images, validate_rows
 
 __all__ = ["check_data", "format_report", "token_counter"]
 
-_IMAGE_KINDS = {"missing": "missing_image", "empty_file": "empty_file", "truncated": "truncated_image",
-                "too_large": "too_large_image", "unreadable": "unreadable_image"}
 _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
@@ -68,23 +68,22 @@ def token_counter(text: TextTowerConfig) -> Callable[[str], int] | None:
     return lambda s: count_tokens(tok, s)
 
 
-def _image_problems(table: PairTable, cfg: DataConfig, workers: int) -> tuple[list[Problem], set[str]]:
-    """One problem per bad image (named with the first row that uses it) and the bad paths."""
-    ids, paths = table.images()
+def _image_problems(table: PairTable, cfg: DataConfig, workers: int) -> tuple[PairTable, list[Problem]]:
+    """Decode every image: the rows of a bad one are dropped with one problem per row (as
+    training and evaluation drop them), a tiny one gets a warning at its first row."""
+    _, paths = table.images()
     first: dict[str, str] = {}
-    rows = Counter(table.image_path)
     for path, origin in zip(table.image_path, table.origin):
         first.setdefault(path, origin)
-    problems, bad = [], set()
+    failed, warnings = {}, []
     for chk in check_images(paths, cfg.max_pixels, workers):
         if chk.kind:
-            bad.add(chk.path)
-            problems.append(Problem(_IMAGE_KINDS.get(chk.kind, "unreadable_image"), first[chk.path],
-                                    f"{chk.message}; {rows[chk.path]} row(s) skipped"))
+            failed[chk.path] = ImageError(chk.message, chk.kind)
         elif min(chk.width, chk.height) < cfg.min_image_side:
-            problems.append(Problem("tiny_image", first[chk.path], f"{chk.path}: {chk.width}x{chk.height} "
+            warnings.append(Problem("tiny_image", first[chk.path], f"{chk.path}: {chk.width}x{chk.height} "
                                     f"pixels, under data.min_image_side={cfg.min_image_side}; kept", "warning"))
-    return problems, bad
+    table, problems = drop_failed_images(table, failed, by="image_path")
+    return table, problems + warnings
 
 
 def _caption_warnings(table: PairTable, max_tokens: int, make_counter: Callable) -> tuple[list[Problem], str]:
@@ -149,9 +148,8 @@ def check_data(path: str | Path, cfg: DataConfig | None = None, max_tokens: int 
     split_table(table, cfg)
     rows_read = len(table) + sum(p.level == "error" for p in problems)
     if images:
-        found, bad = _image_problems(table, cfg, workers)
+        table, found = _image_problems(table, cfg, workers)
         problems += found
-        table = table.take(i for i, p in enumerate(table.image_path) if p not in bad)
     warnings, how = _caption_warnings(table, max_tokens, make_counter)
     problems += warnings + _uncaptioned(table, raw.image_path)
     if not len(table):
@@ -163,7 +161,7 @@ def check_data(path: str | Path, cfg: DataConfig | None = None, max_tokens: int 
         "rows_read": rows_read, "rows_skipped": rows_read - len(table),
         "splits": table.split_counts(), "splits_given": bool(table.meta.get("splits_given")),
         "captions_per_image": _per_image(table),
-        "errors": dict(Counter(p.kind for p in errors)),
+        "errors": dict(Counter(p.kind for p in errors)),  # rows skipped, by kind (count_skipped)
         "warnings": dict(Counter(p.kind for p in problems if p.level != "error")),
         "problems": [p.to_dict() for p in problems[:examples]], "problems_total": len(problems),
         "checks": {"images_decoded": images, "max_pixels": cfg.max_pixels, "min_image_side": cfg.min_image_side,
@@ -184,8 +182,10 @@ def _kind_lines(title: str, counts: dict, problems: list[dict], level: str, limi
     if not counts:
         return [f"{title}: none"]
     lines = [f"{title}: " + ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items()))]
-    shown = [p for p in problems if (p["level"] == "error") == (level == "error")][:limit]
-    lines += [f"  {p['where']}: {p['detail']}" for p in shown]
+    wanted = [p for p in problems if (p["level"] == "error") == (level == "error")]
+    lines += [f"  {p['where']}: {p['detail']}" for p in wanted[:limit]]
+    if sum(counts.values()) > limit:
+        lines.append(f"  ... and {sum(counts.values()) - limit:,} more (all in the JSON report)")
     return lines
 
 

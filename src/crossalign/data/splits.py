@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from crossalign.errors import ConfigError
 from crossalign.data.table import SPLITS, PairTable
 
 __all__ = ["assign_splits", "read_split_files", "write_split_files", "normalize_split",
-           "split_from_name", "SPLIT_ALIASES"]
+           "split_from_name", "unit_hash", "sample_images", "SPLIT_ALIASES"]
 
 # every name a data set uses for a split -> ours
 SPLIT_ALIASES = {
@@ -58,7 +59,7 @@ def read_split_files(folder: str | Path) -> dict[str, str]:
     return mapping
 
 
-def _unit_hash(key: str, seed: int) -> float:
+def unit_hash(key: str, seed: int) -> float:
     """A stable pseudo-random number in [0, 1) for a key (independent of row order)."""
     digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -72,13 +73,13 @@ def assign_splits(table: PairTable, ratios: Sequence[float] = (0.8, 0.1, 0.1), s
     an image does not change when other images are added or removed.
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise ValueError(f"split ratios must be three non-negative numbers, got {ratios}")
+        raise ConfigError(f"split ratios must be three non-negative numbers, got {ratios}")
     if group_column and group_column not in table.labels:
-        raise ValueError(f"group column {group_column!r} not in the data; available: {sorted(table.labels)}")
+        raise ConfigError(f"group column {group_column!r} not in the data; available: {sorted(table.labels)}")
     total = float(sum(ratios))
     groups = table.labels[group_column] if group_column else table.image_id
     todo = sorted({str(g) for g, s in zip(groups, table.split) if not (only_unassigned and s)})
-    order = sorted(todo, key=lambda g: _unit_hash(g, seed))
+    order = sorted(todo, key=lambda g: unit_hash(g, seed))
     cut1 = round(len(order) * ratios[0] / total)
     cut2 = cut1 + round(len(order) * ratios[1] / total)
     chosen = {g: ("train" if i < cut1 else "val" if i < cut2 else "test") for i, g in enumerate(order)}
@@ -86,6 +87,15 @@ def assign_splits(table: PairTable, ratios: Sequence[float] = (0.8, 0.1, 0.1), s
         if not (only_unassigned and table.split[i]):
             table.split[i] = chosen[str(g)]
     return table
+
+
+def sample_images(table: PairTable, n: int, seed: int = 0) -> PairTable:
+    """All rows of ``n`` images chosen by a seeded hash of their id (independent of row order)."""
+    ids, _ = table.images()
+    if n >= len(ids):
+        return table
+    chosen = set(sorted(ids, key=lambda i: unit_hash(i, seed))[:n])
+    return table.take(k for k, i in enumerate(table.image_id) if i in chosen)
 
 
 def write_split_files(table: PairTable, folder: str | Path) -> None:

@@ -11,22 +11,28 @@ run. What it does with the awkward cases:
 - EXIF orientation: applied, so a phone photo is upright (a broken EXIF block is ignored);
 - more than ``max_pixels`` pixels: refused before decoding (a decompression bomb);
 - zero bytes, truncated or not an image at all: refused.
+
+It takes a path, the bytes of a file (an upload) or an already opened PIL image, and
+puts all three through the same checks and conversion.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 from PIL import Image, ImageOps
 
 from crossalign.errors import CrossalignError
 
-__all__ = ["ImageError", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
+__all__ = ["ImageError", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning threshold
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
 
 class ImageError(CrossalignError, ValueError):
@@ -49,35 +55,61 @@ def _failure(path: str, e: Exception) -> ImageError:
     return ImageError(f"{path}: cannot read image ({text})", "unreadable")
 
 
+def _name(source: ImageSource) -> str:
+    """How messages name an image: its path, or what it is when there is no path."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return str(getattr(source, "filename", "") or "<PIL image>")
+    return f"<{len(source)} bytes>"
+
+
+def _open(source: ImageSource, name: str) -> Image.Image:
+    """Open (lazily) a path or bytes; a PIL image is used as it is."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(f"{name}: image file is empty (0 bytes)", "empty_file")
+        return Image.open(io.BytesIO(bytes(source)))
+    if os.path.getsize(source) == 0:
+        raise ImageError(f"{name}: image file is empty (0 bytes)", "empty_file")
+    return Image.open(source)
+
+
 @contextmanager
-def _decoded(path: str, max_pixels: int, draft: bool = False) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
+def _decoded(source: ImageSource, max_pixels: int,
+             draft: bool = False) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
     """An image opened and fully decoded, with its stored size; every failure becomes
     :class:`ImageError`.
 
     ``draft`` lets a JPEG decode at 1/8 scale: every byte of its data is still read, so
     damage is still found, at a third less time.
     """
+    name = _name(source)
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageError(f"{path}: image file is empty (0 bytes)", "empty_file")
         with warnings.catch_warnings():
             # our own limit decides, before any pixel is decoded
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            im = _open(source, name)
+            try:
                 if im.width * im.height > max_pixels:
-                    raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of "
+                    raise ImageError(f"{name}: {im.width}x{im.height} pixels is over the limit of "
                                      f"{max_pixels} (data.max_pixels)", "too_large")
                 size = im.size
                 if draft and im.format == "JPEG":
                     im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
                 yield im, size
+            finally:
+                if im is not source:  # the caller's own image stays open
+                    im.close()
     except ImageError:
         raise
     except (FileNotFoundError, NotADirectoryError):
-        raise ImageError(f"{path}: image file not found", "missing") from None
+        raise ImageError(f"{name}: image file not found", "missing") from None
     except Exception as e:  # truncated, not an image, broken codec data ...
-        raise _failure(path, e) from None
+        raise _failure(name, e) from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -96,16 +128,23 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image as RGB, applying its EXIF rotation. Raises :class:`ImageError`."""
-    with _decoded(str(path), max_pixels) as (im, _):
+def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image as RGB, with its EXIF rotation applied, transparency on white and 16 bits
+    scaled to 8. Raises :class:`ImageError`.
+
+    Args:
+        source: a path, the bytes of an image file (an upload) or a PIL image; all three
+            go through the same pixel limit, decoding checks and conversion.
+        max_pixels: more pixels than this is refused before decoding (``data.max_pixels``).
+    """
+    with _decoded(source, max_pixels) as (im, _):
         return _to_rgb(im)
 
 
-def inspect_image(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int, str]:
+def inspect_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> tuple[int, int, str]:
     """``(width, height, mode)`` after a full decode, the cheap form of :func:`load_image`'s
     checks (no conversion). Raises :class:`ImageError`."""
-    with _decoded(str(path), max_pixels, draft=True) as (im, size):
+    with _decoded(source, max_pixels, draft=True) as (im, size):
         return size[0], size[1], im.mode
 
 

@@ -6,8 +6,8 @@ zero-shot classification is :func:`crossalign.evaluate.zeroshot.zeroshot`.
 
 from crossalign._callable import make_callable
 from crossalign.evaluate.retrieval import retrieval_metrics, retrieve, topk
-from crossalign.evaluate.run import evaluate
+from crossalign.evaluate.run import RunData, evaluate, open_run
 
-__all__ = ["evaluate", "retrieval_metrics", "retrieve", "topk"]
+__all__ = ["evaluate", "open_run", "RunData", "retrieval_metrics", "retrieve", "topk"]
 
 make_callable(__name__, evaluate)

@@ -22,6 +22,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from crossalign.errors import ConfigError
+
 __all__ = ["retrieval_metrics", "metrics_from_ranks", "ranks_t2i", "ranks_i2t", "rank_summary", "TopK", "Retrieval",
            "retrieve", "topk", "block_rows", "write_distance_matrix", "MATRIX_MAX_CELLS",
            "BLOCK_BYTES"]
@@ -257,7 +259,7 @@ def write_distance_matrix(path: str | Path, image_emb, text_emb, float16: bool =
     img, txt = _as_float(image_emb, "image_emb"), _as_float(text_emb, "text_emb")
     cells = img.shape[0] * txt.shape[0]
     if cells > max_cells:
-        raise ValueError(f"{path}: a {img.shape[0]:,} x {txt.shape[0]:,} distance matrix has {cells:,} "
+        raise ConfigError(f"{path}: a {img.shape[0]:,} x {txt.shape[0]:,} distance matrix has {cells:,} "
                          f"entries, above the limit of {max_cells:,}; keep top-K lists and ranks instead")
     dtype = np.float16 if float16 else np.float32
     with atomic_path(path) as tmp:

@@ -10,106 +10,76 @@ says so under ``gap_protocol``.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from crossalign.config import RunConfig, default_cache_dir
+from crossalign.data.formats import DataError
 from crossalign.data.prepare import prepare_table
+from crossalign.data.splits import sample_images
 from crossalign.data.table import PairTable
-from crossalign.data.validate import Problem
+from crossalign.data.validate import Problem, count_skipped, report_problems
+from crossalign.embed import EmbeddedTable, embed_table, embed_texts
+from crossalign.errors import ConfigError
 from crossalign.evaluate.chance import chance_metrics
 from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
                                           write_distance_matrix)
-from crossalign.models.dual import DualEncoder, is_frozen
+from crossalign.models.dual import DualEncoder
 
-__all__ = ["evaluate", "embed_table", "embed_images", "encode_texts", "EmbeddedTable", "select_split",
-           "sample_images", "open_run", "RunData", "GAP_KEYS"]
+__all__ = ["evaluate", "open_run", "RunData", "embed_split", "seen_unseen", "score", "select_split",
+           "encode_texts", "GAP_KEYS"]
 
 # the metrics whose seen - unseen difference is reported as the generalization gap
 GAP_KEYS = ("R@", "_median_rank", "_mean_rank", "_mrr", "_top1", "rsum")
 
 
 @dataclass
-class EmbeddedTable:
-    """Embeddings of a table: unique images, caption rows, and which image each caption shows."""
-
-    table: PairTable  # rows whose image could be read
-    image_ids: list[str]
-    image_emb: np.ndarray  # [n_images, dim]
-    text_emb: np.ndarray  # [n_captions, dim]
-    text_to_image: np.ndarray  # [n_captions]
-    problems: list[Problem]
-
-
-@dataclass
 class RunData:
-    """A loaded run and the data table split the way the run split it."""
+    """A loaded run and the data table split the way the run split it (empty without data)."""
 
     model: DualEncoder
     cfg: RunConfig
     table: PairTable
-    problems: list[Problem]
+    problems: list[Problem]  # rows the data check skipped when reading the data
     cache_root: Path | None
     device: str
+    path: Path | None = None
 
 
-def open_run(run: str | Path, data: str | Path, which: str = "best", device: str = "cpu",
+def open_run(run: str | Path, data: str | Path | None = None, which: str = "best", device: str = "cpu",
              quiet: bool = False) -> RunData:
-    """Load the run's checkpoint and read ``data`` with the run's stored split."""
+    """Load the run's checkpoint and read ``data`` (when given) with the run's stored split.
+
+    The one way to open a run: evaluation, the report and the index use it, so all of them
+    see the same model, data rules (``data.max_pixels``, ``data.strict``, the data-folder
+    rule) and split. Problems are logged unless ``quiet``.
+    """
     from crossalign.train.checkpoint import load_model
 
     model, cfg = load_model(run, which, device)
-    table, problems = prepare_table(data, cfg.data, run_dir=run, quiet=quiet)
+    if data is None:
+        table, problems = PairTable(), []
+    else:
+        table, problems = prepare_table(data, cfg.data, run_dir=run, quiet=quiet)
     cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    return RunData(model, cfg, table, problems, cache_root, device)
+    return RunData(model, cfg, table, problems, cache_root, device, Path(run))
 
 
-def embed_table(model: DualEncoder, table: PairTable, cache_root: Path | None, device: str = "cpu",
-                batch_size: int = 128, progress: bool = True) -> EmbeddedTable:
-    """Embed every image and caption of ``table`` (frozen towers read the feature cache)."""
-    from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
-
-    cfg = model.cfg
-    images = ImageSide(model, table, device, cache_root if is_frozen(cfg.image.freeze) else None,
-                       batch_size, progress)
-    table, problems = drop_failed_images(table, images.failed)
-    texts = TextSide(model, table, device, cache_root if is_frozen(cfg.text.freeze) else None,
-                     batch_size, progress)
-    ids, t2i = table.caption_image_index()
-    model.eval()
-    img = images.embed_all([images.index[i] for i in ids], batch_size)
-    txt = texts.embed_all(list(range(len(table))), batch_size)
-    return EmbeddedTable(table, ids, img, txt, t2i, problems)
+def embed_split(rd: RunData, sub: PairTable, progress: bool = True) -> EmbeddedTable:
+    """Embed ``sub`` with the run's model, cache, data rules (``max_pixels``, ``strict``) and
+    decoding workers (``train.num_workers``)."""
+    return embed_table(rd.model, sub, cache_root=rd.cache_root, device=rd.device,
+                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
+                       strict=rd.cfg.data.strict, progress=progress, workers=rd.cfg.train.num_workers)
 
 
-def embed_images(model: DualEncoder, table: PairTable, cache_root: Path | None, device: str = "cpu",
-                 batch_size: int = 128, progress: bool = True) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """Embeddings ``[n_ok, dim]`` of the table's unique readable images, their ids, and the failures."""
-    from crossalign.train.sides import ImageSide
-
-    frozen = is_frozen(model.cfg.image.freeze)
-    images = ImageSide(model, table, device, cache_root if frozen else None, batch_size, progress)
-    model.eval()
-    if not images.ids:
-        return [], np.zeros((0, model.cfg.embed_dim), np.float32), images.failed
-    return images.ids, images.embed_all(list(range(len(images.ids))), batch_size), images.failed
-
-
-@torch.no_grad()
 def encode_texts(model: DualEncoder, texts: Sequence[str], device: str = "cpu",
                  batch_size: int = 128) -> np.ndarray:
-    """Embeddings ``[len(texts), dim]`` of free text (prompts, queries), L2-normalised."""
-    model.eval()
-    out = []
-    for s in range(0, len(texts), batch_size):
-        tok = model.text_tower.tokenize(list(texts[s:s + batch_size]))
-        out.append(model.encode_text(**{k: v.to(device) for k, v in tok.items()}).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+    """Embeddings ``[len(texts), dim]`` of free text (prompts, queries); see ``embed_texts``."""
+    return embed_texts(model, texts, device=device, batch_size=batch_size)
 
 
 def select_split(table: PairTable, split: str) -> PairTable:
@@ -117,30 +87,33 @@ def select_split(table: PairTable, split: str) -> PairTable:
     names = "all" if split == "all" else [s.strip() for s in split.split(",") if s.strip()]
     sub = table.select(names)
     if len(sub) == 0:
-        raise ValueError(f"the {split!r} split has no rows (splits: {table.split_counts()})")
+        raise ConfigError(f"--split: the {split!r} split has no rows (splits: {table.split_counts()})")
     return sub
 
 
-def _unit_hash(key: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def seen_unseen(table: PairTable, sub: PairTable, seed: int = 0,
+                seen: str = "match") -> tuple[PairTable, PairTable]:
+    """The seen (train) and unseen (held-out) items to compare, one rule for every command.
+
+    Unseen are the rows of ``sub`` outside the train split; seen are the rows of the run's
+    train split, with ``seen="match"`` sampled (seeded) down to as many images as unseen
+    has, so both sets are equally hard. Either table may be empty.
+    """
+    if seen not in ("match", "all"):
+        raise ConfigError(f"--seen must be 'match' or 'all', got {seen!r}")
+    unseen_tab = sub.take(k for k, s in enumerate(sub.split) if s != "train")
+    train_tab = table.select("train")
+    if seen == "match":
+        train_tab = sample_images(train_tab, len(set(unseen_tab.image_id)), seed)
+    return train_tab, unseen_tab
 
 
-def sample_images(table: PairTable, n: int, seed: int = 0) -> PairTable:
-    """All rows of ``n`` images chosen by a seeded hash of their id (independent of row order)."""
-    ids, _ = table.images()
-    if n >= len(ids):
-        return table
-    chosen = set(sorted(ids, key=lambda i: _unit_hash(i, seed))[:n])
-    return table.take(k for k, i in enumerate(table.image_id) if i in chosen)
-
-
-def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool,
-           k: int = 0) -> tuple[dict, EmbeddedTable, Retrieval]:
+def score(rd: RunData, sub: PairTable, ks: Sequence[int] = (1, 5, 10), progress: bool = True,
+          k: int = 0) -> tuple[dict, EmbeddedTable, Retrieval]:
     """Metrics of ``sub``, its embeddings, and its ranks (plus top-``k`` lists) from one pass."""
-    emb = embed_table(rd.model, sub, rd.cache_root, rd.device, rd.cfg.train.eval_batch_size, progress)
+    emb = embed_split(rd, sub, progress)
     if len(emb.image_ids) == 0:
-        raise ValueError("no readable images left to evaluate")
+        raise DataError(f"no readable image left to evaluate in {len(set(sub.image_id))} image(s)")
     res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k)
     metrics = metrics_from_ranks(res.t2i_ranks, res.i2t_ranks, ks)
     metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
@@ -151,19 +124,15 @@ def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool,
 def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], seen: str, seed: int,
          progress: bool) -> dict:
     """``seen`` / ``unseen`` metrics, their difference, and how the two sets were drawn."""
-    if seen not in ("match", "all"):
-        raise ValueError(f"seen must be 'match' or 'all', got {seen!r}")
-    unseen_tab = sub.take(k for k, s in enumerate(sub.split) if s != "train")
-    train_tab = rd.table.select("train")
+    seen_tab, unseen_tab = seen_unseen(rd.table, sub, seed, seen)
     if len(unseen_tab) == 0:
-        raise ValueError(f"--gap compares the train split with held-out items, and the {split!r} split "
-                         f"holds none; use --split test, val or all")
-    if len(train_tab) == 0:
-        raise ValueError("--gap needs the run's train split, and no row of the data is in it")
-    n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(train_tab.image_id))
-    seen_tab = sample_images(train_tab, n_unseen, seed) if seen == "match" else train_tab
-    seen_m = _score(rd, seen_tab, ks, progress)[0]
-    unseen_m = top if len(unseen_tab) == len(sub) else _score(rd, unseen_tab, ks, progress)[0]
+        raise ConfigError(f"--gap compares the train split with held-out items, and the {split!r} split "
+                          f"holds none; use --split test, val or all")
+    if len(seen_tab) == 0:
+        raise DataError("--gap needs the run's train split, and no row of the data is in it")
+    n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(rd.table.select("train").image_id))
+    seen_m = score(rd, seen_tab, ks, progress)[0]
+    unseen_m = top if len(unseen_tab) == len(sub) else score(rd, unseen_tab, ks, progress)[0]
     seen_m["split"] = "train"
     unseen_m = {**unseen_m, "split": ",".join(sorted(set(unseen_tab.split)))}
     gap = {k: seen_m[k] - unseen_m[k] for k in seen_m
@@ -218,17 +187,20 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ValueError(f"the K of Recall@K must be positive integers, got {list(ks)}")
+        raise ConfigError(f"--k: the K of Recall@K must be positive integers, got {list(ks)}")
     if lists and lists_k < 1:
-        raise ValueError(f"the length of the top-K lists must be at least 1, got {lists_k}")
-    rd = open_run(run, data, which, device)
+        raise ConfigError(f"--lists-k: the length of the top-K lists must be at least 1, got {lists_k}")
+    rd = open_run(run, data, which, device, quiet=True)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
-        raise ValueError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above the "
-                         f"distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
-    metrics, emb, res = _score(rd, sub, ks, progress, k=lists_k if lists else 0)
+        raise ConfigError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above "
+                          f"the distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
+    metrics, emb, res = score(rd, sub, ks, progress, k=lists_k if lists else 0)
+    problems = rd.problems + emb.problems
+    report_problems(problems)
     metrics["split"] = split
-    metrics["skipped_rows"] += len(rd.problems)
+    metrics["skipped_rows"] = sum(p.level == "error" for p in problems)
+    metrics["skipped"] = count_skipped(problems)
     _export(emb, res, matrix, float16, lists)
     if gap:
         metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))

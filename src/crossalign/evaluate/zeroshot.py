@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossalign.errors import ConfigError
+from crossalign.data.formats import DataError
 from crossalign.data.table import PairTable
 from crossalign.evaluate.chance import rank_distribution
 
@@ -43,7 +45,7 @@ def split_labels(value: object, sep: str = "|") -> list[str]:
 def image_classes(table: PairTable, column: str, sep: str = "|") -> dict[str, list[str]]:
     """Image id -> its classes in ``column`` (union over the image's rows, first-seen order)."""
     if column not in table.labels:
-        raise ValueError(f"label column {column!r} not in the data; available: {sorted(table.labels) or 'none'}")
+        raise ConfigError(f"label column {column!r} not in the data; available: {sorted(table.labels) or 'none'}")
     out: dict[str, list[str]] = {}
     for iid, value in zip(table.image_id, table.labels[column]):
         have = out.setdefault(iid, [])
@@ -56,7 +58,7 @@ def class_embeddings(encode: Callable[[list[str]], np.ndarray], classes: Sequenc
     """``[n_classes, dim]``: the normalised mean over templates of the normalised prompt embeddings."""
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
-        raise ValueError(f"every template needs a '{{}}' where the class name goes, got {bad or list(templates)}")
+        raise ConfigError(f"every template needs a '{{}}' where the class name goes, got {bad or list(templates)}")
     per_template = []
     for t in templates:
         emb = encode([t.replace("{}", c) for c in classes])  # [n_classes, dim]
@@ -126,13 +128,14 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
         classes: the candidate classes (default: every class in the column, all splits).
         sep: separator of several classes in one label value.
     """
-    from crossalign.evaluate.run import embed_images, encode_texts, open_run, select_split
+    from crossalign.embed import embed_images
+    from crossalign.evaluate.run import encode_texts, open_run, select_split
 
     rd = open_run(run, data, which, device)
     by_image = image_classes(rd.table, label_column, sep)  # whole table: every class is a candidate
     names = list(classes) if classes else sorted({c for cs in by_image.values() for c in cs})
     if len(names) < 2:
-        raise ValueError(f"label column {label_column!r} has {len(names)} class(es); need at least 2")
+        raise ConfigError(f"label column {label_column!r} has {len(names)} class(es); need at least 2")
     col = {name: j for j, name in enumerate(names)}
     sub = select_split(rd.table, split)
     labelled = [i for i in dict.fromkeys(sub.image_id) if any(c in col for c in by_image.get(i, []))]
@@ -140,8 +143,14 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
     keep = set(labelled)
     sub = sub.take(k for k, i in enumerate(sub.image_id) if i in keep)
     if len(sub) == 0:
-        raise ValueError(f"no image of the {split!r} split has a label in {label_column!r} among the classes")
-    ids, img, failed = embed_images(rd.model, sub, rd.cache_root, device, rd.cfg.train.eval_batch_size, progress)
+        raise DataError(f"no image of the {split!r} split has a label in {label_column!r} among the classes")
+    all_ids, paths = sub.images()
+    vec = embed_images(rd.model, paths, cache_root=rd.cache_root, device=device, progress=progress,
+                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
+                       workers=rd.cfg.train.num_workers)
+    readable = set(vec.paths)
+    ids = [i for i, p in zip(all_ids, paths) if p in readable]
+    img, failed = vec.vectors, vec.failed
     text = class_embeddings(lambda t: encode_texts(rd.model, t, device, rd.cfg.train.eval_batch_size),
                             names, templates)
     scores = img @ text.T  # [n_images, n_classes]

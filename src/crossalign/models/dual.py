@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.errors import ConfigError
 from crossalign.config import ModelConfig
 
 log = logging.getLogger("crossalign.models")
@@ -32,9 +33,9 @@ def make_head(in_dim: int, cfg: ModelConfig) -> nn.Module:
         )
     if cfg.head == "none":
         if in_dim != cfg.embed_dim:
-            raise ValueError(f"head=none needs a tower of width embed_dim={cfg.embed_dim}, got {in_dim}")
+            raise ConfigError(f"head=none needs a tower of width embed_dim={cfg.embed_dim}, got {in_dim}")
         return nn.Identity()
-    raise ValueError(f"unknown head {cfg.head!r}; use linear, mlp or none")
+    raise ConfigError(f"unknown head {cfg.head!r}; use linear, mlp or none")
 
 
 def is_frozen(spec: str) -> bool:
@@ -61,10 +62,10 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
     except ValueError:
         n = None
     if n is None:
-        raise ValueError(f"freeze must be frozen, trainable or last:N (or auto in the config), got {spec!r}")
+        raise ConfigError(f"freeze must be frozen, trainable or last:N (or auto in the config), got {spec!r}")
     blocks = tower.blocks()
     if not 0 <= n <= len(blocks):
-        raise ValueError(f"last:{n} asks for more blocks than the tower has ({len(blocks)})")
+        raise ConfigError(f"last:{n} asks for more blocks than the tower has ({len(blocks)})")
     if n == 0:
         return
     first = blocks[len(blocks) - n]
@@ -158,7 +159,7 @@ def _resolve_freeze(cfg: ModelConfig) -> None:
             log.warning("%s tower %s is trained from scratch but freeze=frozen: it stays random", side, tcfg.tower)
     if cfg.text.chunk_long and n_last_blocks(cfg.text.freeze) is not None:
         # the prefix cache keeps one row per caption; a chunked caption has several
-        raise ValueError("model.text.chunk_long does not combine with model.text.freeze=last:N; "
+        raise ConfigError("model.text.chunk_long does not combine with model.text.freeze=last:N; "
                          "use trainable or frozen")
 
 

@@ -12,6 +12,7 @@ import re
 import torch
 from torch import nn
 
+from crossalign.errors import ConfigError, InputNotFound
 from crossalign.models.registry import register
 
 __all__ = ["ImageTower", "remap_efficientnet_lite", "efficientnet_lite_weights_path"]
@@ -99,7 +100,7 @@ class ImageTower(nn.Module):
     def _cut(self, n_last: int) -> int:
         n = len(self.blocks())
         if not 0 <= n_last <= n:
-            raise ValueError(f"{self.name}: n_last={n_last}, but the tower has {n} blocks")
+            raise ConfigError(f"{self.name}: n_last={n_last}, but the tower has {n} blocks")
         return n - n_last
 
     def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
@@ -196,7 +197,7 @@ def _create_timm(model_name: str, image_size: int, **kwargs: object) -> nn.Modul
     import timm
 
     if not model_name.startswith(("local-dir:", "hf-hub:")) and not timm.is_model(model_name):
-        raise ValueError(f"timm has no model {model_name!r} (timm.list_models() lists them)")
+        raise ConfigError(f"timm has no model {model_name!r} (timm.list_models() lists them)")
 
     if image_size:
         try:  # transformers with position embeddings are built for the size (and resample them)
@@ -222,7 +223,7 @@ def _build_timm(model_name: str, pretrained: bool = False, checkpoint: str = "",
         name, extra["pretrained"] = f"local-dir:{checkpoint}", True
     elif checkpoint:
         if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: image tower checkpoint not found")
+            raise InputNotFound(f"{checkpoint}: image tower checkpoint not found")
         extra.update(pretrained=True, pretrained_cfg_overlay={"file": checkpoint})
     else:
         extra["pretrained"] = pretrained

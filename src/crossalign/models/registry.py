@@ -32,6 +32,8 @@ from typing import Callable
 
 import torch
 
+from crossalign.errors import ConfigError
+
 __all__ = ["TowerInfo", "register", "create", "list_models", "list_prefixes", "model_info",
            "resolve_freeze", "describe", "describe_models"]
 
@@ -79,7 +81,7 @@ def model_info(name: str) -> TowerInfo:
     prefix = name.split(":", 1)[0] if ":" in name else ""
     if prefix in _PREFIXES:
         return _PREFIXES[prefix]
-    raise KeyError(f"unknown tower {name!r}; registered: {list_models()} (or timm:<name>, hf:<name>)")
+    raise ConfigError(f"unknown tower {name!r}; registered: {list_models()} (or timm:<name>, hf:<name>)")
 
 
 def create(name: str, **overrides) -> torch.nn.Module:

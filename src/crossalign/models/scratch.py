@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from crossalign.errors import ConfigError, InputNotFound, RunError
 from crossalign.models.registry import register
 from crossalign.models.text import masked_mean
 
@@ -41,7 +42,7 @@ class SmallCNN(nn.Module):
     def __init__(self, width: int = 256, image_size: int = 64) -> None:
         super().__init__()
         if width % 8:
-            raise ValueError(f"small_cnn: width must be a multiple of 8, got {width}")
+            raise ConfigError(f"small_cnn: width must be a multiple of 8, got {width}")
         chans = [width // 8, width // 4, width // 2, width]
         self.stem = nn.Sequential(*_conv_bn(3, chans[0]))
         self.stages = nn.ModuleList(
@@ -72,7 +73,7 @@ class SmallCNN(nn.Module):
 
 def _check(n_last: int, n: int) -> int:
     if not 0 <= n_last <= n:
-        raise ValueError(f"n_last={n_last}, but the tower has {n} blocks")
+        raise ConfigError(f"n_last={n_last}, but the tower has {n} blocks")
     return n_last
 
 
@@ -131,10 +132,10 @@ class _WordTower(nn.Module):
     def load_extras(self, run_dir: str | Path) -> None:
         path = Path(run_dir) / VOCAB_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: the {self.name} tower's vocabulary is missing from the run")
+            raise InputNotFound(f"{path}: the {self.name} tower's vocabulary is missing from the run")
         words = json.loads(path.read_text(encoding="utf-8"))["words"]
         if len(words) > self.vocab_size:
-            raise ValueError(f"{path}: {len(words)} words, but the tower has room for {self.vocab_size}")
+            raise RunError(f"{path}: {len(words)} words, but the tower has room for {self.vocab_size}")
         self.vocab = WordVocab(words)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -187,7 +188,7 @@ class LSTMTextTower(_WordTower):
     def __init__(self, vocab_size: int = 10000, width: int = 256, layers: int = 2, max_tokens: int = 256) -> None:
         super().__init__("lstm", vocab_size, width, max_tokens)
         if width % 2:
-            raise ValueError(f"lstm: width must be even (two directions), got {width}")
+            raise ConfigError(f"lstm: width must be even (two directions), got {width}")
         self.layers = nn.ModuleList(nn.LSTM(width, width // 2, batch_first=True, bidirectional=True)
                                     for _ in range(layers))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crossalign.errors import ConfigError
 from crossalign.models.registry import register
 
 __all__ = ["HFTextTower", "count_tokens", "masked_mean", "minilm_path", "quiet_length_warning"]
@@ -77,9 +78,9 @@ class HFTextTower(nn.Module):
                  max_tokens: int = 256, chunk_long: bool = False) -> None:
         super().__init__()
         if pooling not in ("mean", "cls", "pooler"):
-            raise ValueError(f"pooling must be mean, cls or pooler, got {pooling!r}")
+            raise ConfigError(f"pooling must be mean, cls or pooler, got {pooling!r}")
         if pooling == "pooler" and getattr(model, "pooler", None) is None:
-            raise ValueError(f"{name}: pooling=pooler, but the model has no pooler layer")
+            raise ConfigError(f"{name}: pooling=pooler, but the model has no pooler layer")
         if pooling != "pooler" and getattr(model, "pooler", None) is not None:
             model.pooler = None  # unused: it would only hold parameters that never get a gradient
         self.model = model
@@ -146,7 +147,7 @@ class HFTextTower(nn.Module):
         (plus ``chunk_owner`` when chunking). Unsplittable models return their inputs."""
         layers = self.blocks()
         if not 0 <= n_last <= len(layers):
-            raise ValueError(f"{self.name}: n_last={n_last}, but the tower has {len(layers)} layers")
+            raise ConfigError(f"{self.name}: n_last={n_last}, but the tower has {len(layers)} layers")
         out = {"attention_mask": attention_mask}
         if chunk_owner is not None:
             out["chunk_owner"] = chunk_owner
@@ -231,7 +232,7 @@ def _load_hf(source: str, name: str, pretrained: bool, pooling: str, max_tokens:
                 config = AutoConfig.from_pretrained(source, **(config_overrides or {}))
                 model = AutoModel.from_config(config)
     except OSError as e:  # neither a local folder nor reachable on the hub
-        raise ValueError(f"{name}: cannot load {source!r} ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{name}: cannot load {source!r} ({str(e).splitlines()[0]})") from None
     return HFTextTower(model, tokenizer, name, pooling, max_tokens, chunk_long)
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from crossalign._io import atomic_write_text
+from crossalign.data.validate import count_skipped, report_problems
+from crossalign.errors import ConfigError
 from crossalign.report import plots
-from crossalign.report.collect import RunData, collect_run, describe_config
+from crossalign.report.collect import RunReport, collect_run, describe_config
 from crossalign.report.samples import Thumbnails, draw_samples, image_queries, shorten, text_queries
 
 __all__ = ["report", "ReportResult", "metric_columns"]
@@ -32,6 +34,7 @@ class ReportResult:
     plots: list[Path] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)  # run name -> retrieval metrics on the split
+    skipped: dict[str, dict] = field(default_factory=dict)  # run name -> rows skipped, by kind
     seconds: float = 0.0
 
 
@@ -91,7 +94,7 @@ def _head(column: str) -> str:
     return _HEADS.get(name, name.replace("_", " "))
 
 
-def _comparison(data: list[RunData]) -> dict:
+def _comparison(data: list[RunReport]) -> dict:
     """The table up top: every metric and the training time, then each run's setup."""
     cols = metric_columns([d.metrics for d in data]) + ["train_seconds"]
     rows = [{**d.metrics, "train_seconds": d.summary.get("train_seconds")} for d in data]
@@ -118,7 +121,7 @@ def _direction_heads(cols: list[str]) -> list[tuple[str, int]]:
     return groups
 
 
-def _galleries(d: RunData, k: int, seed: int, top: int, thumbs: Thumbnails) -> dict:
+def _galleries(d: RunReport, k: int, seed: int, top: int, thumbs: Thumbnails) -> dict:
     """Heatmap data and both galleries of one run, thumbnails embedded."""
     emb, samples = d.emb, draw_samples(d.emb, k, seed)
     _, paths = emb.table.images()
@@ -133,7 +136,7 @@ def _galleries(d: RunData, k: int, seed: int, top: int, thumbs: Thumbnails) -> d
     return {"samples": samples, "text_queries": t_q, "image_queries": i_q, "top": top, "paths": paths}
 
 
-def _heatmap(d: RunData, gal: dict, thumbs: Thumbnails, path: Path) -> dict:
+def _heatmap(d: RunReport, gal: dict, thumbs: Thumbnails, path: Path) -> dict:
     s, emb = gal["samples"], d.emb
     dist = 1.0 - emb.text_emb[s.heat_captions] @ emb.image_emb[s.heat_images].T  # [k, k]
     captions = [emb.table.caption[r] for r in s.heat_captions]
@@ -155,7 +158,7 @@ def _gap_table(seen: dict, unseen: dict, split: str) -> dict:
             "rows": [("seen (train sample)", plain[0]), (f"unseen ({split})", plain[1]), ("gap", signed)]}
 
 
-def _run_section(d: RunData, index: int, k: int, seed: int, top: int, thumbs: Thumbnails,
+def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: Thumbnails,
                  png: Callable[[str], Path]) -> tuple[dict, list[Path]]:
     """Everything shown for one run; returns the template context and the PNGs written."""
     written = []
@@ -176,12 +179,12 @@ def _run_section(d: RunData, index: int, k: int, seed: int, top: int, thumbs: Th
         "n_images": len(d.emb.image_ids), "n_captions": len(d.emb.text_to_image),
         "curves": _png_uri(curves) if curves else None, "heatmap": {**heat, "uri": _png_uri(heat["png"])},
         "text_queries": gal["text_queries"], "image_queries": gal["image_queries"], "top": top,
-        "ranks": _png_uri(ranks), "gap": gap, "skipped": len(d.emb.problems),
+        "ranks": _png_uri(ranks), "gap": gap, "skipped": sum(p.level == "error" for p in d.problems),
     }
     return section, written
 
 
-def _comparison_plots(data: list[RunData], out: Path, ctx: dict) -> list[Path]:
+def _comparison_plots(data: list[RunReport], out: Path, ctx: dict) -> list[Path]:
     """Recall@K bars and validation R-sum curves of several runs, added to ``ctx``."""
     bars = plots.recall_bars({d.name: d.metrics for d in data}, out.with_name(f"{out.stem}_recall.png"))
     ctx["recall_bars"] = _png_uri(bars)
@@ -211,12 +214,13 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     t0 = time.perf_counter()
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
     if not runs:
-        raise ValueError("report: give at least one run folder")
+        raise ConfigError("report: give at least one run folder")
     if k < 1 or top < 1:
-        raise ValueError(f"report: k and top must be at least 1 (got k={k}, top={top})")
+        raise ConfigError(f"report: --k and --top must be at least 1 (got k={k}, top={top})")
     out = Path(out)
     names = _unique_names(runs)
     data_runs = [collect_run(r, data, split, n, seed, device, progress, which) for r, n in zip(runs, names)]
+    report_problems(data_runs[0].problems)  # the same data and rules for every run: said once
     thumbs, written, sections = Thumbnails(), [], []
     for i, d in enumerate(data_runs):
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", d.name)
@@ -231,4 +235,5 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     atomic_write_text(out, render(ctx))
     seconds = time.perf_counter() - t0
     log.info("wrote %s and %d plots in %.1f s", out, len(written), seconds)
-    return ReportResult(out, written, names, {d.name: d.metrics for d in data_runs}, seconds)
+    return ReportResult(out, written, names, {d.name: d.metrics for d in data_runs},
+                        {d.name: count_skipped(d.problems) for d in data_runs}, seconds)

@@ -1,7 +1,8 @@
 """Everything a report shows about one run: its history, embeddings, ranks and gap.
 
-The numbers come from the library (``embed_table``, ``ranks_t2i``, ``retrieval_metrics``), so
-the report and ``crossalign evaluate`` can never disagree.
+The run is opened with :func:`~crossalign.evaluate.run.open_run` and scored with the same
+functions as ``crossalign evaluate`` (``score``, ``seen_unseen``), so the two can never
+disagree: not on the numbers, nor on which rows were skipped.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from crossalign.config import RunConfig, default_cache_dir, load_config, to_dict
-from crossalign.data.table import PairTable
-from crossalign.evaluate.retrieval import metrics_from_ranks, ranks_i2t, ranks_t2i, retrieval_metrics
-from crossalign.evaluate.run import EmbeddedTable, embed_table, sample_images, select_split
+from crossalign.config import RunConfig, to_dict
+from crossalign.data.formats import DataError
+from crossalign.data.validate import Problem
+from crossalign.embed import EmbeddedTable
+from crossalign.evaluate.run import RunData, open_run, score, seen_unseen, select_split
 
-__all__ = ["RunData", "collect_run", "read_history", "describe_config"]
+__all__ = ["RunReport", "collect_run", "read_history", "describe_config"]
 
 
 @dataclass
-class RunData:
-    """One run as the report sees it."""
+class RunReport:
+    """One run as the report shows it."""
 
     name: str  # unique label in this report
     path: Path
@@ -37,6 +39,7 @@ class RunData:
     ranks_t2i: np.ndarray  # [n_captions] 1-based rank of each caption's image
     ranks_i2t: np.ndarray  # [n_images] 1-based rank of each image's best caption
     seen: dict | None  # metrics on a train sample of the same size, when there is one
+    problems: list[Problem]  # rows skipped: by the data rules, and images that could not be read
 
 
 def _number(value: str | None) -> float | None:
@@ -79,48 +82,34 @@ def describe_config(cfg: RunConfig) -> dict[str, str]:
     }
 
 
-def _seen_metrics(model, cfg: RunConfig, table: PairTable, sub: PairTable, cache_root, device: str,
-                  seed: int, progress: bool) -> dict | None:
+def _seen_metrics(rd: RunData, sub, seed: int, progress: bool) -> dict | None:
     """Metrics on training images, as many as ``sub`` has, so both pools are equally hard.
 
-    The sample is ``sample_images`` with the same seed as ``crossalign evaluate --gap``, so the
+    The sample is ``seen_unseen`` with the same seed as ``crossalign evaluate --gap``, so the
     two report the same seen numbers. No gap when ``sub`` itself holds training items.
     """
-    train = table.select("train")
-    if "train" in set(sub.split) or len(train) == 0:
+    seen_tab, _ = seen_unseen(rd.table, sub, seed)
+    if "train" in set(sub.split) or len(seen_tab) == 0:
         return None
-    emb = embed_table(model, sample_images(train, len(set(sub.image_id)), seed), cache_root, device,
-                      cfg.train.eval_batch_size, progress)
-    if len(emb.image_ids) == 0:
+    try:
+        return score(rd, seen_tab, progress=progress)[0]
+    except DataError:  # not one readable training image: the report shows no gap
         return None
-    return retrieval_metrics(emb.image_emb, emb.text_emb, emb.text_to_image)
 
 
 def collect_run(run: str | Path, data: str | Path, split: str = "test", name: str = "",
                 seed: int = 0, device: str = "cpu", progress: bool = True,
-                which: str = "best") -> RunData:
-    """Load ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap."""
-    from crossalign.data.prepare import prepare_table
-    from crossalign.train.checkpoint import load_model
-
+                which: str = "best") -> RunReport:
+    """Open ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap."""
     run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise ValueError(f"{run}: not a run folder (config.yaml missing)")
-    # read the data before building the model, so a wrong split fails at once
-    table, _ = prepare_table(data, load_config(run / "config.yaml").data, run_dir=run, quiet=not progress)
-    sub = select_split(table, split)
-    model, cfg = load_model(run, which, device)
-    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    emb = embed_table(model, sub, cache_root, device, cfg.train.eval_batch_size, progress)
-    if len(emb.image_ids) == 0:
-        raise ValueError(f"{data}: no readable image in the {split!r} split of run {run}")
-    t2i = ranks_t2i(emb.image_emb, emb.text_emb, emb.text_to_image)  # [n_captions]
-    i2t = ranks_i2t(emb.image_emb, emb.text_emb, emb.text_to_image)  # [n_images]
-    seen = _seen_metrics(model, cfg, table, sub, cache_root, device, seed, progress)
+    rd = open_run(run, data, which, device, quiet=True)
+    sub = select_split(rd.table, split)
+    metrics, emb, res = score(rd, sub, progress=progress)
+    seen = _seen_metrics(rd, sub, seed, progress)
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return RunData(
-        name=name or run.name, path=run, cfg=cfg, history=read_history(run / "metrics.csv"),
-        summary=summary, split=split, emb=emb, metrics=metrics_from_ranks(t2i, i2t), ranks_t2i=t2i,
-        ranks_i2t=i2t, seen=seen,
+    return RunReport(
+        name=name or run.name, path=run, cfg=rd.cfg, history=read_history(run / "metrics.csv"),
+        summary=summary, split=split, emb=emb, metrics=metrics, ranks_t2i=res.t2i_ranks,
+        ranks_i2t=res.i2t_ranks, seen=seen, problems=rd.problems + emb.problems,
     )

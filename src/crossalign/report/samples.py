@@ -16,7 +16,7 @@ from PIL import Image
 
 from crossalign.data.transforms import ImageError, load_image
 from crossalign.evaluate.retrieval import topk
-from crossalign.evaluate.run import EmbeddedTable
+from crossalign.embed import EmbeddedTable
 
 __all__ = ["Samples", "draw_samples", "top_k", "text_queries", "image_queries", "Thumbnails", "shorten"]
 

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from crossalign.errors import ConfigError
+
 __all__ = [
     "CpuSyncBatchNorm",
     "DistInfo",
@@ -75,11 +77,11 @@ def init_distributed(backend: str = "auto", info: DistInfo | None = None,
     if info.world_size == 1 or is_dist_ready():
         return info
     if not torch.distributed.is_available():
-        raise ValueError("this torch build has no torch.distributed; run one process")
+        raise ConfigError("this torch build has no torch.distributed; run one process")
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend not in ("nccl", "gloo"):
-        raise ValueError(f"unknown distributed backend {backend!r}; available: auto, nccl, gloo")
+        raise ConfigError(f"unknown distributed backend {backend!r}; available: auto, nccl, gloo")
     if backend == "nccl":
         # one GPU per process: collectives use the current device
         torch.cuda.set_device(info.local_rank)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossalign.errors import ConfigError, RunError
 from crossalign.config import RunConfig, default_cache_dir
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
@@ -164,7 +165,7 @@ class Engine:
         if self.cfg.train.precision == "bf16":
             return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
         if self.cfg.train.precision != "fp32":
-            raise ValueError(f"train.precision must be fp32 or bf16, got {self.cfg.train.precision!r}")
+            raise ConfigError(f"train.precision must be fp32 or bf16, got {self.cfg.train.precision!r}")
         return nullcontext()
 
     def _micro_step(self, batch: np.ndarray, epoch: int, sync: bool) -> float:
@@ -251,7 +252,7 @@ class Engine:
         state = load_resume_point(self.run)
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         if unexpected:
-            raise ValueError(f"{self.run}: resume point does not match the model ({unexpected[:3]})")
+            raise RunError(f"{self.run}: resume point does not match the model ({unexpected[:3]})")
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         pos = dict(state["position"])

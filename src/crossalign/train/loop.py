@@ -15,10 +15,13 @@ from pathlib import Path
 
 import torch
 
+from crossalign.errors import RunError
 from crossalign._io import atomic_write_json
 from crossalign.config import RunConfig, load_config, save_config, to_dict
 from crossalign.data.prepare import prepare_table
+from crossalign.data.formats import DataError
 from crossalign.data.splits import write_split_files
+from crossalign.data.validate import report_problems
 from crossalign.train.checkpoint import save_model
 from crossalign.train.distributed import DistInfo
 from crossalign.train.engine import Engine, resolve_device, seed_everything
@@ -53,10 +56,10 @@ def _prepare(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, fresh:
         save_config(cfg, run / "config.yaml")
         atomic_write_json(run / "run.json", {"data": str(Path(data).resolve()), "world_size": dist.world_size})
     _barrier(dist)
-    table, problems = prepare_table(data, cfg.data, run_dir=None if fresh else run, quiet=not dist.is_main)
+    table, problems = prepare_table(data, cfg.data, run_dir=None if fresh else run, quiet=True)
     for split in ("train", "val"):
         if not table.select(split).caption:
-            raise ValueError(f"{data}: the {split} split is empty; give more images or change data.split_ratios")
+            raise DataError(f"{data}: the {split} split is empty; give more images or change data.split_ratios")
     if fresh and dist.is_main:
         write_split_files(table, run / "splits")
     return table, problems
@@ -117,7 +120,8 @@ def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: 
         gen_state = engine.resume_gen_state if engine.pos.step > 0 else None
         if gen_state is None:
             engine.gen.set_state(engine.resume_gen_state)
-    if dist.is_main:
+    if dist.is_main:  # every skipped row, unreadable images included, said once
+        report_problems(engine.problems)
         atomic_write_json(run / "problems.json", [p.to_dict() for p in engine.problems])
     _fit(engine, logger, gen_state)
     logger.close()
@@ -147,7 +151,7 @@ def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None)
     """Continue a stopped run from its latest resume point, with its own config and data."""
     run = Path(run)
     if not has_resume_point(run):
-        raise ValueError(f"{run}: no resume point (resume/latest.json) - nothing to continue")
+        raise RunError(f"{run}: no resume point (resume/latest.json) - nothing to continue")
     cfg = load_config(run / "config.yaml")
     data = json.loads((run / "run.json").read_text())["data"]
     return _run(data, run, cfg, dist or DistInfo(), progress, fresh=False)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from crossalign.errors import ConfigError
+
 __all__ = ["make_scheduler", "Schedule"]
 
 
@@ -30,7 +32,7 @@ class Schedule:
         elif kind == "none":
             self.inner = None
         else:
-            raise ValueError(f"unknown scheduler {kind!r}; use cosine, plateau or none")
+            raise ConfigError(f"unknown scheduler {kind!r}; use cosine, plateau or none")
 
     def after_step(self) -> None:
         if self.kind == "cosine":

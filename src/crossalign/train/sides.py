@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import ImageError, eval_transform, inspect_image, load_image
-from crossalign.data.validate import Problem
-from crossalign.evaluate.embed import image_features, text_features
+from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image, load_image
+from crossalign.data.validate import drop_failed_images
+from crossalign.embed import image_features, text_features
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
@@ -102,18 +102,28 @@ class _Side:
 
 
 class ImageSide(_Side):
-    """The unique images of a table: ``index`` maps image id -> row of this side."""
+    """The unique images of a table: ``index`` maps image id -> row of this side.
+
+    Images that cannot be read are left out and named in ``failed`` (image id ->
+    ImageError); with ``cfg.data.strict`` the first one stops the run, naming its row.
+    ``cfg.data.max_pixels`` (or ``max_pixels`` without a cfg) limits every decode.
+    """
 
     def __init__(self, model: DualEncoder, table: PairTable, device: str, cache_root: Path | None,
-                 batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False) -> None:
+                 batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False,
+                 max_pixels: int = MAX_PIXELS) -> None:
         self._setup(model, "image", device, cfg, training)
         self.transform = eval_transform(self.tower.data_config)
+        self.max_pixels = cfg.data.max_pixels if cfg is not None else max_pixels
+        self.workers = cfg.train.num_workers if cfg is not None else 0
         ids, paths = table.images()
-        self.failed: dict[str, str] = {}  # image id -> message
+        self.failed: dict[str, ImageError] = {}
         if self.mode == "features":
             self._init_features(ids, paths, cache_root, batch_size, progress, dist)
         else:
             self._check_readable(ids, paths)
+        if cfg is not None and cfg.data.strict:
+            drop_failed_images(table, self.failed, strict=True)  # raises for the first failed row
         kept = [(i, p) for i, p in zip(ids, paths) if i not in self.failed]
         self.ids, self.paths = [i for i, _ in kept], [p for _, p in kept]
         self.index = {i: k for k, i in enumerate(self.ids)}
@@ -129,14 +139,16 @@ class ImageSide(_Side):
         return lambda img, key: augment_image(img, aug, _seed(seed, "image", view, key), short_side=short)
 
     def _init_features(self, ids, paths, cache_root, batch_size, progress, dist) -> None:
-        out = image_features(self.tower, paths, cache_root, self.device, batch_size, progress=progress, dist=dist)
+        out = image_features(self.tower, paths, cache_root, self.device, batch_size, self.max_pixels,
+                             progress=progress, dist=dist, workers=self.workers)
         self.failed = {i: out.failed[p] for i, p in zip(ids, paths) if p in out.failed}
         ok = [p for p in paths if p not in out.failed]
         self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
         views = []
         for v in range(self.n_views):
-            o = image_features(self.tower, ok, cache_root, self.device, batch_size, progress=progress, dist=dist,
-                               augment=self._augmenter(v), key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
+            o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
+                               progress=progress, dist=dist, workers=self.workers, augment=self._augmenter(v),
+                               key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
 
@@ -144,14 +156,14 @@ class ImageSide(_Side):
         # the doctor's cheap decode check: a bad file costs its rows now, not a crash mid-epoch
         for i, p in zip(ids, paths):
             try:
-                inspect_image(p)
+                inspect_image(p, self.max_pixels)
             except ImageError as e:
-                self.failed[i] = str(e)
+                self.failed[i] = e
 
     def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None, view: int | None = None):
         imgs = []
         for k, r in enumerate(rows):
-            img = load_image(self.paths[r])
+            img = load_image(self.paths[r], self.max_pixels)
             if self.aug is not None and epoch >= 0:
                 v = view if view is not None else ("e", epoch, samples[k] if samples is not None else r)
                 img = self._augmenter(v)(img, self.paths[r])
@@ -243,11 +255,3 @@ class TextSide(_Side):
                      for t, r in zip(texts, rows)]
         tok = self.tower.tokenize(texts)
         return self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()})
-
-
-def drop_failed_images(table: PairTable, failed: dict[str, str]) -> tuple[PairTable, list[Problem]]:
-    """Remove the rows whose image could not be read, one problem per row."""
-    problems = [Problem("unreadable_image", table.origin[k], f"{failed[i]}; row skipped")
-                for k, i in enumerate(table.image_id) if i in failed]
-    keep = [k for k, i in enumerate(table.image_id) if i not in failed]
-    return (table.take(keep) if problems else table), problems

@@ -90,6 +90,7 @@ class RowBuilder:
     def __init__(self) -> None:
         self.table = PairTable()
         self.skipped: list[dict] = []
+        self.image_roots: list[str] = []  # folders the images may come from, when not the data folder
 
     def skip(self, kind: str, where: str, detail: str) -> None:
         self.skipped.append({"kind": kind, "where": where, "detail": f"{detail}; row skipped",

@@ -120,7 +120,7 @@ def read_karpathy(root: str | Path, cfg: DataConfig | None = None) -> PairTable:
     files = json_files(root, "sentences", "dataset_*.json")
     if not files:
         raise DataError(f"{root}: no Karpathy split JSON (dataset_*.json) found")
-    out = RowBuilder()
+    out, roots = RowBuilder(), []
     for path in files:
         data = load_json(path)
         images = data.get("images") if isinstance(data, dict) else None
@@ -128,6 +128,7 @@ def read_karpathy(root: str | Path, cfg: DataConfig | None = None) -> PairTable:
             raise DataError(f"{path}: expected an object with an 'images' list (Karpathy split JSON)")
         rel = [f"{e.get('filepath', '')}/{e.get('filename', '')}".lstrip("/") for e in images if isinstance(e, dict)]
         img_root = find_image_root(_image_candidates(path.parent, cfg), rel[:20:5])
+        roots.append(str(img_root))
         for i, entry in enumerate(images):
             where = f"{path}:images[{i}]"
             if not isinstance(entry, dict) or not entry.get("filename"):
@@ -138,7 +139,7 @@ def read_karpathy(root: str | Path, cfg: DataConfig | None = None) -> PairTable:
             label = {"cocoid": entry["cocoid"]} if "cocoid" in entry else {}
             for j, caption in enumerate(_sentences(entry)):
                 out.add(name, img, caption, str(entry.get("split", "")), f"{where}.sentences[{j}]", **label)
-    return out.finish(format="karpathy", root=str(root))
+    return out.finish(format="karpathy", root=str(root), image_roots=list(dict.fromkeys(roots)))
 
 
 def _coco_file(path: Path, cfg: DataConfig, out: RowBuilder, uncaptioned: list[str]) -> None:
@@ -150,6 +151,7 @@ def _coco_file(path: Path, cfg: DataConfig, out: RowBuilder, uncaptioned: list[s
     tag = path.stem.split("_", 1)[-1]  # captions_train2014 -> train2014
     names = [n for n in by_id.values() if n]
     img_root = find_image_root(_image_candidates(path.parent, cfg, (tag, f"images/{tag}")), names[:20:5])
+    out.image_roots.append(str(img_root))
     split = split_from_name(path.name)
     seen = set()
     for k, ann in enumerate(data["annotations"]):
@@ -173,4 +175,5 @@ def read_coco(root: str | Path, cfg: DataConfig | None = None) -> PairTable:
     out, uncaptioned = RowBuilder(), []
     for path in files:
         _coco_file(path, cfg, out, uncaptioned)
-    return out.finish(format="coco", root=str(root), uncaptioned=uncaptioned)
+    return out.finish(format="coco", root=str(root), uncaptioned=uncaptioned,
+                      image_roots=list(dict.fromkeys(out.image_roots)))

@@ -140,4 +140,5 @@ def read_webdataset(root: str | Path, cfg: DataConfig | None = None) -> PairTabl
             after = f" after sample {key!r}" if key else ""
             out.skip("bad_shard", str(shard), f"shard is damaged{after} ({type(e).__name__}: {e}); "
                                               f"the rest of this shard")
-    return out.finish(format="webdataset", root=str(root), uncaptioned=uncaptioned, extract_dir=str(dest))
+    return out.finish(format="webdataset", root=str(root), uncaptioned=uncaptioned,
+                      extract_dir=str(dest), image_roots=[str(dest)])

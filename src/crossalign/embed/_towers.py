@@ -1,0 +1,241 @@
+"""Tower outputs for whole collections: batched, cached when the tower is frozen.
+
+Images are decoded in ``workers`` processes by a ``torch.utils.data.DataLoader``
+(``train.num_workers``; 0 decodes in this process); the batches, and so the features, are
+the same either way. A file that cannot be read costs its own row: it comes back in ``failed`` as the
+:class:`~crossalign.data.transforms.ImageError` naming it, and the caller drops the rows
+that use it. Failures are never stored in the cache, so a later run names them again
+with the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
+from crossalign.features import FeatureCache, file_key, text_key, tower_fingerprint
+
+__all__ = ["image_features", "text_features", "project", "TowerOutputs", "SHARD"]
+
+log = logging.getLogger("crossalign.embed")
+SHARD = 1024  # items per cache shard: an interruption loses at most this much work
+
+
+class TowerOutputs:
+    """Features ``[n_ok, width]`` of the readable inputs and the failures (path -> ImageError)."""
+
+    def __init__(self, feats: np.ndarray, failed: dict[str, ImageError]) -> None:
+        self.feats = feats
+        self.failed = failed
+
+
+def _bar(total: int, desc: str, progress: bool):
+    return tqdm(total=total, desc=desc, unit="item", disable=not progress or total == 0, leave=False,
+                dynamic_ncols=True)
+
+
+# batches(items) yields (items consumed, indices into items that worked, their outputs)
+Batches = Callable[[Sequence], Iterator[tuple[int, list[int], torch.Tensor]]]
+
+
+def _run_batches(items: Sequence, batches: Batches, width: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``batches`` over ``items``: features ``[n_ok, width]`` and which items they are."""
+    feats, ok = [], []
+    for n, rows, out in batches(items):  # out: [len(rows), width]
+        feats.append(out.float().cpu().numpy())
+        ok += rows
+        if bar is not None:
+            bar.update(n)
+    arr = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
+    return arr, np.asarray(ok, dtype=np.int64)
+
+
+def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache | None,
+            width: int, desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
+    """Features by key for ``inputs`` (identified by ``keys``), computing only what the cache
+    lacks; keys whose input failed are absent from the result.
+
+    With several processes (``dist.world_size > 1``) each computes the missing ones of every
+    world_size-th item and writes its own shards; all then read the merged cache.
+    """
+    unique = dict(zip(keys, inputs))
+    if cache is None:
+        pending, sharded = list(unique.items()), False
+    else:
+        share = list(unique.items())
+        sharded = dist is not None and dist.world_size > 1
+        if sharded:  # shares fixed before looking at the cache, which other processes are filling
+            share = share[dist.rank::dist.world_size]
+        todo = set(cache.missing([k for k, _ in share]))
+        pending = [(k, x) for k, x in share if k in todo]
+    done: dict[str, np.ndarray] = {}
+    bar = _bar(len(pending), desc, progress)
+    for s in range(0, len(pending), SHARD):
+        part = pending[s:s + SHARD]
+        feats, ok = _run_batches([x for _, x in part], batches, width, bar)
+        ok_keys = [part[i][0] for i in ok]
+        if cache is not None:
+            cache.put(ok_keys, feats)
+        done.update(zip(ok_keys, feats))
+    bar.close()
+    if cache is None:
+        return done
+    if sharded:
+        torch.distributed.barrier()
+        cache.refresh()
+    stored = [k for k in unique if k in cache]
+    feats = cache.get(stored) if stored else []
+    # caches written by older versions hold NaN rows for unreadable images: not features
+    return {k: v for k, v in zip(stored, feats) if np.isfinite(v).all()}
+
+
+def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[str, ImageError]]:
+    """Content key of each distinct path, and the paths that cannot even be opened."""
+    keys, failed = {}, {}
+    for p in dict.fromkeys(paths):
+        try:
+            keys[p] = file_key(p) + suffix
+        except OSError as e:
+            failed[p] = ImageError(f"{p}: cannot read image file ({e.strerror or e})",
+                                   "missing" if isinstance(e, FileNotFoundError) else "unreadable")
+    return keys, failed
+
+
+def _over_limit(paths: Sequence[str], max_pixels: int) -> dict[str, ImageError]:
+    """Images over ``max_pixels``, from their headers alone (the limit may have changed
+    since their features were cached)."""
+    out = {}
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    w, h = im.size
+        except Exception:  # unreadable now: decoding will name it
+            continue
+        if w * h > max_pixels:
+            out[p] = ImageError(f"{p}: {w}x{h} pixels is over the limit of {max_pixels} "
+                                f"(data.max_pixels)", "too_large")
+    return out
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Item ``i``: ``(i, pixels, None)``, or ``(i, None, (message, kind))`` when it fails."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, max_pixels: int,
+                 augment: Callable | None, keys: dict[str, str]) -> None:
+        self.paths, self.transform, self.max_pixels = paths, transform, max_pixels
+        self.augment, self.keys = augment, keys
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        p = self.paths[i]
+        try:
+            img = load_image(p, self.max_pixels)
+            if self.augment is not None:
+                img = self.augment(img, self.keys[p])
+            return i, self.transform(img), None  # [3, H, W]
+        except ImageError as e:  # sent back as plain values: an exception need not pickle
+            return i, None, (str(e), e.kind)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+@torch.no_grad()
+def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str | Path | None,
+                   device: str = "cpu", batch_size: int = 64, max_pixels: int = MAX_PIXELS,
+                   progress: bool = True, dist=None, augment: Callable | None = None,
+                   key_suffix: str = "", workers: int = 0) -> TowerOutputs:
+    """Tower outputs ``[n_ok, width]`` for the readable images, in input order (repeats once).
+
+    Args:
+        max_pixels: images with more pixels are refused before decoding (``data.max_pixels``).
+        augment: optional ``fn(image, content_key) -> image`` applied before preprocessing;
+            give a ``key_suffix`` naming the view so its features are cached apart.
+        dist: a DistInfo to share the extraction among processes.
+        workers: processes decoding images (``train.num_workers``); 0 decodes here.
+    """
+    transform = eval_transform(tower.data_config)
+    path_key, failed = _file_keys(paths, key_suffix)
+
+    def batches(items: Sequence[str]):
+        data = _Decode(items, transform, max_pixels, augment, path_key)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
+                                             collate_fn=_as_list)
+        for batch in loader:
+            for i, _, err in batch:
+                if err is not None:
+                    failed[items[i]] = ImageError(*err)
+            good = [(i, px) for i, px, err in batch if err is None]
+            if not good:
+                yield len(batch), [], torch.zeros((0, tower.width))
+                continue
+            pixels = torch.stack([px for _, px in good]).to(device)  # [n_ok, 3, H, W]
+            yield len(batch), [i for i, _ in good], tower(pixels)  # [n_ok, width]
+
+    tower.eval()
+    fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""
+    cache = FeatureCache(cache_root, fp) if cache_root else None
+    if cache is not None:  # a hit skips decoding, not the pixel limit of this run
+        failed.update(_over_limit([p for p in path_key if path_key[p] in cache], max_pixels))
+    ok_paths = [p for p in path_key if p not in failed]
+    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, batches, cache, tower.width,
+                     "image features", progress, dist)
+    for p in ok_paths:  # failed in another process: decode here to name the reason
+        if path_key[p] not in by_key and p not in failed:
+            try:
+                load_image(p, max_pixels)
+                failed[p] = ImageError(f"{p}: cannot read image", "unreadable")
+            except ImageError as e:
+                failed[p] = e
+    order = [p for p in ok_paths if path_key[p] in by_key]
+    if not order:
+        return TowerOutputs(np.zeros((0, tower.width), np.float32), failed)
+    arr = np.stack([by_key[path_key[p]] for p in order])  # [n_ok, width]
+    return TowerOutputs(arr.astype(np.float32, copy=False), failed)
+
+
+@torch.no_grad()
+def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str | Path | None,
+                  device: str = "cpu", batch_size: int = 128, progress: bool = True,
+                  dist=None) -> np.ndarray:
+    """Tower outputs ``[len(texts), width]``."""
+
+    def batches(items: Sequence[str]):
+        for s in range(0, len(items), batch_size):
+            chunk = list(items[s:s + batch_size])
+            tok = {k: v.to(device) for k, v in tower.tokenize(chunk).items()}
+            yield len(chunk), list(range(s, s + len(chunk))), tower(**tok)  # [batch, width]
+
+    tower.eval()
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, tower.width), np.float32)
+    fp = tower_fingerprint(tower, tower.preprocess_config()) if cache_root else ""
+    cache = FeatureCache(cache_root, fp) if cache_root else None
+    # sort by length so each batch pads little
+    ordered = sorted(dict.fromkeys(texts), key=len)
+    by_key = _cached([text_key(t) for t in ordered], ordered, batches, cache, tower.width,
+                     "text features", progress, dist)
+    return np.stack([by_key[text_key(t)] for t in texts]).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def project(head: Callable[[torch.Tensor], torch.Tensor], feats: np.ndarray, device: str = "cpu",
+            batch_size: int = 4096) -> np.ndarray:
+    """Apply a projection head (``model.project_image`` / ``project_text``) in batches."""
+    out = [head(torch.from_numpy(feats[s:s + batch_size]).to(device)).float().cpu().numpy()
+           for s in range(0, len(feats), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
