@@ -44,7 +44,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from crossalign.data.formats import DataError
     from crossalign.data.transforms import ImageError
 
-    errors: list[type[BaseException]] = [UserError, DataError, ImageError, FileNotFoundError, ValueError, KeyError]
+    errors: list[type[BaseException]] = [CrossalignError, UserError, DataError, ImageError, FileNotFoundError,
+                                         ValueError, KeyError]
     try:
         from crossalign.train.checkpoint import CheckpointError
 
