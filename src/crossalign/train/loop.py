@@ -144,10 +144,18 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, progress: bool = Tr
 
 
 def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None) -> TrainResult:
-    """Continue a stopped run from its latest resume point, with its own config and data."""
+    """Continue a stopped run from its latest resume point, with its own config and data.
+
+    A run stopped before its first resume point (while extracting features, say) starts
+    again from the beginning with its own config and data; features already cached are
+    reused.
+    """
     run = Path(run)
-    if not has_resume_point(run):
-        raise ValueError(f"{run}: no resume point (resume/latest.json) - nothing to continue")
+    if not (run / "config.yaml").is_file() or not (run / "run.json").is_file():
+        raise ValueError(f"{run}: not a run folder (config.yaml or run.json missing) - nothing to continue")
     cfg = load_config(run / "config.yaml")
     data = json.loads((run / "run.json").read_text())["data"]
-    return _run(data, run, cfg, dist or DistInfo(), progress, fresh=False)
+    fresh = not has_resume_point(run)
+    if fresh:
+        log.warning("%s: stopped before its first resume point; starting it again from the beginning", run)
+    return _run(data, run, cfg, dist or DistInfo(), progress, fresh=fresh)
