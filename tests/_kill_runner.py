@@ -18,7 +18,8 @@ On the ``call``-th call (counted in this process) the action runs:
   processes reach the same point before either goes on.
 
 ``shard`` sets the feature cache's items per shard (so a small data set spans several).
-The exit status is the command's (``-9`` as seen by the parent when killed).
+The exit status is the command's (``-9`` as seen by the parent when killed). The tests
+start it through :func:`cli`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,46 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+# tiny frozen random towers (a CNN and an LSTM: their outputs go through the feature cache),
+# MLP heads with dropout that train (so RNG states matter), a resume point every 4 steps
+TINY = ["model.image.tower=small_cnn", "model.image.width=16", "model.image.image_size=32",
+        "model.image.freeze=frozen", "model.text.tower=lstm", "model.text.freeze=frozen",
+        "model.text.width=16", "model.text.vocab_size=64", "model.embed_dim=16", "model.head=mlp",
+        "model.head_dropout=0.2", "train.batch_size=16", "train.epochs=4", "train.checkpoint_every=4",
+        "train.early_stopping=false", "train.tensorboard=false", "train.log_every=1"]
+
+
+TIMING = {"samples_per_s", "epoch_seconds", "train_seconds"}  # columns that differ run to run
+
+
+def env() -> dict:
+    """One thread per process: tiny steps run fastest so on a shared CPU, and every run alike."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def cli(spec: dict | None, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``crossalign -q ARGS`` in a fresh process, with the faults of ``spec`` injected."""
+    cmd = [sys.executable, __file__, json.dumps(spec or {}), "-q", *args]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """``--set`` arguments for a list of ``key=value`` overrides."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
+def rows(path: Path) -> list[dict]:
+    """Rows of a run's CSV log, without the timing columns."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
 
 
 def _resolve(target: str):

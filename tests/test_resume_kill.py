@@ -7,7 +7,6 @@ the test does not choose, or raised inside the process at a chosen call through
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -22,39 +21,7 @@ import numpy as np
 from crossalign.features import FeatureCache
 from crossalign.train.state import load_resume_point
 
-RUNNER = Path(__file__).with_name("_kill_runner.py")
-# tiny frozen random towers (a CNN and an LSTM: their outputs go through the feature cache),
-# MLP heads with dropout that train (so RNG states matter), a resume point every 4 steps
-TINY = ["model.image.tower=small_cnn", "model.image.width=16", "model.image.image_size=32",
-        "model.image.freeze=frozen", "model.text.tower=lstm", "model.text.freeze=frozen", "model.text.width=16",
-        "model.text.vocab_size=64", "model.embed_dim=16", "model.head=mlp", "model.head_dropout=0.2",
-        "train.batch_size=16", "train.epochs=4", "train.checkpoint_every=4",
-        "train.early_stopping=false", "train.tensorboard=false", "train.log_every=1"]
-TIMING = {"samples_per_s", "epoch_seconds", "train_seconds"}
-
-
-def env() -> dict:
-    """One thread per process: tiny steps run fastest so on a shared CPU, and every run alike."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def cli(spec: dict | None, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``crossalign -q ARGS`` in a fresh process, through the fault-injecting runner."""
-    cmd = [sys.executable, str(RUNNER), json.dumps(spec or {}), "-q", *args]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def sets(overrides: list[str]) -> list[str]:
-    out = []
-    for s in overrides:
-        out += ["--set", s]
-    return out
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
-
+from _kill_runner import TIMING, TINY, cli, env, rows, sets
 
 def latest_tag(run: Path) -> str | None:
     path = run / "resume" / "latest.json"

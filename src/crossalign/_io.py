@@ -30,11 +30,16 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, 
 class WriteError(CrossalignError, OSError):
     """A file could not be written (disk full, read-only or not permitted); names the path."""
 
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
 
 def disk_error(path: str | Path, err: OSError) -> WriteError:
     """The :class:`WriteError` for ``err`` raised while writing ``path``."""
     why = err.strerror or str(err)
-    return WriteError(err.errno, f"{path}: cannot write ({why}); files written before are unchanged")
+    out = WriteError(f"{path}: cannot write ({why}); files written before are unchanged")
+    out.errno, out.filename = err.errno, str(path)  # still readable as the OSError it is
+    return out
 
 
 def _umask() -> int:

@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"crossalign {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full, read-only or forbidden disk is the user's to fix, not a bug
+        from crossalign._io import DISK_ERRNOS
+
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"crossalign {args.command}: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ def save_resume_point(run: Path, model_state: dict[str, torch.Tensor], opt: torc
     ``generator_state`` is the state of the epoch-order generator at the start of the
     current epoch, so a resumed run draws the same order and skips the finished steps.
     """
-    folder = Path(run) / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(run) / "resume"  # created by the first write, which names it if the disk refuses
     tag = f"{position['epoch']:04d}-{position['step']:07d}"
     opt_tensors, skeleton = _flatten_optimizer(opt)
     opt_tensors.update(_rng_tensors())
