@@ -15,7 +15,12 @@ On the ``call``-th call (counted in this process) the action runs:
 - ``kill``: ``os.kill(os.getpid(), SIGKILL)`` before the real function runs;
 - ``enospc``: raise ``OSError(ENOSPC)``, as a full disk would, before it runs;
 - ``rendezvous``: create the file ``mine`` and wait (up to a minute) for ``other``, so two
-  processes reach the same point before either goes on.
+  processes reach the same point before either goes on;
+- ``erofs``: raise ``OSError(EROFS)``, as a read-only folder would.
+
+With ``"path": TEXT`` only calls whose first argument is a path holding TEXT are counted
+(a file descriptor counts as the path it is open on); with ``"every": true`` the action
+runs on every such call from the ``call``-th on.
 
 ``shard`` sets the feature cache's items per shard (so a small data set spans several).
 The exit status is the command's (``-9`` as seen by the parent when killed). The tests
@@ -89,6 +94,8 @@ def _act(fault: dict) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    elif action == "erofs":
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     elif action == "rendezvous":
         Path(fault["mine"]).touch()
         deadline = time.time() + 60
@@ -98,15 +105,26 @@ def _act(fault: dict) -> None:
         raise SystemExit(f"kill runner: unknown action {action!r}")
 
 
+def _path_of(arg) -> str:
+    """The path a call is about: a path given as such, or the file a descriptor is open on."""
+    if isinstance(arg, int):
+        try:
+            return os.readlink(f"/proc/self/fd/{arg}")
+        except OSError:
+            return ""
+    return str(arg) if isinstance(arg, (str, os.PathLike)) else ""
+
+
 def _patch(fault: dict) -> None:
     owner, name = _resolve(fault["target"])
     real = getattr(owner, name)
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == fault["call"]:
-            _act(fault)
+        if "path" not in fault or (args and fault["path"] in _path_of(args[0])):
+            calls["n"] += 1
+            if calls["n"] == fault["call"] or (fault.get("every") and calls["n"] > fault["call"]):
+                _act(fault)
         return real(*args, **kwargs)
 
     setattr(owner, name, wrapper)
