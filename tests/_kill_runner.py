@@ -57,10 +57,14 @@ def env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def command(spec: dict | None, *args: str) -> list[str]:
+    """The command line that runs ``crossalign -q ARGS`` with the faults of ``spec`` injected."""
+    return [sys.executable, __file__, json.dumps(spec or {}), "-q", *args]
+
+
 def cli(spec: dict | None, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``crossalign -q ARGS`` in a fresh process, with the faults of ``spec`` injected."""
-    cmd = [sys.executable, __file__, json.dumps(spec or {}), "-q", *args]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(spec, *args), env=env(), capture_output=True, text=True, timeout=timeout)
 
 
 def sets(overrides: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ import json
 import logging
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from crossalign.evaluate import embed
 from crossalign.features import FeatureCache, tower_fingerprint
 
-from _kill_runner import TINY, cli, env, rows, sets
+from _kill_runner import TINY, cli, command, env, rows, sets
 
 
 class MeanTower(torch.nn.Module):
@@ -142,22 +141,21 @@ def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
     procs = {}
     for name, extra in configs.items():
         other = "b" if name == "a" else "a"
-        spec = {"shard": 16, "faults": [{"target": "crossalign.features:FeatureCache.put", "call": 1,
-                                         "action": "rendezvous", "mine": str(tmp_path / f"ready-{name}"),
-                                         "other": str(tmp_path / f"ready-{other}")}]}
-        cmd = [sys.executable, str(Path(__file__).with_name("_kill_runner.py")), json.dumps(spec), "-q",
-               "train", "--data", str(shapes_dir), "--out", str(tmp_path / name),
-               *sets(base + extra + [f"cache.dir={shared}"])]
+        meet = {"target": "crossalign.features:FeatureCache.put", "call": 1, "action": "rendezvous",
+                "mine": str(tmp_path / f"ready-{name}"), "other": str(tmp_path / f"ready-{other}")}
+        cmd = command({"shard": 16, "faults": [meet]}, "train", "--data", str(shapes_dir),
+                      "--out", str(tmp_path / name), *sets(base + extra + [f"cache.dir={shared}"]))
         procs[name] = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
     for name, extra in configs.items():  # each alone, with a cache of its own
-        alone = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(tmp_path / f"{name}-alone"),
+        solo = tmp_path / f"{name}-alone"
+        alone = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(solo),
                     *sets(base + extra + [f"cache.dir={tmp_path / f'cache-{name}'}"]))
         assert alone.returncode == 0, alone.stderr
-        assert rows(tmp_path / name / "metrics.csv") == rows(tmp_path / f"{name}-alone" / "metrics.csv")
+        assert rows(tmp_path / name / "metrics.csv") == rows(solo / "metrics.csv")
     mine, alone = entries(shared), entries(tmp_path / "cache-a")
     assert mine.keys() == alone.keys()
     for key, vec in alone.items():

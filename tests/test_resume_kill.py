@@ -41,7 +41,8 @@ def cache_entries(root: Path) -> dict[str, np.ndarray]:
 
 
 def killed(proc: subprocess.CompletedProcess, where: str) -> None:
-    assert proc.returncode == -signal.SIGKILL, f"{where}: not killed (exit {proc.returncode})\n{proc.stderr}"
+    assert proc.returncode == -signal.SIGKILL, \
+        f"{where}: not killed (exit {proc.returncode})\n{proc.stderr}"
 
 
 def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir):

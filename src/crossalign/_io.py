@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 from crossalign.errors import CrossalignError
 
-__all__ = ["WriteError", "DISK_ERRNOS", "disk_error", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "sha256_bytes", "sha256_file"]
+__all__ = ["WriteError", "DISK_ERRNOS", "disk_error", "atomic_path", "atomic_write_bytes",
+           "atomic_write_text", "atomic_write_json", "sha256_bytes", "sha256_file"]
 
 # what a disk answers when it cannot take a file: the user's to fix, not a bug
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,

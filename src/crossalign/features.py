@@ -46,7 +46,8 @@ def _weights_identity(state: dict[str, torch.Tensor]) -> tuple:
     An optimizer step, ``load_state_dict`` or an edit under ``torch.no_grad()`` bumps a
     tensor's version, so any of them gives a new identity and the weights are hashed again.
     """
-    return tuple((k, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for k, t in state.items())
+    return tuple((k, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype))
+                 for k, t in state.items())
 
 
 def tower_fingerprint(tower: torch.nn.Module, preprocess: dict) -> str:
@@ -146,7 +147,8 @@ class FeatureCache:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable cache index (%s); its features will be computed again", path, e)
+            log.warning("%s: unreadable cache index (%s); its features will be computed again",
+                        path, e)
             return {}
 
     def _load(self) -> dict[str, tuple[int, int]]:
@@ -155,8 +157,8 @@ class FeatureCache:
             for name, entry in sorted(self._read_index().items()):
                 got = _read_shard(self.dir / name, str(entry.get("sha256")))
                 if isinstance(got, str):
-                    log.warning("%s: %s; its %s features will be computed again", self.dir / name, got,
-                                entry.get("rows", "?"))
+                    log.warning("%s: %s; its %s features will be computed again",
+                                self.dir / name, got, entry.get("rows", "?"))
                     self._bad.add(name)
                     continue
                 keys, feats = got
