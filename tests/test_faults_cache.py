@@ -164,3 +164,24 @@ def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
     folder = next(p for p in shared.iterdir() if p.is_dir() and len(list(p.glob("shard-*.npz"))) > 1)
     listed = json.loads((folder / "index.json").read_text())["shards"]
     assert set(listed) == {p.name for p in folder.glob("shard-*.npz")}
+
+
+def test_files_a_killed_writer_left_are_cleaned_later(tmp_path):
+    import os
+    import time
+
+    from crossalign.features import STALE_SECONDS
+
+    cache, keys, feats, _ = two_shard_cache(tmp_path)
+    folder = tmp_path / "tower"
+    old, recent = folder / "shard-0ld0ld0ld0ld0ld0.npz", folder / "shard-recent.npz"
+    tmp = folder / ".shard-x.npz.abc.tmp"
+    for path in (old, recent, tmp):
+        path.write_bytes(b"left by a killed process")
+    long_ago = time.time() - STALE_SECONDS - 10
+    for path in (old, tmp):
+        os.utime(path, (long_ago, long_ago))
+    cache.put(["k6"], np.ones((1, 3), np.float32))
+    assert not old.exists() and not tmp.exists()
+    assert recent.exists()  # could be a live writer's, about to be listed
+    np.testing.assert_array_equal(FeatureCache(tmp_path, "tower").get(keys), feats)

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 import uuid
 import weakref
 import zipfile
@@ -87,6 +88,7 @@ def text_key(text: str) -> str:
 
 
 INDEX = "index.json"
+STALE_SECONDS = 3600  # an unlisted shard this old was left by a killed process, not a slow one
 
 
 @contextmanager
@@ -214,7 +216,8 @@ class FeatureCache:
     def _commit(self, name: str, entry: dict) -> None:
         """Add a written shard to ``index.json`` (read, change, replace under the lock).
 
-        Shards that failed their checksum leave the index here, and their files go.
+        Shards that failed their checksum leave the index here, and their files go; so do
+        files a killed process left unlisted (older than :data:`STALE_SECONDS`).
         """
         from crossalign._io import atomic_write_json
 
@@ -226,3 +229,14 @@ class FeatureCache:
             self._bad.clear()
             shards[name] = entry
             atomic_write_json(self.dir / INDEX, {"version": 1, "shards": shards})
+            self._drop_stale(set(shards))
+
+    def _drop_stale(self, listed: set[str]) -> None:
+        """Remove unlisted shards and temporary files no live writer can still be finishing."""
+        now = time.time()
+        for path in [*self.dir.glob("shard-*.npz"), *self.dir.glob(".shard-*.tmp")]:
+            try:
+                if path.name not in listed and now - path.stat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except FileNotFoundError:  # another process cleaned it first
+                pass
