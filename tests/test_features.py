@@ -72,3 +72,38 @@ def test_text_cache_keyed_by_tower(tmp_path):
     tower.pooling = "cls"
     embed.text_features(tower, texts[:1], tmp_path / "c", progress=False)
     assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+class WeightedTower(CountingTower):
+    """CountingTower with a weight, frozen (no parameter trains): features = mean * scale."""
+
+    name = "weighted"
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+
+    def forward(self, pixels):
+        return super().forward(pixels) * self.scale  # [batch, 3]
+
+
+def test_changed_weights_change_the_key_and_are_recomputed(tmp_path, shapes_dir):
+    from crossalign.features import tower_fingerprint
+
+    paths = sorted(str(p) for p in (shapes_dir / "images").glob("*.png"))[:6]
+    tower = WeightedTower()
+    key = tower_fingerprint(tower, tower.data_config)
+    first = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 6
+    with torch.no_grad():  # the same frozen tower object, its weights changed in place
+        tower.scale.mul_(2.0)
+    assert tower_fingerprint(tower, tower.data_config) != key
+    again = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 12  # recomputed, not read back under the old key
+    np.testing.assert_allclose(again.feats, 2 * first.feats, rtol=1e-6)
+    tower.load_state_dict({"scale": torch.ones(3)})  # back to the first weights: the first entries
+    assert tower_fingerprint(tower, tower.data_config) == key
+    back = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert tower.calls == 12
+    np.testing.assert_array_equal(back.feats, first.feats)
+    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 2

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except CrossalignError as e:  # the user's to fix: one line; anything else is a bug (traceback)
         print(f"crossalign {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full, read-only or forbidden disk is the user's to fix, not a bug
+        from crossalign._io import DISK_ERRNOS
+
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"crossalign {args.command}: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 A frozen pretrained tower is not copied into every run: its weights come back from
 their source, and the fingerprint stored beside the checkpoint proves they are the same.
+The JSON beside each safetensors file also holds the file's SHA-256: a file that does
+not match it (flipped bits, truncation, a pickle put in its place) is refused with a
+:class:`CheckpointError`, never loaded.
 """
 
 from __future__ import annotations
@@ -10,18 +13,61 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from crossalign._io import atomic_path, atomic_write_json
+from crossalign._io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from crossalign.config import RunConfig, load_config
 from crossalign.errors import CrossalignError
 from crossalign.models.dual import DualEncoder, build_model, is_frozen
 
-__all__ = ["save_model", "load_model", "checkpoint_state", "CheckpointError"]
+__all__ = ["save_model", "load_model", "checkpoint_state", "CheckpointError", "save_tensors",
+           "load_tensors", "read_json"]
 
 
 class CheckpointError(CrossalignError, RuntimeError):
     """A run folder whose weights cannot be restored; the message says why."""
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> str:
+    """Write ``tensors`` as safetensors to ``path`` atomically; returns the file's SHA-256."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def load_tensors(path: str | Path, sha256: str | None, recorded_in: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, first checking it against ``sha256`` (None: an older run).
+
+    Raises:
+        CheckpointError: the file is missing, damaged, replaced or not safetensors.
+    """
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from e
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise CheckpointError(f"{path}: does not match the checksum recorded in {recorded_in} "
+                              f"(damaged, truncated or replaced); refusing to load it")
+    try:
+        return load(data)  # safetensors only: a pickle is an error here, never executed
+    except Exception as e:  # safetensors raises its own error type for anything malformed
+        raise CheckpointError(f"{path}: not a safetensors file ({e}); refusing to load it") from e
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a run folder, or a :class:`CheckpointError` naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from e
+    except ValueError as e:
+        raise CheckpointError(f"{path}: damaged, not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: damaged, not a JSON object")
+    return obj
 
 
 def _rebuilt_from_source(tcfg) -> bool:
@@ -53,7 +99,7 @@ def _tower_fingerprints(model: DualEncoder, sides: tuple[str, ...] = ("image", "
 
 
 def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -> None:
-    """Write ``path`` (safetensors) and ``path`` with ``.json`` (meta + tower fingerprints).
+    """Write ``path`` (safetensors) and ``path`` with ``.json`` (meta, checksum, fingerprints).
 
     Towers with state outside tensors (a word vocabulary) write it beside, as JSON.
     """
@@ -61,9 +107,8 @@ def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -
     for tower in (model.image_tower, model.text_tower):
         if hasattr(tower, "save_extras"):
             tower.save_extras(path.parent)
-    with atomic_path(path) as tmp:
-        save_file(checkpoint_state(model), str(tmp))
     info = dict(meta or {})
+    info["sha256"] = save_tensors(path, checkpoint_state(model))
     info["skipped"] = _skipped_prefixes(model)
     skipped = tuple(side for side in ("image", "text") if f"{side}_tower." in info["skipped"])
     info["fingerprints"] = _tower_fingerprints(model, skipped)
@@ -80,7 +125,9 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
     if not weights.is_file():
         raise CheckpointError(f"{weights}: checkpoint not found (has the run finished an epoch?)")
     cfg = load_config(cfg_path)
-    meta = json.loads(weights.with_suffix(".json").read_text()) if weights.with_suffix(".json").exists() else {}
+    meta_path = weights.with_suffix(".json")
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    state = load_tensors(weights, meta.get("sha256"), meta_path)  # checked before any work
     if "skipped" in meta:
         skipped = tuple(meta["skipped"])
     else:
@@ -89,7 +136,6 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
     model = build_model(cfg.model, loss=cfg.loss,
                         pretrained={side: f"{side}_tower." in skipped for side in ("image", "text")})
     _restore_extras(model, run)
-    state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     really_missing = [k for k in missing if not k.startswith(skipped)]
     if really_missing or unexpected:
@@ -98,9 +144,15 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
     current = _tower_fingerprints(model, tuple(meta.get("fingerprints", {})))
     for side, fp in meta.get("fingerprints", {}).items():
         if current[side] != fp:
-            raise CheckpointError(f"{weights}: the {side} tower's weights differ from the ones the run "
-                                  f"was trained with (fingerprint mismatch)")
+            raise CheckpointError(f"{weights}: the frozen {side} tower's weights differ from the ones "
+                                  f"the run was trained with (fingerprint mismatch with {meta_path}); "
+                                  f"its source ({_source(getattr(cfg.model, side))}) has changed")
     return model.to(device).eval(), cfg
+
+
+def _source(tcfg) -> str:
+    """Where a frozen tower's weights come from: its checkpoint file, or the named tower."""
+    return str(tcfg.checkpoint or tcfg.tower)
 
 
 def _restore_extras(model: DualEncoder, run: Path) -> None:

@@ -26,7 +26,7 @@ from crossalign.train.checkpoint import save_model
 from crossalign.train.distributed import DistInfo
 from crossalign.train.engine import Engine, resolve_device, seed_everything
 from crossalign.train.logs import RunLogger
-from crossalign.train.state import has_resume_point
+from crossalign.train.state import has_resume_point, load_resume_point
 
 __all__ = ["train", "resume", "TrainResult", "resolve_device", "seed_everything"]
 
@@ -51,8 +51,7 @@ def _barrier(dist: DistInfo) -> None:
 
 def _prepare(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, fresh: bool):
     """Read and split the data; the main process writes config, run.json and splits."""
-    if fresh and dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+    if fresh and dist.is_main:  # the first write creates the folder (or names it, if it cannot)
         save_config(cfg, run / "config.yaml")
         atomic_write_json(run / "run.json", {"data": str(Path(data).resolve()), "world_size": dist.world_size})
     _barrier(dist)
@@ -148,10 +147,20 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, progress: bool = Tr
 
 
 def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None) -> TrainResult:
-    """Continue a stopped run from its latest resume point, with its own config and data."""
+    """Continue a stopped run from its latest resume point, with its own config and data.
+
+    A run stopped before its first resume point (while extracting features, say) starts
+    again from the beginning with its own config and data; features already cached are
+    reused.
+    """
     run = Path(run)
-    if not has_resume_point(run):
-        raise RunError(f"{run}: no resume point (resume/latest.json) - nothing to continue")
+    if not (run / "config.yaml").is_file() or not (run / "run.json").is_file():
+        raise RunError(f"{run}: not a run folder (config.yaml or run.json missing) - nothing to continue")
     cfg = load_config(run / "config.yaml")
     data = json.loads((run / "run.json").read_text())["data"]
-    return _run(data, run, cfg, dist or DistInfo(), progress, fresh=False)
+    fresh = not has_resume_point(run)
+    if fresh:
+        log.warning("%s: stopped before its first resume point; starting it again from the beginning", run)
+    else:
+        load_resume_point(run)  # a damaged resume point is refused before any work is done
+    return _run(data, run, cfg, dist or DistInfo(), progress, fresh=fresh)

@@ -4,17 +4,20 @@ A resume point is one generation of files under ``RUN/resume/``: the model weigh
 optimizer tensors (both safetensors) and a JSON with everything else. ``latest.json`` is
 written last and names the generation, so a process killed at any moment leaves either
 the old resume point or the new one, never a mix. Nothing is unpickled.
+
+Each file's SHA-256 is recorded by the file written after it (the generation's JSON
+holds those of the two safetensors files, ``latest.json`` that of the JSON), and a file
+that does not match is refused with a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from crossalign._io import atomic_path, atomic_write_json
+from crossalign._io import atomic_write_json, sha256_file
+from crossalign.train.checkpoint import CheckpointError, load_tensors, read_json, save_tensors
 
 __all__ = ["save_resume_point", "load_resume_point", "has_resume_point"]
 
@@ -58,19 +61,17 @@ def save_resume_point(run: Path, model_state: dict[str, torch.Tensor], opt: torc
     ``generator_state`` is the state of the epoch-order generator at the start of the
     current epoch, so a resumed run draws the same order and skips the finished steps.
     """
-    folder = Path(run) / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(run) / "resume"  # created by the first write, which names it if the disk refuses
     tag = f"{position['epoch']:04d}-{position['step']:07d}"
     opt_tensors, skeleton = _flatten_optimizer(opt)
     opt_tensors.update(_rng_tensors())
     opt_tensors["rng.epoch_generator"] = generator_state
-    with atomic_path(folder / f"model-{tag}.safetensors") as tmp:
-        save_file(model_state, str(tmp))
-    with atomic_path(folder / f"state-{tag}.safetensors") as tmp:
-        save_file(opt_tensors, str(tmp))
-    atomic_write_json(folder / f"state-{tag}.json",
-                      {"optimizer": skeleton, "scheduler": scheduler_state, "position": position})
-    atomic_write_json(folder / "latest.json", {"tag": tag})
+    sums = {"model": save_tensors(folder / f"model-{tag}.safetensors", model_state),
+            "state": save_tensors(folder / f"state-{tag}.safetensors", opt_tensors)}
+    meta = folder / f"state-{tag}.json"
+    atomic_write_json(meta, {"optimizer": skeleton, "scheduler": scheduler_state, "position": position,
+                             "sha256": sums})
+    atomic_write_json(folder / "latest.json", {"tag": tag, "sha256": sha256_file(meta)})
     for old in folder.glob("*-*.*"):  # earlier generations are no longer needed
         if tag not in old.name:
             old.unlink(missing_ok=True)
@@ -81,13 +82,24 @@ def has_resume_point(run: Path) -> bool:
 
 
 def load_resume_point(run: Path) -> dict:
-    """Read the latest generation: model state, optimizer state dict, scheduler, position, RNGs."""
+    """Read the latest generation: model state, optimizer state dict, scheduler, position, RNGs.
+
+    Raises:
+        CheckpointError: a file of the resume point is missing, damaged or replaced.
+    """
     folder = Path(run) / "resume"
-    tag = json.loads((folder / "latest.json").read_text())["tag"]
-    meta = json.loads((folder / f"state-{tag}.json").read_text())
-    tensors = load_file(str(folder / f"state-{tag}.safetensors"))
+    latest = read_json(folder / "latest.json")
+    tag, meta_path = latest.get("tag"), folder / f"state-{latest.get('tag')}.json"
+    if not isinstance(tag, str) or not meta_path.is_file():
+        raise CheckpointError(f"{folder / 'latest.json'}: names no resume point in {folder} (damaged)")
+    if "sha256" in latest and sha256_file(meta_path) != latest["sha256"]:
+        raise CheckpointError(f"{meta_path}: does not match the checksum recorded in latest.json "
+                              f"(damaged or replaced); refusing to resume from it")
+    meta = read_json(meta_path)
+    sums = meta.get("sha256", {})
+    tensors = load_tensors(folder / f"state-{tag}.safetensors", sums.get("state"), meta_path)
     return {
-        "model": load_file(str(folder / f"model-{tag}.safetensors")),
+        "model": load_tensors(folder / f"model-{tag}.safetensors", sums.get("model"), meta_path),
         "optimizer": _unflatten_optimizer(tensors, meta["optimizer"]),
         "scheduler": meta["scheduler"],
         "position": meta["position"],

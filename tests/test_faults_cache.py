@@ -1,0 +1,187 @@
+"""The feature cache under faults: damaged or replaced shards, a damaged index, pickles,
+and two trainings filling one cold cache at the same time.
+
+A shard is read only when its bytes match the SHA-256 its index holds; anything else
+costs its entries, which are computed again, with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossalign.evaluate import embed
+from crossalign.features import FeatureCache, tower_fingerprint
+
+from _kill_runner import TINY, cli, command, env, rows, sets
+
+
+class MeanTower(torch.nn.Module):
+    """A tiny image tower (mean colour) that counts the images it encodes."""
+
+    name = "mean"
+    width = 3
+    data_config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
+                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pixels):
+        self.calls += pixels.shape[0]
+        return pixels.mean((2, 3))  # [batch, 3]
+
+
+class Trap:
+    """Unpickling this creates ``path``: the proof that a pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def two_shard_cache(root: Path) -> tuple[FeatureCache, list[str], np.ndarray, list[Path]]:
+    """A cache holding 6 entries in two shards; returns it, the keys, the vectors, the shards."""
+    cache = FeatureCache(root, "tower")
+    keys = [f"k{i}" for i in range(6)]
+    feats = np.arange(18, dtype=np.float32).reshape(6, 3)
+    cache.put(keys[:4], feats[:4])
+    cache.put(keys[4:], feats[4:])
+    index = json.loads((root / "tower" / "index.json").read_text())["shards"]
+    assert sorted(e["rows"] for e in index.values()) == [2, 4]
+    shards = sorted(index, key=lambda n: index[n]["rows"])
+    return cache, keys, feats, [root / "tower" / n for n in shards]
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+@pytest.mark.parametrize("damage", [flip, truncate, "pickle"])
+def test_damaged_shard_is_detected_and_recomputed(tmp_path, damage, caplog):
+    _, keys, feats, (small, big) = two_shard_cache(tmp_path)
+    marker = tmp_path / "pickle-was-executed"
+    if damage == "pickle":
+        small.write_bytes(pickle.dumps(Trap(marker)))
+    else:
+        damage(small)
+    cache = FeatureCache(tmp_path, "tower")
+    with caplog.at_level(logging.WARNING, logger="crossalign.features"):
+        assert cache.missing(keys) == keys[4:]  # only the damaged shard's entries
+    assert str(small) in caplog.text and "computed again" in caplog.text
+    assert not marker.exists()
+    np.testing.assert_array_equal(cache.get(keys[:4]), feats[:4])
+    cache.put(keys[4:], feats[4:])  # recomputed; the damaged shard leaves the index and the disk
+    assert not small.exists()
+    fresh = FeatureCache(tmp_path, "tower")
+    np.testing.assert_array_equal(fresh.get(keys), feats)
+    assert len(json.loads((tmp_path / "tower" / "index.json").read_text())["shards"]) == 2
+
+
+def test_damaged_index_costs_the_cache_not_the_run(tmp_path, caplog):
+    _, keys, feats, _ = two_shard_cache(tmp_path)
+    (tmp_path / "tower" / "index.json").write_text('{"shards": {"shard-')
+    cache = FeatureCache(tmp_path, "tower")
+    with caplog.at_level(logging.WARNING, logger="crossalign.features"):
+        assert cache.missing(keys) == keys
+    assert "index.json" in caplog.text
+    cache.put(keys, feats)
+    np.testing.assert_array_equal(FeatureCache(tmp_path, "tower").get(keys), feats)
+
+
+def test_image_features_after_shard_damage_equal_a_clean_run(tmp_path, shapes_dir):
+    paths = sorted(str(p) for p in (shapes_dir / "images").glob("*.png"))[:8]
+    tower = MeanTower()
+    first = embed.image_features(tower, paths, tmp_path / "c", progress=False)
+    folder = tmp_path / "c" / tower_fingerprint(tower, tower.data_config)
+    (shard,) = folder.glob("shard-*.npz")
+    marker = tmp_path / "pickle-was-executed"
+    shard.write_bytes(pickle.dumps(Trap(marker)))
+    again = embed.image_features(tower, paths, tmp_path / "c", progress=False)
+    assert tower.calls == 16 and not marker.exists()  # recomputed, the pickle never run
+    np.testing.assert_array_equal(again.feats, first.feats)
+
+
+def entries(root: Path) -> dict[str, np.ndarray]:
+    """key -> vector over every tower folder of a cache; a key stored twice must agree."""
+    out: dict[str, np.ndarray] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        index = json.loads((folder / "index.json").read_text())["shards"]
+        for name in index:
+            with np.load(folder / name, allow_pickle=False) as z:
+                for k, v in zip(z["keys"].tolist(), z["feats"]):
+                    key = f"{folder.name}/{k}"
+                    if key in out:
+                        np.testing.assert_array_equal(out[key], v)
+                    out[key] = v
+    return out
+
+
+def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
+    """Both reach their first cache write before either makes it; both finish as if alone."""
+    shared = tmp_path / "shared"
+    configs = {"a": ["train.lr=0.0002"], "b": ["train.lr=0.001", "model.head_dropout=0.0"]}
+    base = TINY + ["train.epochs=2"]
+    procs = {}
+    for name, extra in configs.items():
+        other = "b" if name == "a" else "a"
+        meet = {"target": "crossalign.features:FeatureCache.put", "call": 1, "action": "rendezvous",
+                "mine": str(tmp_path / f"ready-{name}"), "other": str(tmp_path / f"ready-{other}")}
+        cmd = command({"shard": 16, "faults": [meet]}, "train", "--data", str(shapes_dir),
+                      "--out", str(tmp_path / name), *sets(base + extra + [f"cache.dir={shared}"]))
+        procs[name] = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    for name, extra in configs.items():  # each alone, with a cache of its own
+        solo = tmp_path / f"{name}-alone"
+        alone = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(solo),
+                    *sets(base + extra + [f"cache.dir={tmp_path / f'cache-{name}'}"]))
+        assert alone.returncode == 0, alone.stderr
+        assert rows(tmp_path / name / "metrics.csv") == rows(solo / "metrics.csv")
+    mine, alone = entries(shared), entries(tmp_path / "cache-a")
+    assert mine.keys() == alone.keys()
+    for key, vec in alone.items():
+        np.testing.assert_array_equal(mine[key], vec)
+    # both processes wrote shards, and the index kept every one of them
+    folder = next(p for p in shared.iterdir() if p.is_dir() and len(list(p.glob("shard-*.npz"))) > 1)
+    listed = json.loads((folder / "index.json").read_text())["shards"]
+    assert set(listed) == {p.name for p in folder.glob("shard-*.npz")}
+
+
+def test_files_a_killed_writer_left_are_cleaned_later(tmp_path):
+    import os
+    import time
+
+    from crossalign.features import STALE_SECONDS
+
+    cache, keys, feats, _ = two_shard_cache(tmp_path)
+    folder = tmp_path / "tower"
+    old, recent = folder / "shard-0ld0ld0ld0ld0ld0.npz", folder / "shard-recent.npz"
+    tmp = folder / ".shard-x.npz.abc.tmp"
+    for path in (old, recent, tmp):
+        path.write_bytes(b"left by a killed process")
+    long_ago = time.time() - STALE_SECONDS - 10
+    for path in (old, tmp):
+        os.utime(path, (long_ago, long_ago))
+    cache.put(["k6"], np.ones((1, 3), np.float32))
+    assert not old.exists() and not tmp.exists()
+    assert recent.exists()  # could be a live writer's, about to be listed
+    np.testing.assert_array_equal(FeatureCache(tmp_path, "tower").get(keys), feats)
