@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossalign.evaluate import embed
+from crossalign import embed
 from crossalign.features import FeatureCache, tower_fingerprint
 
 from _kill_runner import TINY, cli, command, env, rows, sets
