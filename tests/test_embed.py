@@ -170,3 +170,20 @@ def test_decoding_workers_give_the_same_features_and_failures(tmp_path):
     assert {p: (str(e), e.kind) for p, e in spread.failed.items()} == \
         {p: (str(e), e.kind) for p, e in here.failed.items()}
     assert {e.kind for e in here.failed.values()} == {"unreadable", "too_large"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_extraction_leaves_the_global_random_state_alone(tmp_path, workers):
+    # a loader drawing its seed from the global RNG made training differ between a cold and a
+    # warm feature cache (dropout masks shifted), which broke exact resume
+    from crossalign.embed import image_features
+
+    paths = []
+    for k in range(3):
+        Image.new("RGB", (10, 10), (80 * k, 20, 90)).save(tmp_path / f"i{k}.png")
+        paths.append(str(tmp_path / f"i{k}.png"))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    out = image_features(_MeanTower(), paths, tmp_path / "cache", progress=False, workers=workers)
+    assert out.feats.shape == (3, 3)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -172,8 +172,10 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
 
     def batches(items: Sequence[str]):
         data = _Decode(items, transform, max_pixels, augment, path_key)
+        # its own generator: a loader draws a seed when it starts, and from the global RNG that
+        # draw would make training depend on whether the feature cache was warm
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
-                                             collate_fn=_as_list)
+                                             collate_fn=_as_list, generator=torch.Generator())
         for batch in loader:
             for i, _, err in batch:
                 if err is not None:
