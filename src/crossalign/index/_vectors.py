@@ -17,7 +17,7 @@ import torch
 
 from crossalign.data.table import PairTable
 
-__all__ = ["Embedder", "weights_hash", "content_hash"]
+__all__ = ["Embedder", "weights_hash", "content_hash", "thumbnail"]
 
 
 def content_hash(path: str | Path) -> str:
@@ -25,6 +25,21 @@ def content_hash(path: str | Path) -> str:
     from crossalign.features import file_key
 
     return file_key(path)
+
+
+def thumbnail(path: str | Path, size: int, quality: int = 85) -> bytes:
+    """A JPEG of the image at ``path`` fitted into ``size`` x ``size`` (upright, on white)."""
+    import io
+
+    from PIL import Image
+
+    from crossalign.data.transforms import load_image
+
+    im = load_image(str(path))
+    im.thumbnail((size, size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def weights_hash(model: torch.nn.Module) -> str:
