@@ -288,6 +288,11 @@ def test_index_command_errors(run, shapes_dir, tmp_path, capsys):
                  "--images", str(shapes_dir)]) == 2
     assert main(["-q", "index", str(run), "--out", str(tmp_path / "i"), "--images", str(tmp_path / "no")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["-q", "index", str(run), "--out", str(busy), "--images", str(shapes_dir)]) == 2
+    assert "is not an index" in capsys.readouterr().err and (busy / "notes.txt").exists()
 
 
 def test_two_processes_build_the_same_index(run, shapes_dir, tmp_path, built):

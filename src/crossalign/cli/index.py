@@ -20,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add another image folder to the index's sources (repeatable)")
     p.add_argument("--split", default="all", help="with --data: which split (default all)")
     p.add_argument("--format", default="", help="with --data: the layout (default: detected)")
-    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
-                   help="flat: exact; hnsw / ivfpq: approximate, for large collections; auto (default): "
-                        "flat below 100,000 vectors, hnsw below 1,000,000, ivfpq above")
+    p.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="flat: exact; hnsw / ivfpq: approximate, for large collections; auto: flat "
+                        "below 100,000 vectors, hnsw below 1,000,000, ivfpq above (default: what the "
+                        "index had, auto for a new one)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.add_argument("--nproc", type=int, default=0,
                    help="share the embedding over N processes on this machine (through torchrun)")

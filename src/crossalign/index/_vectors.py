@@ -75,11 +75,15 @@ class Embedder:
         self.weights_hash = weights_hash(self.model)
         self.dim = int(self.cfg.model.embed_dim)
 
-    def read_table(self, data: str | Path, quiet: bool = False) -> PairTable:
-        """A data set in any layout the readers know, split the way the run split it."""
+    def read_table(self, data: str | Path, data_format: str = "", quiet: bool = False) -> PairTable:
+        """A data set in any layout the readers know (``data_format``: empty = the run's
+        ``data.format``), split the way the run split it."""
+        import dataclasses
+
         from crossalign.data.prepare import prepare_table
 
-        table, _ = prepare_table(data, self.cfg.data, run_dir=self.run, quiet=quiet)
+        cfg = dataclasses.replace(self.cfg.data, format=data_format) if data_format else self.cfg.data
+        table, _ = prepare_table(data, cfg, run_dir=self.run, quiet=quiet)
         return table
 
     def images(self, paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:

@@ -64,7 +64,7 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
             raise ConfigError(f"{path}: --images takes a folder of images")
         return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k)
                 for p in scan_folder(path)]
-    table = emb.read_table(path, quiet=quiet)
+    table = emb.read_table(path, src.get("format", ""), quiet=quiet)
     if src["split"] != "all":
         from crossalign.evaluate.run import select_split
 
@@ -176,7 +176,7 @@ def _assign_ids(images: list[ImageRecord], old_ids: dict[str, int], next_id: int
 
 def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path | None = None,
                 images: str | Path | None = None, add: Sequence[str | Path] = (), split: str = "all",
-                data_format: str = "", index_type: str = "auto", which: str = "best",
+                data_format: str = "", index_type: str | None = None, which: str = "best",
                 device: str = "cpu", progress: bool = True, dist=None) -> BuildSummary | None:
     """Build or update the index at ``out`` with the model of ``run``.
 
@@ -188,7 +188,8 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
         add: further image folders to add to the index's sources.
         split: with ``data``, which split to index (``all``, ``test``, ``train,val`` ...).
         data_format: with ``data``, the layout (empty: the run's ``data.format``).
-        index_type: ``flat`` (exact), ``hnsw``, ``ivfpq`` or ``auto`` (by size).
+        index_type: ``flat`` (exact), ``hnsw``, ``ivfpq`` or ``auto`` (by size); default: what
+            the index had, ``auto`` for a new one.
         dist: a DistInfo to share the embedding out over processes.
 
     Returns:
@@ -197,19 +198,19 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
     t0 = time.perf_counter()
     if data is not None and images is not None:
         raise ConfigError("give --data or --images, not both (use --add for more image folders)")
-    emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
-    if data_format:
-        emb.cfg.data.format = data_format
     out = Path(out)
-    old = IndexStore(out) if is_index(out) else None
+    old = _open_old(out)
+    emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
     sources = _sources(old, data, images, add, split, data_format)
     planned = [im for k, s in enumerate(sources) for im in _plan_source(emb, k, s, not progress)]
     planned, failed = _hash_all(planned)
     old_images, old_texts, old_ids = _reusable(old, emb)
     new_paths = [im.path for im in planned if im.content_hash not in old_images]
-    new_texts = list(dict.fromkeys(c.text for im in planned for c in im.captions if c.text not in old_texts))
+    new_texts = list(dict.fromkeys(c.text for im in planned for c in im.captions
+                                   if c.text not in old_texts))
     token = hashlib.blake2b("\n".join(new_paths + new_texts).encode(), digest_size=6).hexdigest()
-    vec_new, cap_new, bad = _embed_new(emb, new_paths, new_texts, out / f".parts-{token}", dist, progress)
+    vec_new, cap_new, bad = _embed_new(emb, new_paths, new_texts, out / f".parts-{token}", dist,
+                                       progress)
     if dist is not None and not dist.is_main:
         _wait(dist)
         return None
@@ -218,19 +219,38 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
     image_vecs = _gather_images(kept, old, old_images, vec_new, emb.dim)
     caption_vecs = _gather_captions(kept, old, old_texts, cap_new, emb.dim)
     _assign_ids(kept, old_ids, 1 + max(old_ids.values(), default=-1))
+    if index_type is None:
+        index_type = old.info.get("index_type", "auto") if old is not None else "auto"
     info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type)
     _clean_parts(out)
     _wait(dist)
-    removed = len(set(old_ids) - {im.path for im in kept})
     for msg in bad.values():
         log.warning("%s; left out of the index", msg)
+    if old is not None:
+        old.close()
+    factory = _factories(out)
+    return BuildSummary(out, version, len(kept), len(caption_vecs), len(new_paths), len(new_texts),
+                        len(set(old_ids) - {im.path for im in kept}), failed, factory,
+                        time.perf_counter() - t0)
+
+
+def _open_old(out: Path) -> IndexStore | None:
+    """The index already at ``out`` (None for a new or empty folder); any other folder is refused."""
+    if is_index(out):
+        return IndexStore(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an index; give a new or empty folder as --out")
+    return None
+
+
+def _factories(out: Path) -> dict[str, str]:
     store = IndexStore(out)
-    factory, n_img, n_cap = store.info["factory"], len(store), len(store.row_ids["captions"])
-    store.close()
-    return BuildSummary(out, version, n_img, n_cap, len(new_paths), len(new_texts), removed, failed,
-                        factory, time.perf_counter() - t0)
+    try:
+        return dict(store.info["factory"])
+    finally:
+        store.close()
 
 
 def _gather_images(kept: list[ImageRecord], old: IndexStore | None, old_images: dict,
