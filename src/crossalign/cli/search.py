@@ -42,8 +42,9 @@ def _weights(text: str | None) -> list[float] | None:
 def _print(result) -> None:
     for h in result.hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
-        for c in h.captions[:5]:
-            print(f"       {c}")
+        if h.captions:
+            more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
+            print(f"       {h.captions[0]}{more}")
     print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms")
 
 

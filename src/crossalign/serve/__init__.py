@@ -37,6 +37,7 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, run: str
 
     ix = open_index(index, run, device=device)
     app = create_app(ix, ServiceLimits(max_k=max_k, max_upload_bytes=max_upload_bytes))
+    ix.search(text="warm up", k=1)  # the first pass through the model is slow; not a user's
     print(f"serving {index} ({len(ix)} images) on http://{host}:{port}/  (API docs at /docs)")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -23,7 +23,7 @@ function el(tag, attrs, text) {
 
 function card(hit) {
   const c = el("article", {class: "card", "data-id": String(hit.image_id)});
-  const img = el("img", {src: hit.thumb_url, alt: hit.captions[0] || hit.name, loading: "lazy"});
+  const img = el("img", {src: hit.thumb_url, alt: hit.captions[0] || hit.name});
   c.appendChild(img);
   const body = el("div", {class: "body"});
   const meta = el("div", {class: "meta"});
