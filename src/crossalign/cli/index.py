@@ -55,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"index {summary.index}: {summary.images} images, {summary.captions} captions "
           f"({summary.embedded_images} images and {summary.embedded_captions} captions embedded, "
           f"{summary.removed_images} removed, {len(summary.failed)} unreadable) in "
-          f"{summary.seconds:.1f} s; FAISS {summary.factory['images']} / {summary.factory['captions']}")
+          f"{summary.seconds:.1f} s; FAISS {summary.factory['images']} / "
+          f"{summary.factory['captions']}")
     return 0

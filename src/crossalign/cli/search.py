@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "--minus pushes a term away; --weights weighs each term.")
     p.add_argument("index", help="index folder written by 'crossalign index'")
     p.add_argument("text", nargs="*", help="text terms (each one a query term)")
-    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image term (repeatable)")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image term (repeatable)")
     p.add_argument("--like", action="append", default=[], type=int, metavar="ID",
                    help="an image of the index, by id, as a term: more like this (repeatable)")
     p.add_argument("--minus", action="append", default=[], metavar="TEXT",
@@ -22,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--target", default="images", choices=["images", "captions"],
                    help="search images (default) or captions")
-    p.add_argument("--run", help="the run whose model embeds the query (default: the one that built the index)")
+    p.add_argument("--run", help="the run whose model embeds the query (default: the one that "
+                                 "built the index)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)

@@ -49,7 +49,8 @@ def scan_folder(folder: Path) -> list[Path]:
     out = []
     for p in folder.rglob("*"):
         rel = p.relative_to(folder).parts
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(s.startswith(".") for s in rel):
+        hidden = any(s.startswith(".") for s in rel)
+        if p.suffix.lower() in IMAGE_SUFFIXES and not hidden and p.is_file():
             out.append(p)
     return sorted(out)
 
@@ -148,12 +149,15 @@ def _reusable(old: IndexStore | None, emb: Embedder) -> tuple[dict, dict, dict]:
 
 def _sources(old: IndexStore | None, data, images, add, split: str, fmt: str) -> list[dict]:
     """The sources of the new version: the ones named, or the old ones, plus ``add``."""
+    def full(p) -> str:
+        return str(Path(p).expanduser().resolve())
+
     named = []
     if data is not None:
-        named.append(dict(kind="data", path=str(Path(data).resolve()), split=split, format=fmt))
+        named.append(dict(kind="data", path=full(data), split=split, format=fmt))
     if images is not None:
-        named.append(dict(kind="images", path=str(Path(images).resolve()), split="all", format=""))
-    extra = [dict(kind="images", path=str(Path(a).resolve()), split="all", format="") for a in add]
+        named.append(dict(kind="images", path=full(images), split="all", format=""))
+    extra = [dict(kind="images", path=full(a), split="all", format="") for a in add]
     if named:
         return named + extra
     if old is None:

@@ -92,7 +92,8 @@ class Index:
 
     def _model(self):
         if self.embedder is None:
-            raise RunError(f"{self.store.root}: opened without a model; text and image queries need one")
+            raise RunError(f"{self.store.root}: opened without a model; text and image queries "
+                           f"need one")
         return self.embedder
 
     def _terms(self, text, image, like, minus, weights) -> np.ndarray:
@@ -106,7 +107,8 @@ class Index:
             raise ConfigError("give a text, an image or an item to search by")
         weights = [1.0] * n if weights is None else [float(w) for w in _as_list(weights)]
         if len(weights) != n:
-            raise ConfigError(f"{len(weights)} weights for {n} query terms (texts, then images, then items)")
+            raise ConfigError(f"{len(weights)} weights for {n} query terms (texts, then images, "
+                              f"then items)")
         vecs = []
         with self._lock:
             if texts or minus:
@@ -117,7 +119,8 @@ class Index:
                 pushed = []
             for im in images:
                 model = self._model()
-                vecs.append((model.image_bytes(im) if isinstance(im, bytes) else model.image_file(im))[0])
+                v = model.image_bytes(im) if isinstance(im, bytes) else model.image_file(im)
+                vecs.append(v[0])
         for item in likes:
             v = self.store.vector("images", int(item))
             if v is None:

@@ -277,7 +277,8 @@ class IndexStore:
         caps: dict[int, list[CaptionRecord]] = {}
         for cid, _, image, text, origin in self._rows("SELECT * FROM captions ORDER BY row"):
             caps.setdefault(image, []).append(CaptionRecord(cid, image, text, origin))
-        return [self._image(r, caps.get(r[0], [])) for r in self._rows("SELECT * FROM images ORDER BY row")]
+        rows = self._rows("SELECT * FROM images ORDER BY row")
+        return [self._image(r, caps.get(r[0], [])) for r in rows]
 
     def vector(self, target: str, item_id: int) -> np.ndarray | None:
         """The stored vector ``[dim]`` of an image or caption id, or None for an unknown id."""

@@ -128,11 +128,13 @@ def _install_errors(app: FastAPI) -> None:
 
 def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
     @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
-    def search(q: str | None = Query(None, max_length=limits.max_query_chars, description="text query"),
+    def search(q: str | None = Query(None, max_length=limits.max_query_chars,
+                                     description="text query"),
                k: int = Query(10, ge=1, le=limits.max_k), target: Target = "images",
                minus: str | None = Query(None, max_length=limits.max_query_chars,
                                          description="a text to push away"),
-               like: int | None = Query(None, ge=0, le=MAX_ID, description="an image id: more like this")):
+               like: int | None = Query(None, ge=0, le=MAX_ID,
+                                        description="an image id: more like this")):
         if (q is None or not q.strip()) and like is None:
             raise HTTPException(422, "give a non-empty query q (or like=ID)")
         if minus is not None and not minus.strip():
