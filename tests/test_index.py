@@ -288,6 +288,9 @@ def test_index_command_errors(run, shapes_dir, tmp_path, capsys):
                  "--images", str(shapes_dir)]) == 2
     assert main(["-q", "index", str(run), "--out", str(tmp_path / "i"), "--images", str(tmp_path / "no")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(["-q", "index", str(run), "--out", str(tmp_path / "s"), "--data", str(shapes_dir),
+                 "--split", "nosuch"]) == 2
+    assert "'nosuch' split" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

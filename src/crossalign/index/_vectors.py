@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
+from crossalign.errors import ConfigError
 
 __all__ = ["Embedder", "weights_hash", "content_hash", "thumbnail"]
 
@@ -75,16 +76,23 @@ class Embedder:
         self.weights_hash = weights_hash(self.model)
         self.dim = int(self.cfg.model.embed_dim)
 
-    def read_table(self, data: str | Path, data_format: str = "", quiet: bool = False) -> PairTable:
-        """A data set in any layout the readers know (``data_format``: empty = the run's
-        ``data.format``), split the way the run split it."""
+    def read_table(self, data: str | Path, data_format: str = "", split: str = "all",
+                   quiet: bool = False) -> PairTable:
+        """The ``split`` of a data set in any layout the readers know (``data_format``: empty =
+        the run's ``data.format``), split the way the run split it."""
         import dataclasses
 
         from crossalign.data.prepare import prepare_table
+        from crossalign.evaluate.run import select_split
 
         cfg = dataclasses.replace(self.cfg.data, format=data_format) if data_format else self.cfg.data
         table, _ = prepare_table(data, cfg, run_dir=self.run, quiet=quiet)
-        return table
+        if split == "all":
+            return table
+        try:
+            return select_split(table, split)
+        except ValueError as e:  # an empty split is the user's choice of split
+            raise ConfigError(f"{data}: {e}") from None
 
     def images(self, paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
         """Vectors ``[n_ok, dim]`` of the readable image files, in input order, and the failures

@@ -65,11 +65,7 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
             raise ConfigError(f"{path}: --images takes a folder of images")
         return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k)
                 for p in scan_folder(path)]
-    table = emb.read_table(path, src.get("format", ""), quiet=quiet)
-    if src["split"] != "all":
-        from crossalign.evaluate.run import select_split
-
-        table = select_split(table, src["split"])
+    table = emb.read_table(path, src.get("format", ""), src["split"], quiet=quiet)
     by_id: dict[str, ImageRecord] = {}
     for r, iid in enumerate(table.image_id):
         if iid not in by_id:
