@@ -160,6 +160,8 @@ def test_refuses_another_runs_model(built, run, tmp_path, capsys):
         open_index(built, other)
     assert main(["-q", "search", str(built), "a dog", "--run", str(other)]) == 2
     assert "rebuild" in capsys.readouterr().err
+    with pytest.raises(RunError, match="is not there"):
+        open_index(built, tmp_path / "moved")
 
 
 def _counting(run: Path) -> tuple[Embedder, dict[str, int]]:
