@@ -22,6 +22,9 @@ COMMANDS = {
     "data": "data",
     "report": "report",
     "models": "models",
+    "index": "index",
+    "search": "search",
+    "serve": "serve",
 }
 
 

@@ -1,1 +1,11 @@
-"""crossalign.index."""
+"""``crossalign.index``: a FAISS index over a collection's images and captions, and search.
+
+``build_index(run, out, images=FOLDER)`` (or ``data=DIR``) embeds a collection with a
+trained run into an index folder, incrementally; ``open_index(out).search(text=...)``
+searches it by text, by image, or by both, with weights and terms pushed away.
+"""
+
+from crossalign.index.build import BuildSummary, build_index
+from crossalign.index.search import Hit, Index, SearchResult, open_index
+
+__all__ = ["build_index", "open_index", "Index", "Hit", "SearchResult", "BuildSummary"]

@@ -1,0 +1,60 @@
+"""``crossalign index RUN (--data DIR | --images FOLDER | --add FOLDER) --out INDEX``"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="embed a collection into a search index (incremental)",
+                       description="Embed every image (and caption) of a data set or a folder of images "
+                                   "with a trained run into an index folder: FAISS vectors plus SQLite "
+                                   "metadata. Run again to update it: only new or changed files are "
+                                   "embedded, and entries whose files are gone are dropped.")
+    p.add_argument("run", help="run folder written by 'crossalign train'")
+    p.add_argument("--out", required=True, metavar="INDEX", help="index folder to create or update")
+    p.add_argument("--data", help="a data set in any layout the readers know (images and captions)")
+    p.add_argument("--images", metavar="FOLDER", help="a folder of images, searched recursively")
+    p.add_argument("--add", action="append", default=[], metavar="FOLDER",
+                   help="add another image folder to the index's sources (repeatable)")
+    p.add_argument("--split", default="all", help="with --data: which split (default all)")
+    p.add_argument("--format", default="", help="with --data: the layout (default: detected)")
+    p.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="flat: exact; hnsw / ivfpq: approximate, for large collections; auto: flat "
+                        "below 100,000 vectors, hnsw below 1,000,000, ivfpq above (default: what the "
+                        "index had, auto for a new one)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="share the embedding over N processes on this machine (through torchrun)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from crossalign.cli.train import _relaunch
+
+        return _relaunch(args.nproc)
+    from crossalign.index import build_index
+    from crossalign.train.distributed import cleanup_distributed, init_distributed
+
+    dist = init_distributed(backend="gloo" if args.device == "cpu" else "auto")
+    try:
+        summary = build_index(args.run, args.out, data=args.data, images=args.images, add=args.add,
+                              split=args.split, data_format=args.format, index_type=args.index_type,
+                              which=args.checkpoint, device=args.device, progress=not args.quiet,
+                              dist=dist if dist.world_size > 1 else None)
+    finally:
+        cleanup_distributed()
+    if summary is None:
+        return 0
+    print(f"index {summary.index}: {summary.images} images, {summary.captions} captions "
+          f"({summary.embedded_images} images and {summary.embedded_captions} captions embedded, "
+          f"{summary.removed_images} removed, {len(summary.failed)} unreadable) in "
+          f"{summary.seconds:.1f} s; FAISS {summary.factory['images']} / "
+          f"{summary.factory['captions']}")
+    return 0

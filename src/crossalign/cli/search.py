@@ -1,0 +1,71 @@
+"""``crossalign search INDEX "a dog runs on the beach" [--image photo.jpg] [--minus TEXT] -k 5``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search an index by text, by image, or both",
+                       description="The nearest images (or captions) to a query. Several terms add up; "
+                                   "--minus pushes a term away; --weights weighs each term.")
+    p.add_argument("index", help="index folder written by 'crossalign index'")
+    p.add_argument("text", nargs="*", help="text terms (each one a query term)")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image term (repeatable)")
+    p.add_argument("--like", action="append", default=[], type=int, metavar="ID",
+                   help="an image of the index, by id, as a term: more like this (repeatable)")
+    p.add_argument("--minus", action="append", default=[], metavar="TEXT",
+                   help="a text term to push away (repeatable)")
+    p.add_argument("--weights", metavar="W,W,...",
+                   help="one weight per term, in order: texts, then images, then --like items")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--target", default="images", choices=["images", "captions"],
+                   help="search images (default) or captions")
+    p.add_argument("--run", help="the run whose model embeds the query (default: the one that "
+                                 "built the index)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def _weights(text: str | None) -> list[float] | None:
+    from crossalign.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(f"--weights must be comma-separated numbers, got {text!r}") from None
+
+
+def _print(result) -> None:
+    for h in result.hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
+        if h.captions:
+            more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
+            print(f"       {h.captions[0]}{more}")
+    print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
+    from crossalign.index import open_index
+
+    weights = _weights(args.weights)
+    index = open_index(args.index, args.run, device=args.device)
+    try:
+        result = index.search(text=args.text, image=args.image, like=args.like, minus=args.minus,
+                              weights=weights, k=args.k, target=args.target)
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps({"target": result.target, "seconds": result.seconds,
+                          "hits": [h.to_dict() for h in result.hits]}, indent=2))
+    else:
+        _print(result)
+    return 0

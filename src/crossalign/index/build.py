@@ -1,0 +1,286 @@
+"""``crossalign.index.build_index``: embed a collection into an index folder, incrementally.
+
+The sources of an index (a data set in any layout the readers know, or plain folders of
+images) are recorded in it. Building again rescans them: files whose content hash is
+already in the index keep their vectors, new or changed files are embedded, entries whose
+files are gone are dropped. With several processes (``torchrun``, or ``--nproc``) each
+embeds its share of the new items and process 0 writes the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossalign.errors import ConfigError, InputNotFound
+from crossalign.index._vectors import Embedder, content_hash
+from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
+
+__all__ = ["build_index", "BuildSummary", "IMAGE_SUFFIXES", "scan_folder"]
+
+log = logging.getLogger("crossalign.index")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class BuildSummary:
+    """What a build did."""
+
+    index: Path
+    version: str
+    images: int  # images in the index now
+    captions: int
+    embedded_images: int  # images that went through the image tower in this build
+    embedded_captions: int
+    removed_images: int  # entries dropped because their files are gone (or unreadable)
+    failed: dict[str, str]  # path -> why it was left out
+    factory: dict[str, str]  # the FAISS index of each target
+    seconds: float
+
+
+def scan_folder(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    out = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        hidden = any(s.startswith(".") for s in rel)
+        if p.suffix.lower() in IMAGE_SUFFIXES and not hidden and p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
+def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRecord]:
+    """The images (and captions) a source holds now; ids and hashes are filled in later."""
+    path = Path(src["path"])
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such {'folder' if src['kind'] == 'images' else 'data set'}")
+    if src["kind"] == "images":
+        if not path.is_dir():
+            raise ConfigError(f"{path}: --images takes a folder of images")
+        return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k)
+                for p in scan_folder(path)]
+    table = emb.read_table(path, src.get("format", ""), src["split"], quiet=quiet)
+    by_id: dict[str, ImageRecord] = {}
+    for r, iid in enumerate(table.image_id):
+        if iid not in by_id:
+            labels = {c: v[r] for c, v in table.labels.items() if v[r] is not None}
+            by_id[iid] = ImageRecord(-1, str(Path(table.image_path[r]).resolve()), iid, "", k,
+                                     table.split[r], labels)
+        by_id[iid].captions.append(CaptionRecord(-1, -1, table.caption[r], table.origin[r]))
+    return list(by_id.values())
+
+
+def _hash_all(images: list[ImageRecord]) -> tuple[list[ImageRecord], dict[str, str]]:
+    """Fill each content hash; a file that cannot be read is left out (path -> message)."""
+    kept, failed, seen = [], {}, set()
+    for im in images:
+        if im.path in seen:  # the same file through two sources: the first one keeps it
+            continue
+        seen.add(im.path)
+        try:
+            im.content_hash = content_hash(im.path)
+            kept.append(im)
+        except OSError as e:
+            failed[im.path] = f"{im.path}: cannot read image file ({e.strerror or e})"
+    return kept, failed
+
+
+def _shard(items: Sequence, dist) -> list:
+    return list(items[dist.rank::dist.world_size]) if dist is not None else list(items)
+
+
+def _embed_new(emb: Embedder, paths: list[str], texts: list[str], parts: Path, dist,
+               progress: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    """Vectors of the new images (by path) and new captions (by text), shared over processes."""
+    my_paths, my_texts = _shard(paths, dist), _shard(texts, dist)
+    img, failed = emb.images(my_paths, progress)
+    ok = [p for p in dict.fromkeys(my_paths) if p not in failed]
+    cap = emb.captions(my_texts, progress)
+    if dist is None or dist.world_size == 1:
+        return dict(zip(ok, img)), dict(zip(my_texts, cap)), failed
+    import json
+
+    import torch
+
+    parts.mkdir(parents=True, exist_ok=True)
+    np.savez(parts / f"part-{dist.rank}.npz", paths=np.array(ok, dtype=str), images=img,
+             texts=np.array(my_texts, dtype=str), captions=cap,
+             failed=np.array(json.dumps(failed)))
+    torch.distributed.barrier()
+    if not dist.is_main:  # process 0 alone reads the parts and writes the index
+        return {}, {}, {}
+    images, captions, failed = {}, {}, {}
+    for r in range(dist.world_size):
+        with np.load(parts / f"part-{r}.npz", allow_pickle=False) as z:
+            images.update(zip(z["paths"].tolist(), z["images"]))
+            captions.update(zip(z["texts"].tolist(), z["captions"]))
+            failed.update(json.loads(str(z["failed"])))
+    return images, captions, failed
+
+
+def _reusable(old: IndexStore | None, emb: Embedder) -> tuple[dict, dict, dict]:
+    """Old vectors that still hold: content hash -> image row (a moved file keeps its vector),
+    caption text -> row; and the id of every indexed path."""
+    if old is None:
+        return {}, {}, {}
+    records = old.all_images()
+    ids = {im.path: im.id for im in records}
+    if old.info.get("weights_hash") != emb.weights_hash:
+        log.warning("%s was built with another model; every item is embedded again", old.root)
+        return {}, {}, ids
+    images = {im.content_hash: r for r, im in enumerate(records)}
+    texts, row = {}, 0
+    for im in records:
+        for c in im.captions:
+            texts.setdefault(c.text, row)
+            row += 1
+    return images, texts, ids
+
+
+def _sources(old: IndexStore | None, data, images, add, split: str, fmt: str) -> list[dict]:
+    """The sources of the new version: the ones named, or the old ones, plus ``add``."""
+    def full(p) -> str:
+        return str(Path(p).expanduser().resolve())
+
+    named = []
+    if data is not None:
+        named.append(dict(kind="data", path=full(data), split=split, format=fmt))
+    if images is not None:
+        named.append(dict(kind="images", path=full(images), split="all", format=""))
+    extra = [dict(kind="images", path=full(a), split="all", format="") for a in add]
+    if named:
+        return named + extra
+    if old is None:
+        raise ConfigError("give --data DIR or --images FOLDER (there is no index to update yet)")
+    known = {s["path"] for s in old.sources}
+    return old.sources + [s for s in extra if s["path"] not in known]
+
+
+def _assign_ids(images: list[ImageRecord], old_ids: dict[str, int], next_id: int) -> None:
+    """Stable ids: a path already indexed keeps its id; captions are numbered in order."""
+    cid = 0
+    for im in images:
+        im.id = old_ids.get(im.path, -1)
+        if im.id < 0:
+            im.id, next_id = next_id, next_id + 1
+    for im in images:
+        for c in im.captions:
+            c.id, c.image, cid = cid, im.id, cid + 1
+
+
+def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path | None = None,
+                images: str | Path | None = None, add: Sequence[str | Path] = (), split: str = "all",
+                data_format: str = "", index_type: str | None = None, which: str = "best",
+                device: str = "cpu", progress: bool = True, dist=None) -> BuildSummary | None:
+    """Build or update the index at ``out`` with the model of ``run``.
+
+    Args:
+        run: a run folder, or an :class:`Embedder` already opened on one.
+        out: the index folder (created, or updated when it holds an index).
+        data: a data set in any layout the readers know: its images and captions.
+        images: a folder of images, searched recursively (no captions needed).
+        add: further image folders to add to the index's sources.
+        split: with ``data``, which split to index (``all``, ``test``, ``train,val`` ...).
+        data_format: with ``data``, the layout (empty: the run's ``data.format``).
+        index_type: ``flat`` (exact), ``hnsw``, ``ivfpq`` or ``auto`` (by size); default: what
+            the index had, ``auto`` for a new one.
+        dist: a DistInfo to share the embedding out over processes.
+
+    Returns:
+        A :class:`BuildSummary` (None on processes other than the first).
+    """
+    t0 = time.perf_counter()
+    if data is not None and images is not None:
+        raise ConfigError("give --data or --images, not both (use --add for more image folders)")
+    out = Path(out)
+    old = _open_old(out)
+    emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
+    sources = _sources(old, data, images, add, split, data_format)
+    planned = [im for k, s in enumerate(sources) for im in _plan_source(emb, k, s, not progress)]
+    planned, failed = _hash_all(planned)
+    old_images, old_texts, old_ids = _reusable(old, emb)
+    new_paths = [im.path for im in planned if im.content_hash not in old_images]
+    new_texts = list(dict.fromkeys(c.text for im in planned for c in im.captions
+                                   if c.text not in old_texts))
+    token = hashlib.blake2b("\n".join(new_paths + new_texts).encode(), digest_size=6).hexdigest()
+    vec_new, cap_new, bad = _embed_new(emb, new_paths, new_texts, out / f".parts-{token}", dist,
+                                       progress)
+    if dist is not None and not dist.is_main:
+        _wait(dist)
+        return None
+    failed.update(bad)
+    kept = [im for im in planned if im.path not in bad]
+    image_vecs = _gather_images(kept, old, old_images, vec_new, emb.dim)
+    caption_vecs = _gather_captions(kept, old, old_texts, cap_new, emb.dim)
+    _assign_ids(kept, old_ids, 1 + max(old_ids.values(), default=-1))
+    if index_type is None:
+        index_type = old.info.get("index_type", "auto") if old is not None else "auto"
+    info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type)
+    _clean_parts(out)
+    _wait(dist)
+    for msg in bad.values():
+        log.warning("%s; left out of the index", msg)
+    if old is not None:
+        old.close()
+    factory = _factories(out)
+    return BuildSummary(out, version, len(kept), len(caption_vecs), len(new_paths), len(new_texts),
+                        len(set(old_ids) - {im.path for im in kept}), failed, factory,
+                        time.perf_counter() - t0)
+
+
+def _open_old(out: Path) -> IndexStore | None:
+    """The index already at ``out`` (None for a new or empty folder); any other folder is refused."""
+    if is_index(out):
+        return IndexStore(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an index; give a new or empty folder as --out")
+    return None
+
+
+def _factories(out: Path) -> dict[str, str]:
+    store = IndexStore(out)
+    try:
+        return dict(store.info["factory"])
+    finally:
+        store.close()
+
+
+def _gather_images(kept: list[ImageRecord], old: IndexStore | None, old_images: dict,
+                   new: dict[str, np.ndarray], dim: int) -> np.ndarray:
+    """``[len(kept), dim]``: old vectors where the file is unchanged, new ones elsewhere."""
+    out = np.zeros((len(kept), dim), np.float32)
+    for r, im in enumerate(kept):
+        hit = old_images.get(im.content_hash)
+        out[r] = old.vectors["images"][hit] if hit is not None else new[im.path]
+    return out
+
+
+def _gather_captions(kept: list[ImageRecord], old: IndexStore | None, old_texts: dict,
+                     new: dict[str, np.ndarray], dim: int) -> np.ndarray:
+    texts = [c.text for im in kept for c in im.captions]
+    out = np.zeros((len(texts), dim), np.float32)
+    for r, t in enumerate(texts):
+        out[r] = old.vectors["captions"][old_texts[t]] if t in old_texts else new[t]
+    return out
+
+
+def _clean_parts(out: Path) -> None:
+    import shutil
+
+    for p in out.glob(".parts-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _wait(dist) -> None:
+    if dist is not None and dist.world_size > 1:
+        import torch
+
+        torch.distributed.barrier()

@@ -1,0 +1,248 @@
+"""Searching an index: text, images and items of the index as weighted query terms.
+
+A query is a weighted sum of unit vectors, the way rclip combines its terms: each text or
+image term adds ``weight * vector``, each term to push away (``minus``) subtracts its
+vector, and the sum is normalised again. Exact (flat) indexes return the exact inner
+products; approximate ones fetch more candidates and score those exactly against the stored
+vectors, so every score printed is a true cosine similarity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossalign.errors import ConfigError, CrossalignError, RunError
+from crossalign.index.store import IndexStore
+
+__all__ = ["Index", "Hit", "SearchResult", "open_index", "UnknownItem", "TARGETS"]
+
+TARGETS = ("images", "captions")
+RERANK = 4  # approximate indexes: candidates fetched per result, scored exactly
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 32
+
+
+class UnknownItem(CrossalignError, KeyError):
+    """An image or caption id that the index does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown item"
+
+
+@dataclass
+class Hit:
+    """One result: an image (with its captions), or a caption (with its image)."""
+
+    rank: int
+    score: float  # cosine similarity to the query
+    kind: str  # "image" or "caption"
+    id: int  # id of the image or caption
+    image_id: int
+    path: str
+    name: str
+    captions: list[str] = field(default_factory=list)  # an image's captions; a caption hit: its text
+    labels: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """The hits of one query, best first, and how long the search took."""
+
+    hits: list[Hit]
+    target: str
+    seconds: float
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (str, bytes, Path, int, np.integer)):
+        return [x]
+    return list(x)
+
+
+class Index:
+    """An index folder opened for searching, with the model of the run that built it.
+
+    Use :func:`open_index` to make one.
+    """
+
+    def __init__(self, store: IndexStore, embedder=None, ef_search: int = HNSW_EF_SEARCH,
+                 nprobe: int = IVF_NPROBE) -> None:
+        self.store, self.embedder = store, embedder
+        self._lock = threading.Lock()  # one query at a time through the model
+        for target in TARGETS:
+            _set_search_params(store.faiss[target], ef_search, nprobe)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def info(self) -> dict:
+        return self.store.info
+
+    def _model(self):
+        if self.embedder is None:
+            raise RunError(f"{self.store.root}: opened without a model; text and image queries "
+                           f"need one")
+        return self.embedder
+
+    def _terms(self, text, image, like, minus, weights) -> np.ndarray:
+        """The query vector ``[dim]``: weighted terms minus the ones pushed away, normalised."""
+        texts, images, likes, minus = (_as_list(text), _as_list(image), _as_list(like),
+                                       _as_list(minus))
+        if any(not str(t).strip() for t in texts + minus):
+            raise ConfigError("a text query term is empty")
+        n = len(texts) + len(images) + len(likes)
+        if n == 0:
+            raise ConfigError("give a text, an image or an item to search by")
+        weights = [1.0] * n if weights is None else [float(w) for w in _as_list(weights)]
+        if len(weights) != n:
+            raise ConfigError(f"{len(weights)} weights for {n} query terms (texts, then images, "
+                              f"then items)")
+        vecs = []
+        with self._lock:
+            if texts or minus:
+                tv = self._model().text(texts + minus)  # [texts + minus, dim]
+                vecs += list(tv[:len(texts)])
+                pushed = list(tv[len(texts):])
+            else:
+                pushed = []
+            for im in images:
+                model = self._model()
+                v = model.image_bytes(im) if isinstance(im, bytes) else model.image_file(im)
+                vecs.append(v[0])
+        for item in likes:
+            v = self.store.vector("images", int(item))
+            if v is None:
+                raise UnknownItem(f"image id {item} is not in the index")
+            vecs.append(v)
+        q = sum(w * v for w, v in zip(weights, vecs)) - sum(pushed, np.zeros_like(vecs[0]))
+        norm = float(np.linalg.norm(q))
+        if norm < 1e-6:
+            raise ConfigError("the query terms cancel out (their weighted sum is zero)")
+        return (q / norm).astype(np.float32)
+
+    def search(self, text: str | Sequence[str] | None = None,
+               image: str | Path | bytes | Sequence | None = None, k: int = 10,
+               target: str = "images", weights: Sequence[float] | None = None,
+               minus: str | Sequence[str] | None = None,
+               like: int | Sequence[int] | None = None) -> SearchResult:
+        """The ``k`` images (or captions) nearest the query.
+
+        Args:
+            text: one or more text terms.
+            image: one or more image terms: paths or the bytes of an image file.
+            k: how many results.
+            target: ``images`` or ``captions``.
+            weights: one weight per term, texts first, then images, then ``like`` items.
+            minus: text terms to push away.
+            like: ids of indexed images to search by ("more like this").
+        """
+        t0 = time.perf_counter()
+        if target not in TARGETS:
+            raise ConfigError(f"target must be 'images' or 'captions', got {target!r}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        q = self._terms(text, image, like, minus, weights)
+        rows, scores = self._nearest(q, int(k), target)
+        hits = self._hits(rows, scores, target)
+        return SearchResult(hits, target, time.perf_counter() - t0)
+
+    def search_vector(self, q: np.ndarray, k: int = 10, target: str = "images") -> SearchResult:
+        """The ``k`` nearest items to a query vector ``[dim]`` (normalised by the caller)."""
+        t0 = time.perf_counter()
+        rows, scores = self._nearest(np.asarray(q, np.float32), int(k), target)
+        return SearchResult(self._hits(rows, scores, target), target, time.perf_counter() - t0)
+
+    def _nearest(self, q: np.ndarray, k: int, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS rows and exact scores of the nearest ``k`` vectors, best first."""
+        index, vecs = self.store.faiss[target], self.store.vectors[target]
+        n = index.ntotal
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        exact = self.store.info["factory"][target] == "Flat"
+        fetch = min(n, k if exact else k * RERANK)
+        scores, rows = index.search(q[None, :], fetch)  # [1, fetch]
+        rows = rows[0][rows[0] >= 0]
+        if exact:
+            return rows[:k], scores[0][:len(rows)][:k]
+        exact_scores = np.asarray(vecs[np.sort(rows)] @ q)  # re-score candidates exactly
+        rows = np.sort(rows)
+        order = np.argsort(-exact_scores, kind="stable")[:k]
+        return rows[order], exact_scores[order]
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray, target: str) -> list[Hit]:
+        ids = [int(self.store.row_ids[target][r]) for r in rows]
+        if target == "captions":
+            caps = self.store.captions(ids)
+            images = self.store.images({c.image for c in caps.values()})
+            return [Hit(rank, float(s), "caption", cid, caps[cid].image, images[caps[cid].image].path,
+                        images[caps[cid].image].name, [caps[cid].text], images[caps[cid].image].labels)
+                    for rank, (cid, s) in enumerate(zip(ids, scores), 1)]
+        images = self.store.images(ids)
+        return [Hit(rank, float(s), "image", i, i, images[i].path, images[i].name,
+                    [c.text for c in images[i].captions], images[i].labels)
+                for rank, (i, s) in enumerate(zip(ids, scores), 1)]
+
+    def image(self, image_id: int):
+        """The record of an indexed image; raises :class:`UnknownItem`."""
+        rec = self.store.images([image_id]).get(int(image_id))
+        if rec is None:
+            raise UnknownItem(f"image id {image_id} is not in the index")
+        return rec
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _set_search_params(index, ef_search: int, nprobe: int) -> None:
+    import faiss
+
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = int(ef_search)
+    try:
+        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+    except (RuntimeError, TypeError, AttributeError):
+        pass  # not an IVF index
+
+
+def open_index(path: str | Path, run: str | Path | None = None, *, model: bool = True,
+               which: str = "best", device: str = "cpu", ef_search: int = HNSW_EF_SEARCH,
+               nprobe: int = IVF_NPROBE) -> Index:
+    """Open the index at ``path`` for searching.
+
+    Args:
+        run: the run whose model embeds the queries; default: the run that built the index.
+            A run with other weights is refused (its vectors would not match the index's).
+        model: load the model (off: only searches by vector or by indexed item).
+        ef_search: HNSW's search breadth (more: better recall, slower).
+        nprobe: IVF lists visited per query.
+    """
+    store = IndexStore(path)
+    if not model:
+        return Index(store, None, ef_search, nprobe)
+    from crossalign.index._vectors import Embedder
+
+    run = Path(run) if run is not None else Path(store.info["run"])
+    if not (run / "config.yaml").is_file():
+        store.close()
+        raise RunError(f"{run}: the run that built the index {path} is not there; pass the run "
+                       f"folder (--run RUN)")
+    embedder = Embedder(run, which, device)
+    if embedder.weights_hash != store.info["weights_hash"]:
+        store.close()
+        raise RunError(f"{path} was built with the model of {store.info['run']} (weights "
+                       f"{store.info['weights_hash'][:12]}), and {run} holds another model "
+                       f"({embedder.weights_hash[:12]}); its vectors would not match: rebuild with "
+                       f"'crossalign index {run} ... --out {path}' or search with that run")
+    return Index(store, embedder, ef_search, nprobe)

@@ -1,0 +1,286 @@
+"""An index on disk: FAISS indexes over image and caption vectors plus SQLite metadata.
+
+One folder holds everything::
+
+    INDEX/
+      CURRENT              the name of the live version (replaced atomically)
+      v-<token>/
+        meta.sqlite        info, sources, images (path, content hash, labels), captions
+        images.npy         [n_images, dim] float32, L2-normalised (FAISS row order)
+        captions.npy       [n_captions, dim]
+        images.faiss       FAISS index over images.npy (inner product = cosine)
+        captions.faiss
+
+A build writes a whole new version beside the live one and then replaces ``CURRENT``, so
+a build killed half-way leaves the previous index as it was. Item ids are stable across
+versions: an unchanged image keeps its id; FAISS row ``r`` maps to an id through the
+``row`` column.
+
+Index types (``index_type``), as FAISS factory strings over inner product:
+
+========  ==========================================================================
+flat      ``Flat``: exact search (the default below 100,000 vectors)
+hnsw      ``HNSW32``: a graph, approximate, for 100,000 to 1,000,000 vectors
+ivfpq     ``IVF{nlist},PQ{dim/8}x8``: inverted lists over compressed codes, above that
+auto      chosen by the number of vectors with those thresholds, as autofaiss does
+========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from crossalign._io import atomic_path, atomic_write_text
+from crossalign.errors import ConfigError, InputNotFound
+
+__all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "write_version", "resolve_index_type",
+           "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index"]
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+AUTO_FLAT_BELOW = 100_000  # exact search stays fast (a few ms per query at 256-d) below this
+AUTO_HNSW_BELOW = 1_000_000  # HNSW's memory (vectors + graph) is still moderate below this
+IVFPQ_MIN = 1_000  # fewer vectors cannot train 256 PQ centroids and the coarse lists well
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
+
+_SCHEMA = """
+CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sources (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,
+                      split TEXT NOT NULL, format TEXT NOT NULL);
+CREATE TABLE images (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL, source INTEGER NOT NULL,
+                     path TEXT UNIQUE NOT NULL, name TEXT NOT NULL, content_hash TEXT NOT NULL,
+                     split TEXT NOT NULL, labels TEXT NOT NULL);
+CREATE TABLE captions (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL,
+                       image INTEGER NOT NULL REFERENCES images(id), text TEXT NOT NULL,
+                       origin TEXT NOT NULL);
+CREATE INDEX captions_image ON captions(image);
+"""
+
+
+@dataclass
+class CaptionRecord:
+    """One caption of an indexed image."""
+
+    id: int
+    image: int  # id of its image
+    text: str
+    origin: str = ""  # "file:row" it was read from
+
+
+@dataclass
+class ImageRecord:
+    """One indexed image and what is known about it."""
+
+    id: int
+    path: str  # absolute path of the file
+    name: str  # the image id of the data set, or the path relative to the folder
+    content_hash: str
+    source: int = 0
+    split: str = ""
+    labels: dict = field(default_factory=dict)
+    captions: list[CaptionRecord] = field(default_factory=list)
+
+
+def is_index(root: str | Path) -> bool:
+    """True when ``root`` holds an index (a ``CURRENT`` file naming a version)."""
+    return (Path(root) / "CURRENT").is_file()
+
+
+def resolve_index_type(index_type: str, n: int) -> str:
+    """``flat``, ``hnsw`` or ``ivfpq`` for ``n`` vectors (``auto`` decides by size)."""
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if index_type != "auto":
+        return index_type
+    return "flat" if n < AUTO_FLAT_BELOW else "hnsw" if n < AUTO_HNSW_BELOW else "ivfpq"
+
+
+def factory_string(kind: str, n: int, dim: int) -> str:
+    """The FAISS factory string of an index type for ``n`` vectors of width ``dim``."""
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return f"HNSW{HNSW_M}"
+    nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1))  # >= 39 points per list
+    m = next(m for m in (dim // 8, dim // 4, dim // 2, dim, 1) if m >= 1 and dim % m == 0)
+    return f"IVF{nlist},PQ{m}x8"
+
+
+def _build_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
+    """A FAISS index over ``vectors`` ([n, dim], normalised) for inner-product search."""
+    import faiss
+
+    n, dim = vectors.shape
+    if kind == "ivfpq" and n < IVFPQ_MIN:
+        raise ConfigError(f"--index-type ivfpq needs at least {IVFPQ_MIN} vectors to train its "
+                          f"quantizers, and this index has {n}; use flat or hnsw")
+    index = faiss.index_factory(dim, factory_string(kind, n, dim), faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(n, min(n, 100_000), replace=False))]
+        index.train(sample)
+    if n:
+        index.add(vectors)
+    return index
+
+
+def _write_faiss(index, path: Path) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRecord]) -> None:
+    """The metadata of one version, in one transaction; rows follow the order of ``images``."""
+    with atomic_path(path) as tmp:
+        con = sqlite3.connect(tmp)
+        try:
+            with con:
+                con.executescript(_SCHEMA)
+                con.executemany("INSERT INTO info VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in info.items()])
+                con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
+                                [(k, s["kind"], s["path"], s.get("split", ""), s.get("format", ""))
+                                 for k, s in enumerate(sources)])
+                con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(im.id, r, im.source, im.path, im.name, im.content_hash, im.split,
+                                  json.dumps(im.labels, default=str)) for r, im in enumerate(images)])
+                caps = [c for im in images for c in im.captions]
+                con.executemany("INSERT INTO captions VALUES (?, ?, ?, ?, ?)",
+                                [(c.id, r, c.image, c.text, c.origin) for r, c in enumerate(caps)])
+        finally:
+            con.close()
+
+
+def write_version(root: str | Path, info: dict, sources: list[dict], images: list[ImageRecord],
+                  image_vecs: np.ndarray, caption_vecs: np.ndarray, index_type: str = "auto") -> str:
+    """Write a new version of the index at ``root`` and make it the live one.
+
+    ``caption_vecs`` rows follow the captions of ``images`` in order. Returns the version name.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n_caps = sum(len(im.captions) for im in images)
+    if len(image_vecs) != len(images) or len(caption_vecs) != n_caps:
+        raise ValueError(f"{len(images)} images / {n_caps} captions but {len(image_vecs)} / "
+                         f"{len(caption_vecs)} vectors")
+    counts = {"images": len(images), "captions": n_caps}
+    kinds = {t: resolve_index_type(index_type, n) if n else "flat" for t, n in counts.items()}
+    dim = int(info["dim"])
+    info = {**info, "index_type": index_type, "n_images": len(images), "n_captions": n_caps,
+            "factory": {t: factory_string(kinds[t], n, dim) for t, n in counts.items()}}
+    name = f"v-{uuid.uuid4().hex[:12]}"
+    tmp_dir = root / f".{name}.tmp"
+    tmp_dir.mkdir()
+    for target, vecs in (("images", image_vecs), ("captions", caption_vecs)):
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, dim)
+        _write_npy(tmp_dir / f"{target}.npy", vecs)
+        _write_faiss(_build_faiss(vecs, kinds[target]), tmp_dir / f"{target}.faiss")
+    _write_db(tmp_dir / "meta.sqlite", info, sources, images)
+    tmp_dir.rename(root / name)
+    atomic_write_text(root / "CURRENT", name + "\n")
+    _remove_old_versions(root, keep=name)
+    return name
+
+
+def _remove_old_versions(root: Path, keep: str) -> None:
+    """Every version but ``keep``, and what killed builds left behind."""
+    for p in root.iterdir():
+        if p.is_dir() and p.name != keep and (p.name.startswith("v-") or p.name.startswith(".v-")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class IndexStore:
+    """The live version of an index folder, opened read-only.
+
+    Args:
+        root: the index folder.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        import faiss
+
+        self.root = Path(root)
+        if not is_index(self.root):
+            raise InputNotFound(f"{self.root}: not an index (no CURRENT file); build one with "
+                                f"'crossalign index RUN --images FOLDER --out {self.root}'")
+        self.version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+        vdir = self.root / self.version
+        if not (vdir / "meta.sqlite").is_file():
+            raise InputNotFound(f"{vdir}: the index version named by CURRENT is missing")
+        self._con = sqlite3.connect(f"{(vdir / 'meta.sqlite').resolve().as_uri()}?mode=ro", uri=True,
+                                    check_same_thread=False)
+        self._lock = threading.Lock()
+        self.info = {k: json.loads(v) for k, v in self._rows("SELECT key, value FROM info")}
+        self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
+                        for r in self._rows("SELECT * FROM sources ORDER BY id")]
+        self.vectors = {t: np.load(vdir / f"{t}.npy", mmap_mode="r") for t in ("images", "captions")}
+        self.faiss = {t: faiss.read_index(str(vdir / f"{t}.faiss")) for t in ("images", "captions")}
+        self.row_ids = {t: np.array([r[0] for r in self._rows(f"SELECT id FROM {t} ORDER BY row")],
+                                    dtype=np.int64) for t in ("images", "captions")}
+        self.id_rows = {t: {int(i): r for r, i in enumerate(self.row_ids[t])} for t in self.row_ids}
+
+    def _rows(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._con.execute(sql, tuple(args)).fetchall()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __len__(self) -> int:
+        return len(self.row_ids["images"])
+
+    def _image(self, row: tuple, captions: list[CaptionRecord]) -> ImageRecord:
+        iid, _, source, path, name, chash, split, labels = row
+        return ImageRecord(iid, path, name, chash, source, split, json.loads(labels), captions)
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        """The records of these image ids (unknown ids are left out), captions included."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        caps: dict[int, list[CaptionRecord]] = {}
+        for cid, _, image, text, origin in self._rows(
+                f"SELECT * FROM captions WHERE image IN ({marks}) ORDER BY row", ids):
+            caps.setdefault(image, []).append(CaptionRecord(cid, image, text, origin))
+        rows = self._rows(f"SELECT * FROM images WHERE id IN ({marks})", ids)
+        return {r[0]: self._image(r, caps.get(r[0], [])) for r in rows}
+
+    def captions(self, ids: Iterable[int]) -> dict[int, CaptionRecord]:
+        """The caption records of these caption ids (unknown ids are left out)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        rows = self._rows(f"SELECT * FROM captions WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return {r[0]: CaptionRecord(r[0], r[2], r[3], r[4]) for r in rows}
+
+    def all_images(self) -> list[ImageRecord]:
+        """Every image with its captions, in row order (what an incremental build starts from)."""
+        caps: dict[int, list[CaptionRecord]] = {}
+        for cid, _, image, text, origin in self._rows("SELECT * FROM captions ORDER BY row"):
+            caps.setdefault(image, []).append(CaptionRecord(cid, image, text, origin))
+        rows = self._rows("SELECT * FROM images ORDER BY row")
+        return [self._image(r, caps.get(r[0], [])) for r in rows]
+
+    def vector(self, target: str, item_id: int) -> np.ndarray | None:
+        """The stored vector ``[dim]`` of an image or caption id, or None for an unknown id."""
+        row = self.id_rows[target].get(int(item_id))
+        return None if row is None else np.array(self.vectors[target][row], dtype=np.float32)

@@ -1,0 +1,204 @@
+"""The search service: a thin FastAPI layer over :class:`crossalign.index.Index`.
+
+Errors the user caused (a bad query, an unknown id, an upload that is not an image) are
+answered with a 4xx and a message; anything else is logged with its traceback and answered
+with a 500. Images are served only by their id in the index, never by a path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import mimetypes
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from crossalign.errors import CrossalignError
+from crossalign.index.search import Index, SearchResult, UnknownItem
+
+__all__ = ["create_app", "ServiceLimits"]
+
+log = logging.getLogger("crossalign.serve")
+STATIC = Path(__file__).parent / "static"
+MAX_ID = 2**62  # ids are SQLite integers; larger numbers are simply unknown
+Target = Literal["images", "captions"]
+
+
+class ServiceLimits:
+    """What one request may ask for.
+
+    Args:
+        max_k: the most results per query.
+        max_query_chars: the longest text query.
+        max_upload_bytes: the largest request body of an image upload (refused before it is
+            read whole).
+        max_thumb: the largest thumbnail side.
+    """
+
+    def __init__(self, max_k: int = 100, max_query_chars: int = 500,
+                 max_upload_bytes: int = 10 * 1024 * 1024, max_thumb: int = 1024) -> None:
+        self.max_k, self.max_query_chars = max_k, max_query_chars
+        self.max_upload_bytes, self.max_thumb = max_upload_bytes, max_thumb
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+class _UploadLimit:
+    """ASGI middleware: a body over the limit on ``path`` gets a 413 before it is read whole.
+
+    A declared ``Content-Length`` over the limit is refused without reading; a body sent in
+    chunks is counted as it arrives and refused at the first byte past the limit.
+    """
+
+    def __init__(self, app, path: str, limit: int) -> None:
+        self.app, self.path, self.limit = app, path, limit
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"detail": f"upload larger than {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replay = iter([{"type": "http.request", "body": b"".join(chunks), "more_body": False}])
+
+        async def receive_again():
+            return next(replay, {"type": "http.disconnect"})
+
+        return await self.app(scope, receive_again, send)
+
+
+def _hit_json(hit) -> dict:
+    d = hit.to_dict()
+    d["image_url"] = f"/images/{hit.image_id}"
+    d["thumb_url"] = f"/images/{hit.image_id}?size=256"
+    return d
+
+
+def _result_json(result: SearchResult, query: dict) -> dict:
+    return {"query": query, "target": result.target, "seconds": result.seconds,
+            "hits": [_hit_json(h) for h in result.hits]}
+
+
+def _install_errors(app: FastAPI) -> None:
+    from crossalign.data.transforms import ImageError
+
+    @app.exception_handler(UnknownItem)
+    async def _unknown(request: Request, exc: UnknownItem):
+        return _error(404, str(exc))
+
+    @app.exception_handler(ImageError)
+    async def _image(request: Request, exc: ImageError):
+        return _error(413 if exc.kind == "too_large" else 415, str(exc))
+
+    @app.exception_handler(CrossalignError)
+    async def _user(request: Request, exc: CrossalignError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error (logged by the service)")
+
+
+def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
+    @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
+    def search(q: str | None = Query(None, max_length=limits.max_query_chars,
+                                     description="text query"),
+               k: int = Query(10, ge=1, le=limits.max_k), target: Target = "images",
+               minus: str | None = Query(None, max_length=limits.max_query_chars,
+                                         description="a text to push away"),
+               like: int | None = Query(None, ge=0, le=MAX_ID,
+                                        description="an image id: more like this")):
+        if (q is None or not q.strip()) and like is None:
+            raise HTTPException(422, "give a non-empty query q (or like=ID)")
+        if minus is not None and not minus.strip():
+            minus = None
+        result = index.search(text=q if q and q.strip() else None, like=like, minus=minus, k=k,
+                              target=target)
+        return _result_json(result, {"q": q, "minus": minus, "like": like, "k": k})
+
+    @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
+    def search_image(file: UploadFile = File(..., description="an image file"),
+                     k: int = Query(10, ge=1, le=limits.max_k), target: Target = "images"):
+        data = file.file.read()
+        result = index.search(image=data, k=k, target=target)
+        return _result_json(result, {"image": file.filename or "upload", "k": k})
+
+
+def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
+    from crossalign.index._vectors import thumbnail
+
+    @functools.lru_cache(maxsize=4096)
+    def thumb(image_id: int, size: int) -> bytes:
+        return thumbnail(index.image(image_id).path, size)
+
+    @app.get("/items/{item_id}", summary="An indexed image with its captions and labels")
+    def item(item_id: int = PathParam(..., ge=0, le=MAX_ID)):
+        rec = index.image(item_id)
+        return {"id": rec.id, "name": rec.name, "path": rec.path, "split": rec.split,
+                "labels": rec.labels, "captions": [c.text for c in rec.captions],
+                "image_url": f"/images/{rec.id}", "thumb_url": f"/images/{rec.id}?size=256"}
+
+    @app.get("/images/{item_id}", summary="An indexed image file, or its thumbnail (size=N)",
+             response_class=Response)
+    def image(item_id: int = PathParam(..., ge=0, le=MAX_ID),
+              size: int | None = Query(None, ge=16, le=limits.max_thumb)):
+        rec = index.image(item_id)
+        if not Path(rec.path).is_file():
+            raise UnknownItem(f"image id {item_id}: its file is no longer there")
+        if size is None:
+            kind = mimetypes.guess_type(rec.path)[0] or "application/octet-stream"
+            return FileResponse(rec.path, media_type=kind)
+        return Response(thumb(int(item_id), int(size)), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})
+
+
+def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
+    """The FastAPI application serving ``index`` (and the search page at ``/``)."""
+    limits = limits or ServiceLimits()
+    app = FastAPI(title="crossalign search", version="1",
+                  description="Search an image collection by text or by image.")
+    _install_errors(app)
+
+    @app.get("/health", summary="Liveness and what the index holds")
+    def health():
+        info = index.info
+        return {"status": "ok", "images": info["n_images"], "captions": info["n_captions"],
+                "index": info["factory"], "model": info["weights_hash"][:12]}
+
+    _add_search_routes(app, index, limits)
+    _add_item_routes(app, index, limits)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_UploadLimit, path="/search/image", limit=limits.max_upload_bytes)
+    return app

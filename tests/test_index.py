@@ -1,0 +1,313 @@
+"""The index: build, exact search against brute force, incremental updates, refusals, types."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossalign.cli.main import main
+from crossalign.errors import ConfigError, CrossalignError, RunError
+from crossalign.features import file_key
+from crossalign.index import build_index, open_index
+from crossalign.index._vectors import Embedder
+from crossalign.index.store import IndexStore, ImageRecord, resolve_index_type, write_version
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, shapes_dir) -> Path:
+    """A run trained for one epoch on the shapes data."""
+    out = tmp_path_factory.mktemp("index-run") / "run"
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(out),
+                 "--set", "train.epochs=1", "--set", "train.batch_size=64"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, run, shapes_dir) -> Path:
+    """An index of every image and caption of the shapes data."""
+    out = tmp_path_factory.mktemp("index") / "idx"
+    summary = build_index(run, out, data=shapes_dir, progress=False)
+    assert summary.images == 60 and summary.captions == 300
+    return out
+
+
+@pytest.fixture(scope="module")
+def index(built):
+    ix = open_index(built)
+    yield ix
+    ix.close()
+
+
+def _captions(shapes_dir: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    with open(shapes_dir / "captions.txt", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["image"], []).append(row["caption"])
+    return out
+
+
+def test_build_stores_images_captions_and_metadata(built, index, run, shapes_dir):
+    store = index.store
+    assert len(store) == 60 and len(store.row_ids["captions"]) == 300
+    assert store.info["factory"] == {"images": "Flat", "captions": "Flat"}
+    assert store.info["run"] == str(run.resolve())
+    records = store.all_images()
+    captions = _captions(shapes_dir)
+    for im in records:
+        assert Path(im.path).is_file()
+        assert im.content_hash == file_key(im.path)
+        assert [c.text for c in im.captions] == captions[Path(im.path).name]
+        assert im.split in ("train", "val", "test")
+    # the stored vectors are the run's own embeddings, normalised
+    vecs = np.asarray(store.vectors["images"])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    direct = index.embedder.image_file(records[3].path)[0]
+    np.testing.assert_allclose(vecs[3], direct, atol=1e-5)
+    # the splits the run stored label each image
+    test_names = set((run / "splits" / "test.txt").read_text().split())
+    assert {Path(im.path).name for im in records if im.split == "test"} == test_names
+
+
+def _brute(index, q: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    vecs = np.asarray(index.store.vectors[target])
+    scores = vecs @ q  # [n]
+    rows = np.argsort(-scores, kind="stable")[:k]
+    return index.store.row_ids[target][rows], scores[rows]
+
+
+def test_exact_search_equals_brute_force(index, shapes_dir):
+    q = index.embedder.text(["a red circle"])[0]
+    res = index.search(text="a red circle", k=7)
+    ids, scores = _brute(index, q, "images", 7)
+    assert [h.id for h in res.hits] == ids.tolist()
+    np.testing.assert_allclose([h.score for h in res.hits], scores, atol=1e-5)
+    assert [h.rank for h in res.hits] == list(range(1, 8))
+    # image -> captions
+    photo = shapes_dir / "images" / "scene_00004.png"
+    qi = index.embedder.image_file(photo)[0]
+    res = index.search(image=str(photo), k=5, target="captions")
+    ids, scores = _brute(index, qi, "captions", 5)
+    assert [h.id for h in res.hits] == ids.tolist()
+    np.testing.assert_allclose([h.score for h in res.hits], scores, atol=1e-5)
+    assert all(h.kind == "caption" and len(h.captions) == 1 for h in res.hits)
+
+
+def test_combined_query_is_the_weighted_sum(index, shapes_dir):
+    photo = shapes_dir / "images" / "scene_00010.png"
+    t = index.embedder.text(["a large square", "grass"])
+    v = index.embedder.image_file(photo)[0]
+    q = 2.0 * t[0] + 0.5 * v - t[1]
+    q /= np.linalg.norm(q)
+    res = index.search(text="a large square", image=str(photo), weights=[2.0, 0.5], minus="grass", k=10)
+    ids, scores = _brute(index, q, "images", 10)
+    assert [h.id for h in res.hits] == ids.tolist()
+    np.testing.assert_allclose([h.score for h in res.hits], scores, atol=1e-5)
+    # bytes of an image file search the same as its path; an indexed item is a term too
+    by_bytes = index.search(image=photo.read_bytes(), k=3)
+    by_path = index.search(image=str(photo), k=3)
+    assert [h.id for h in by_bytes.hits] == [h.id for h in by_path.hits]
+    like = index.search(like=by_path.hits[0].id, k=1)
+    assert like.hits[0].id == by_path.hits[0].id and like.hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_queries_are_user_errors(index, tmp_path):
+    for kwargs in ({}, {"text": "  "}, {"text": "a", "k": 0}, {"text": "a", "target": "nope"},
+                   {"text": "a", "weights": [1, 2]}, {"like": 10**9}):
+        with pytest.raises(CrossalignError):
+            index.search(**kwargs)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(CrossalignError, match="bad.jpg"):
+        index.search(image=str(bad))
+    with pytest.raises(CrossalignError, match="upload"):
+        index.search(image=b"\x89PNG broken")
+
+
+def test_search_command(built, capsys):
+    assert main(["-q", "search", str(built), "a blue square", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(".png") >= 3 and "3 images in" in out
+    assert main(["-q", "search", str(built), "a blue square", "--minus", "grass", "--target", "captions",
+                 "-k", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["target"] == "captions" and len(data["hits"]) == 4
+    assert all(h["kind"] == "caption" for h in data["hits"])
+    assert main(["-q", "search", str(built / "nope"), "x"]) == 2
+    assert "not an index" in capsys.readouterr().err
+    assert main(["-q", "search", str(built), "x", "--weights", "a,b"]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_refuses_another_runs_model(built, run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    weights = other / "model_best.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k in state if k.startswith("image_head"))
+    state[key] = state[key] + 0.01
+    save_file(state, str(weights))
+    with pytest.raises(RunError, match="another model"):
+        open_index(built, other)
+    assert main(["-q", "search", str(built), "a dog", "--run", str(other)]) == 2
+    assert "rebuild" in capsys.readouterr().err
+    with pytest.raises(RunError, match="is not there"):
+        open_index(built, tmp_path / "moved")
+
+
+def _counting(run: Path) -> tuple[Embedder, dict[str, int]]:
+    """An embedder without feature cache whose towers count the items they see."""
+    emb = Embedder(run, cache=False)
+    seen = {"image": 0, "text": 0}
+    for side in seen:
+        tower = getattr(emb.model, f"{side}_tower")
+        tower.register_forward_hook(lambda m, i, o, side=side: seen.__setitem__(side, seen[side] + len(o)))
+    return emb, seen
+
+
+def test_incremental_embeds_only_new_and_changed_files(run, shapes_dir, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(shapes_dir / "images", folder / "a")
+    emb, seen = _counting(run)
+    out = tmp_path / "idx"
+    first = build_index(emb, out, images=folder, progress=False)
+    assert first.images == 60 and seen["image"] == 60 and first.captions == 0
+    before = {im.path: (im.id, im.content_hash) for im in IndexStore(out).all_images()}
+    old_vecs = {im.path: IndexStore(out).vector("images", im.id) for im in IndexStore(out).all_images()}
+    # one file changed, one new (in a sub-folder), two gone, one hidden file ignored
+    changed, gone = folder / "a" / "scene_00001.png", [folder / "a" / f"scene_0000{i}.png" for i in (2, 3)]
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(changed)
+    (folder / "b").mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "b" / "new.png")
+    Image.new("RGB", (64, 64), (10, 10, 200)).save(folder / "b" / ".hidden.png")
+    for p in gone:
+        p.unlink()
+    seen["image"] = 0
+    second = build_index(emb, out, progress=False)  # the recorded source, scanned again
+    assert seen["image"] == 2 and second.embedded_images == 2
+    assert second.images == 59 and second.removed_images == 2
+    after = {im.path: (im.id, im.content_hash) for im in IndexStore(out).all_images()}
+    assert set(after) == set(before) - {str(p.resolve()) for p in gone} | {str((folder / "b" / "new.png").resolve())}
+    store = IndexStore(out)
+    for path, (iid, h) in after.items():
+        if path in before:
+            assert iid == before[path][0]  # ids are stable
+        if path in before and path != str(changed.resolve()):
+            np.testing.assert_array_equal(store.vector("images", iid), old_vecs[path])
+    assert after[str(changed.resolve())][1] != before[str(changed.resolve())][1]
+    # nothing new: nothing embedded; --add puts another folder beside the first
+    seen["image"] = 0
+    assert build_index(emb, out, progress=False).embedded_images == 0 and seen["image"] == 0
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(folder / "b" / "new.png", extra / "same-content.png")
+    Image.new("RGB", (64, 64), (90, 90, 0)).save(extra / "other.png")
+    third = build_index(emb, out, add=[extra], progress=False)
+    assert third.images == 61 and seen["image"] == 1  # a copy of an indexed file reuses its vector
+
+
+def test_incremental_captions(run, shapes_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    emb, seen = _counting(run)
+    out = tmp_path / "idx"
+    build_index(emb, out, data=data, split="test", progress=False)
+    test_names = (run / "splits" / "test.txt").read_text().split()
+    texts = {c for name, caps in _captions(shapes_dir).items() if name in test_names for c in caps}
+    assert seen == {"image": 6, "text": len(texts)}  # each distinct caption once
+    with open(data / "captions.txt", "a", encoding="utf-8") as f:
+        name = test_names[0]
+        f.write(f"{name},a brand new caption nobody wrote before\n")
+    seen.update(image=0, text=0)
+    summary = build_index(emb, out, progress=False)
+    assert seen == {"image": 0, "text": 1} and summary.captions == 31
+
+
+def test_killed_build_leaves_the_previous_index(built, tmp_path, monkeypatch, run):
+    copy = tmp_path / "idx"
+    shutil.copytree(built, copy)
+    before = open_index(copy, model=False)
+    expected = before.search_vector(before.store.vector("images", 5), k=5)
+    before.close()
+    import crossalign.index.store as store_mod
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_write_db", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(run, copy, index_type="flat", progress=False)
+    monkeypatch.undo()
+    assert any(p.name.endswith(".tmp") for p in copy.iterdir())  # the half-written version
+    after = open_index(copy, model=False)
+    got = after.search_vector(after.store.vector("images", 5), k=5)
+    assert [h.id for h in got.hits] == [h.id for h in expected.hits]
+    after.close()
+    build_index(run, copy, progress=False)
+    assert [p.name for p in copy.iterdir() if p.is_dir()] == [(copy / "CURRENT").read_text().strip()]
+
+
+def test_index_types_on_random_vectors(tmp_path):
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((3000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    images = [ImageRecord(i, f"/x/{i}.png", f"{i}.png", "h") for i in range(len(vecs))]
+    queries = vecs[:50] + 0.3 * rng.standard_normal((50, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
+    for kind, factory, floor in (("flat", "Flat", 1.0), ("hnsw", "HNSW32", 0.9), ("ivfpq", "IVF", 0.5)):
+        root = tmp_path / kind
+        write_version(root, {"dim": 32, "run": "", "weights_hash": ""}, [], images, vecs,
+                      np.zeros((0, 32), np.float32), kind)
+        ix = open_index(root, model=False)
+        assert ix.info["factory"]["images"].startswith(factory)
+        found = [[h.id for h in ix.search_vector(q, k=10).hits] for q in queries]
+        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
+        assert recall >= floor, (kind, recall)
+        ix.close()
+    assert [resolve_index_type("auto", n) for n in (10, 99_999, 100_000, 999_999, 10**6)] == \
+        ["flat", "flat", "hnsw", "hnsw", "ivfpq"]
+    with pytest.raises(ConfigError):
+        resolve_index_type("lsh", 10)
+    with pytest.raises(ConfigError, match="at least"):
+        write_version(tmp_path / "small", {"dim": 32}, [], images[:10], vecs[:10],
+                      np.zeros((0, 32), np.float32), "ivfpq")
+
+
+def test_index_command_errors(run, shapes_dir, tmp_path, capsys):
+    assert main(["-q", "index", str(run), "--out", str(tmp_path / "i")]) == 2
+    assert "--data DIR or --images FOLDER" in capsys.readouterr().err
+    assert main(["-q", "index", str(run), "--out", str(tmp_path / "i"), "--data", str(shapes_dir),
+                 "--images", str(shapes_dir)]) == 2
+    assert main(["-q", "index", str(run), "--out", str(tmp_path / "i"), "--images", str(tmp_path / "no")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["-q", "index", str(run), "--out", str(tmp_path / "s"), "--data", str(shapes_dir),
+                 "--split", "nosuch"]) == 2
+    assert "'nosuch' split" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["-q", "index", str(run), "--out", str(busy), "--images", str(shapes_dir)]) == 2
+    assert "is not an index" in capsys.readouterr().err and (busy / "notes.txt").exists()
+
+
+def test_two_processes_build_the_same_index(run, shapes_dir, tmp_path, built):
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "crossalign", "-q", "index", str(run), "--nproc", "2",
+                           "--data", str(shapes_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = IndexStore(built), IndexStore(out)
+    assert [im.path for im in one.all_images()] == [im.path for im in two.all_images()]
+    for target in ("images", "captions"):
+        np.testing.assert_allclose(np.asarray(one.vectors[target]), np.asarray(two.vectors[target]), atol=1e-5)
+    assert not list(out.glob(".parts-*"))

@@ -1,0 +1,314 @@
+"""The search service: every endpoint, every bad request (4xx, never 5xx), fuzzing from its own
+OpenAPI, and the page in a real browser."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from crossalign.cli.main import build_parser, main
+from crossalign.index import build_index, open_index
+from crossalign.serve import create_app, serve
+from crossalign.serve.app import ServiceLimits
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+LIMIT = 200_000  # bytes of an upload request in these tests
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, shapes_dir) -> Path:
+    """An index of the shapes data made with a run trained for one epoch."""
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    shutil.copytree(shapes_dir, data)  # one file is removed by a test
+    assert main(["-q", "train", "--data", str(data), "--out", str(root / "run"),
+                 "--set", "train.epochs=1", "--set", "train.batch_size=64"]) == 0
+    build_index(root / "run", root / "idx", data=data, progress=False)
+    return root / "idx"
+
+
+@pytest.fixture(scope="module")
+def index(index_dir):
+    ix = open_index(index_dir)
+    yield ix
+    ix.close()
+
+
+@pytest.fixture(scope="module")
+def app(index):
+    return create_app(index, ServiceLimits(max_k=50, max_query_chars=200, max_upload_bytes=LIMIT))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _png(color=(200, 30, 30), size=64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_health_and_text_search(client, index):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["images"] == 60 and h["captions"] == 300
+    r = client.get("/search", params={"q": "a red circle", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    direct = index.search(text="a red circle", k=5)
+    assert [x["id"] for x in body["hits"]] == [x.id for x in direct.hits]
+    np.testing.assert_allclose([x["score"] for x in body["hits"]], [x.score for x in direct.hits], atol=1e-6)
+    assert body["seconds"] > 0 and len(body["hits"][0]["captions"]) == 5
+    thumb = client.get(body["hits"][0]["thumb_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(thumb.content)) as im:
+        assert max(im.size) <= 256
+    full = client.get(body["hits"][0]["image_url"])
+    assert full.status_code == 200 and full.content == Path(body["hits"][0]["path"]).read_bytes()
+
+
+def test_captions_like_items_and_upload(client, index, shapes_dir):
+    r = client.get("/search", params={"q": "a green triangle", "k": 4, "target": "captions"}).json()
+    assert r["target"] == "captions" and all(h["kind"] == "caption" for h in r["hits"])
+    first = r["hits"][0]["image_id"]
+    like = client.get("/search", params={"like": first, "k": 3}).json()
+    assert like["hits"][0]["id"] == first and like["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    item = client.get(f"/items/{first}").json()
+    assert item["id"] == first and len(item["captions"]) == 5 and item["name"].endswith(".png")
+    photo = (shapes_dir / "images" / "scene_00007.png").read_bytes()
+    up = client.post("/search/image", params={"k": 3}, files={"file": ("p.png", photo, "image/png")})
+    assert up.status_code == 200
+    assert [h["id"] for h in up.json()["hits"]] == [h.id for h in index.search(image=photo, k=3).hits]
+
+
+BAD_GETS = [
+    ("/search", 422), ("/search?q=", 422), ("/search?q=%20%20", 422), ("/search?q=" + "a" * 201, 422),
+    ("/search?q=a&k=0", 422), ("/search?q=a&k=51", 422), ("/search?q=a&k=two", 422),
+    ("/search?q=a&target=videos", 422), ("/search?like=99999", 404), ("/search?like=-3", 422),
+    ("/items/99999", 404), ("/items/abc", 422), ("/items/-1", 422), ("/items/" + "9" * 30, 422),
+    ("/images/99999", 404), ("/images/1?size=4", 422), ("/images/1?size=100000", 422),
+    ("/images/..%2F..%2F..%2Fetc%2Fpasswd", 404), ("/images/%2Fetc%2Fpasswd", 404),
+    ("/images/%252e%252e%252fetc%252fpasswd", 404), ("/images/1/../../etc/passwd", 404),
+    ("/static/..%2Fapp.py", 404), ("/static/%2e%2e/%2e%2e/app.py", 404), ("/static/%2Fetc%2Fpasswd", 404),
+    ("/static/../../app.py", 404), ("/nosuchpage", 404),
+]
+
+
+@pytest.mark.parametrize("url,status", BAD_GETS)
+def test_bad_requests_get_a_4xx_with_a_message(client, url, status):
+    r = client.get(url)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+    assert "root:" not in r.text and "import" not in r.text
+
+
+def test_bad_uploads(client):
+    def post(**kw):
+        return client.post("/search/image", **kw)
+
+    r = post(files={"file": ("x.png", b"this is not an image", "image/png")})
+    assert r.status_code == 415 and "upload" in r.json()["detail"]
+    assert post(files={"file": ("x.png", b"", "image/png")}).status_code == 415
+    assert post(files={"file": ("x.png", _png()[:60], "image/png")}).status_code == 415  # truncated
+    assert post(data={"nofile": "1"}).status_code == 422
+    assert post(files={"file": ("x.png", _png(), "image/png")}, params={"k": 0}).status_code == 422
+    big = b"\0" * (LIMIT + 1)
+    r = post(files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    # a body without Content-Length is counted as it arrives
+    r = post(content=(big[i:i + 4096] for i in range(0, len(big), 4096)),
+             headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413
+
+
+def test_upload_limit_refuses_before_reading_the_body(app):
+    import asyncio
+
+    from crossalign.serve.app import _UploadLimit
+
+    read = []
+
+    async def receive():
+        read.append(1)
+        return {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def never(scope, receive, send):
+        raise AssertionError("the app must not see an oversized body")
+
+    limit = _UploadLimit(never, "/search/image", LIMIT)
+    scope = {"type": "http", "path": "/search/image", "headers": [(b"content-length", b"99999999")]}
+    asyncio.run(limit(scope, receive, send))
+    assert read == [] and sent[0]["status"] == 413  # declared too long: nothing read
+    asyncio.run(limit({**scope, "headers": []}, receive, send))
+    assert len(read) == LIMIT // 65536 + 1  # chunked: stops at the first chunk past the limit
+
+
+def test_a_bug_is_a_logged_500(index, caplog, monkeypatch):
+    c = TestClient(create_app(index), raise_server_exceptions=False)
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(index, "search", broken)
+    with caplog.at_level(logging.ERROR, logger="crossalign.serve"):
+        r = c.get("/search", params={"q": "x"})
+    assert r.status_code == 500 and "boom" not in r.text
+    assert any(rec.exc_info and "boom" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+def test_file_gone_after_indexing(client, index):
+    rec = index.image(59)
+    gone = Path(rec.path)
+    saved = gone.read_bytes()
+    gone.unlink()
+    try:
+        r = client.get("/images/59")
+        assert r.status_code == 404 and "no longer there" in r.json()["detail"]
+    finally:
+        gone.write_bytes(saved)
+
+
+def test_binds_loopback_by_default():
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    args = build_parser().parse_args(["serve", "INDEX"])
+    assert args.host == "127.0.0.1" and args.port == 8000
+
+
+def test_openapi_and_docs(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/health", "/search", "/search/image", "/items/{item_id}", "/images/{item_id}"):
+        assert path in spec["paths"], path
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzzing_from_the_openapi_finds_no_server_error(app, mode):
+    """Requests generated from the service's own spec (valid ones, then invalid ones), bounded."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    statuses: dict[str, list[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode == "negative" and operation.path == "/health":
+            continue  # no parameters: nothing to make invalid
+
+        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(GenerationMode(mode)))
+        def fuzz(case):
+            response = case.call_and_validate(checks=[not_a_server_error])
+            statuses.setdefault(operation.label, []).append(response.status_code)
+
+        fuzz()
+    assert len(statuses) == (5 if mode == "positive" else 4)  # every operation of the spec was tried
+    statuses = [s for codes in statuses.values() for s in codes]
+    assert statuses and max(statuses) < 500
+    if mode == "negative":
+        assert any(400 <= s < 500 for s in statuses)
+
+
+# ---- the page in a real browser -------------------------------------------------------------
+
+def _browser_or_skip():
+    """Playwright's sync API, or a skip (a failure under CI, where the browser must be there)."""
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = missing or "playwright is not installed (pip install playwright)"
+        sync_api = None
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the browser test must run under CI: {missing}")
+        pytest.skip(missing)
+    return sync_api
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def live_url(app):
+    """The service on a free loopback port, in a thread."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def _wait_for_results(page, status_text: str) -> None:
+    page.wait_for_function("t => document.getElementById('status').textContent.includes(t)",
+                           arg=status_text, timeout=30_000)
+    page.wait_for_function("Array.from(document.querySelectorAll('.card img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+
+
+def test_page_in_a_real_browser(live_url, shapes_dir, tmp_path):
+    sync_api = _browser_or_skip()
+    errors, foreign = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith((live_url, "data:")) else foreign.append(r.url))
+            page.goto(live_url + "/", wait_until="load")
+            page.fill("#query", "a red circle")
+            page.press("#query", "Enter")
+            _wait_for_results(page, "for “a red circle” in")
+            assert page.locator(".card").count() == 24
+            assert page.locator(".card .score").first.inner_text().startswith("0.")
+            page.screenshot(path=str(tmp_path / "text.png"))
+            page.set_input_files("#file", str(shapes_dir / "images" / "scene_00003.png"))
+            _wait_for_results(page, "for scene_00003.png in")
+            first = page.locator(".card").first.get_attribute("data-id")
+            page.locator(".card button.like").nth(1).click()
+            _wait_for_results(page, "images like #")
+            page.check('input[value="captions"]')
+            page.fill("#query", "a blue square")
+            page.press("#query", "Enter")
+            _wait_for_results(page, "captions for “a blue square”")
+            page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
+        finally:
+            browser.close()
+    assert first is not None
+    assert errors == [] and foreign == []
+    with Image.open(tmp_path / "shot.png") as im:
+        assert im.width == 1200 and im.height >= 900
