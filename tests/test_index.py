@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_build_stores_images_captions_and_metadata(built, index, run, shapes_dir
     # the stored vectors are the run's own embeddings, normalised
     vecs = np.asarray(store.vectors["images"])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    direct = index.embedder.image_file(records[3].path)[0]
+    direct = index.embedder.picture(records[3].path)[0]
     np.testing.assert_allclose(vecs[3], direct, atol=1e-5)
     # the splits the run stored label each image
     test_names = set((run / "splits" / "test.txt").read_text().split())
@@ -92,7 +93,7 @@ def test_exact_search_equals_brute_force(index, shapes_dir):
     assert [h.rank for h in res.hits] == list(range(1, 8))
     # image -> captions
     photo = shapes_dir / "images" / "scene_00004.png"
-    qi = index.embedder.image_file(photo)[0]
+    qi = index.embedder.picture(photo)[0]
     res = index.search(image=str(photo), k=5, target="captions")
     ids, scores = _brute(index, qi, "captions", 5)
     assert [h.id for h in res.hits] == ids.tolist()
@@ -103,7 +104,7 @@ def test_exact_search_equals_brute_force(index, shapes_dir):
 def test_combined_query_is_the_weighted_sum(index, shapes_dir):
     photo = shapes_dir / "images" / "scene_00010.png"
     t = index.embedder.text(["a large square", "grass"])
-    v = index.embedder.image_file(photo)[0]
+    v = index.embedder.picture(photo)[0]
     q = 2.0 * t[0] + 0.5 * v - t[1]
     q /= np.linalg.norm(q)
     res = index.search(text="a large square", image=str(photo), weights=[2.0, 0.5], minus="grass", k=10)
@@ -156,6 +157,9 @@ def test_refuses_another_runs_model(built, run, tmp_path, capsys):
     key = next(k for k in state if k.startswith("image_head"))
     state[key] = state[key] + 0.01
     save_file(state, str(weights))
+    meta = json.loads(weights.with_suffix(".json").read_text())  # a real retrain records its checksum
+    meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    weights.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(RunError, match="another model"):
         open_index(built, other)
     assert main(["-q", "search", str(built), "a dog", "--run", str(other)]) == 2

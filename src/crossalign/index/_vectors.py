@@ -7,8 +7,6 @@ Every call the index and the service make into model loading and embedding goes 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +14,6 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
-from crossalign.errors import ConfigError
 
 __all__ = ["Embedder", "weights_hash", "content_hash", "thumbnail"]
 
@@ -65,14 +62,12 @@ class Embedder:
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "cpu",
                  cache: bool = True) -> None:
-        from crossalign.api import load
-        from crossalign.config import default_cache_dir
+        from crossalign.evaluate.run import open_run
 
         self.run = Path(run)
-        self.aligner = load(run, which, device)
-        self.model, self.cfg, self.device = self.aligner.model, self.aligner.cfg, device
-        enabled = cache and self.cfg.cache.enabled
-        self.cache_root = default_cache_dir(self.cfg.cache) if enabled else None
+        rd = open_run(run, None, which, device)
+        self.model, self.cfg, self.device = rd.model, rd.cfg, device
+        self.cache_root = rd.cache_root if cache else None
         self.weights_hash = weights_hash(self.model)
         self.dim = int(self.cfg.model.embed_dim)
 
@@ -87,68 +82,46 @@ class Embedder:
 
         cfg = dataclasses.replace(self.cfg.data, format=data_format) if data_format else self.cfg.data
         table, _ = prepare_table(data, cfg, run_dir=self.run, quiet=quiet)
-        if split == "all":
-            return table
-        try:
-            return select_split(table, split)
-        except ValueError as e:  # an empty split is the user's choice of split
-            raise ConfigError(f"{data}: {e}") from None
+        return table if split == "all" else select_split(table, split)
 
     def images(self, paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
         """Vectors ``[n_ok, dim]`` of the readable image files, in input order, and the failures
         (path -> message)."""
-        from crossalign.evaluate.run import embed_images
+        from crossalign.embed import embed_images
 
-        paths = list(dict.fromkeys(str(p) for p in paths))
-        if not paths:
-            return np.zeros((0, self.dim), np.float32), {}
-        table = PairTable(image_id=list(paths), image_path=list(paths), caption=[""] * len(paths),
-                          split=[""] * len(paths), origin=list(paths))
-        ids, vecs, failed = embed_images(self.model, table, self.cache_root, self.device,
-                                         self.cfg.train.eval_batch_size, progress)
-        vecs = _normed(vecs) if len(ids) else np.zeros((0, self.dim), np.float32)
-        return vecs, dict(failed)
+        out = embed_images(self.model, list(dict.fromkeys(str(p) for p in paths)),
+                           cache_root=self.cache_root, device=self.device,
+                           batch_size=self.cfg.train.eval_batch_size, max_pixels=self.cfg.data.max_pixels,
+                           progress=progress, workers=self.cfg.train.num_workers)
+        return _normed(out.vectors), {p: str(e) for p, e in out.failed.items()}
 
     def captions(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
         """``[len(texts), dim]`` vectors of captions (frozen text towers read the feature cache)."""
-        from crossalign.evaluate.run import encode_texts
-        from crossalign.models.dual import is_frozen
+        from crossalign.embed import embed_texts
 
-        texts = list(texts)
-        bs = self.cfg.train.eval_batch_size
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        if self.cache_root is None or not is_frozen(self.model.cfg.text.freeze):
-            return _normed(encode_texts(self.model, texts, self.device, bs))
-        from crossalign.train.sides import TextSide
-
-        table = PairTable(image_id=[""] * len(texts), image_path=[""] * len(texts), caption=texts,
-                          split=[""] * len(texts), origin=[str(k) for k in range(len(texts))])
-        side = TextSide(self.model, table, self.device, self.cache_root, bs, progress)
-        return _normed(side.embed_all(list(range(len(texts))), bs))
+        return _normed(embed_texts(self.model, list(texts), cache_root=self.cache_root,
+                                   device=self.device, batch_size=self.cfg.train.eval_batch_size,
+                                   progress=progress))
 
     def text(self, queries: Sequence[str]) -> np.ndarray:
-        """``[len(queries), dim]`` vectors of free text."""
-        return _normed(self.aligner.encode_text(list(queries)))
+        """``[len(queries), dim]`` vectors of free text (queries never enter the feature cache)."""
+        from crossalign.embed import embed_texts
 
-    def image_file(self, path: str | Path) -> np.ndarray:
-        """``[1, dim]`` vector of an image file (decoded with the checks every stage uses)."""
-        return _normed(self.aligner.encode_image([str(path)]))
+        return _normed(embed_texts(self.model, list(queries), device=self.device))
 
-    def image_bytes(self, data: bytes, name: str = "upload") -> np.ndarray:
-        """``[1, dim]`` vector of an image held in memory (an upload)."""
+    def picture(self, image, name: str = "") -> np.ndarray:
+        """``[1, dim]`` vector of an image file or of file bytes (an upload), decoded with the
+        checks every stage uses; ``name`` names an upload in error messages."""
         from crossalign.data.transforms import ImageError
+        from crossalign.embed import embed_pictures
 
-        fd, tmp = tempfile.mkstemp(prefix="crossalign-query-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            try:
-                return self.image_file(tmp)
-            except ImageError as e:
-                raise ImageError(str(e).replace(tmp, name), e.kind) from None
-        finally:
-            os.unlink(tmp)
+            return _normed(embed_pictures(self.model, [image], device=self.device,
+                                          max_pixels=self.cfg.data.max_pixels))
+        except ImageError as e:
+            if name and isinstance(image, (bytes, bytearray, memoryview)):
+                raise ImageError(f"{name}: {str(e).split(': ', 1)[-1]}", e.kind) from None
+            raise
 
 
 def _normed(x: np.ndarray) -> np.ndarray:

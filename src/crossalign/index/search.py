@@ -119,7 +119,7 @@ class Index:
                 pushed = []
             for im in images:
                 model = self._model()
-                v = model.image_bytes(im) if isinstance(im, bytes) else model.image_file(im)
+                v = model.picture(im, "upload")
                 vecs.append(v[0])
         for item in likes:
             v = self.store.vector("images", int(item))
