@@ -315,3 +315,23 @@ def test_two_processes_build_the_same_index(run, shapes_dir, tmp_path, built):
     for target in ("images", "captions"):
         np.testing.assert_allclose(np.asarray(one.vectors[target]), np.asarray(two.vectors[target]), atol=1e-5)
     assert not list(out.glob(".parts-*"))
+
+
+def test_a_link_leaving_the_folder_is_never_indexed(run, shapes_dir, tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in sorted(p.name for p in (shapes_dir / "images").iterdir())[:3]:
+        shutil.copy(shapes_dir / "images" / name, folder / name)
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(outside)
+    (folder / "escape.png").symlink_to(outside)
+    with caplog.at_level("WARNING", logger="crossalign.index"):
+        summary = build_index(run, tmp_path / "idx", images=folder, progress=False)
+    assert summary.images == 3
+    assert any("escape.png" in r.getMessage() and "outside" in r.getMessage() for r in caplog.records)
+    ix = open_index(tmp_path / "idx")
+    try:
+        paths = [im.path for im in ix.store.all_images()]
+    finally:
+        ix.close()
+    assert str(outside) not in paths and len(paths) == 3

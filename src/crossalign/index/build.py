@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign.index._vectors import Embedder, content_hash
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
@@ -63,8 +64,14 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
     if src["kind"] == "images":
         if not path.is_dir():
             raise ConfigError(f"{path}: --images takes a folder of images")
+        found = scan_folder(path)
+        # the rule every command follows: a link whose file lies outside the folder is not read,
+        # so the service can never show it
+        leaving = outside_roots([str(p) for p in found], [str(path)])
+        for message in leaving.values():
+            log.warning("%s", message)
         return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k)
-                for p in scan_folder(path)]
+                for p in found if str(p) not in leaving]
     table = emb.read_table(path, src.get("format", ""), src["split"], quiet=quiet)
     by_id: dict[str, ImageRecord] = {}
     for r, iid in enumerate(table.image_id):
