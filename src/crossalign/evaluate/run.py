@@ -22,6 +22,7 @@ from crossalign.config import RunConfig, default_cache_dir
 from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
+from crossalign.evaluate.bank import resolve_ranking, run_score_functions
 from crossalign.evaluate.chance import chance_metrics
 from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
                                           write_distance_matrix)
@@ -141,8 +142,10 @@ def _score(rd: RunData, sub: PairTable, ks: Sequence[int], progress: bool,
     emb = embed_table(rd.model, sub, rd.cache_root, rd.device, rd.cfg.train.eval_batch_size, progress)
     if len(emb.image_ids) == 0:
         raise ValueError("no readable images left to evaluate")
-    res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k)
+    t2i_fn, i2t_fn, ranking = run_score_functions(rd, sub, emb.image_emb, emb.text_emb, progress)
+    res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k, t2i_scores=t2i_fn, i2t_scores=i2t_fn)
     metrics = metrics_from_ranks(res.t2i_ranks, res.i2t_ranks, ks)
+    metrics["ranking"] = ranking
     metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
     metrics["skipped_rows"] = len(emb.problems)
     return metrics, emb, res
@@ -200,7 +203,8 @@ def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float
 def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
              which: str = "best", device: str = "cpu", progress: bool = True, *, gap: bool = False,
              seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
-             lists: str | Path | None = None, lists_k: int = 10) -> dict:
+             lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
+             qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None) -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
@@ -215,6 +219,9 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
         matrix: write the cosine distance matrix of ``split`` here (``.npy``; refused for huge sets).
         float16: store the matrix as float16.
         lists: write per-query ranks and top-``lists_k`` lists in both directions here (``.npz``).
+        ranking: ``plain`` (cosine) or ``qbnorm`` (query-bank normalisation over training queries);
+            None takes the run's ``evaluate.ranking``; ``qb_beta``, ``qb_k`` and ``qb_bank`` likewise
+            (see :mod:`crossalign.evaluate.ranking`).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -222,6 +229,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     if lists and lists_k < 1:
         raise ValueError(f"the length of the top-K lists must be at least 1, got {lists_k}")
     rd = open_run(run, data, which, device)
+    rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ValueError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above the "
