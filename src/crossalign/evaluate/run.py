@@ -24,6 +24,7 @@ from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
 from crossalign.evaluate.bank import resolve_ranking, run_score_functions
 from crossalign.evaluate.chance import chance_metrics
+from crossalign.evaluate.protocol import PROTOCOLS, run_seed_protocol
 from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
                                           write_distance_matrix)
 from crossalign.models.dual import DualEncoder, is_frozen
@@ -204,7 +205,8 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
              which: str = "best", device: str = "cpu", progress: bool = True, *, gap: bool = False,
              seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
              lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
-             qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None) -> dict:
+             qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None,
+             protocol: str = "standard") -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
@@ -222,12 +224,16 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
         ranking: ``plain`` (cosine) or ``qbnorm`` (query-bank normalisation over training queries);
             None takes the run's ``evaluate.ranking``; ``qb_beta``, ``qb_k`` and ``qb_bank`` likewise
             (see :mod:`crossalign.evaluate.ranking`).
+        protocol: ``seed`` adds ``seed_protocol``: top-1 accuracy over every item, training ones
+            included, and for held-out items ranked among all (see :mod:`crossalign.evaluate.protocol`).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"the K of Recall@K must be positive integers, got {list(ks)}")
     if lists and lists_k < 1:
         raise ValueError(f"the length of the top-K lists must be at least 1, got {lists_k}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     rd = open_run(run, data, which, device)
     rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
@@ -240,4 +246,6 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     _export(emb, res, matrix, float16, lists)
     if gap:
         metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
+    if protocol == "seed":
+        metrics["seed_protocol"] = run_seed_protocol(rd, ks, progress)
     return metrics
