@@ -57,6 +57,9 @@ def test_cli_states_the_ranking_and_samples_the_bank(run, shapes_dir, tmp_path, 
     assert main(["-q", "evaluate", str(run), "--data", str(shapes_dir), "--json", str(out),
                  "--ranking", "plain"]) == 0
     assert json.loads(out.read_text())["ranking"]["name"] == "plain"
+    # without --ranking the run's evaluate.ranking decides, qbnorm by default
+    assert main(["-q", "evaluate", str(run), "--data", str(shapes_dir), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ranking"]["name"] == "qbnorm"
 
 
 def test_no_bank_outside_the_evaluated_set_falls_back_to_plain(run, shapes_dir, caplog):
