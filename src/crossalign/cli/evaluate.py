@@ -28,6 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--float16", action="store_true", help="store the matrix as float16")
     p.add_argument("--lists", metavar="FILE.npz", help="write per-query ranks and top-K lists, both directions")
     p.add_argument("--lists-k", type=int, default=10, help="length of those lists (default 10)")
+    p.add_argument("--ranking", choices=["plain", "qbnorm"],
+                   help="plain cosine, or qbnorm: query-bank normalisation over training queries "
+                        "(default: the run's evaluate.ranking)")
+    p.add_argument("--qb-beta", type=float, help="qbnorm inverse temperature (default evaluate.qb_beta)")
+    p.add_argument("--qb-bank", type=int, help="qbnorm: training images in the bank, 0 = all (evaluate.qb_bank)")
+    p.add_argument("--protocol", default="standard", choices=["standard", "seed"],
+                   help="seed: also top-1 accuracy over every item (training ones included) and for "
+                        "held-out items ranked among all, as the seed reports counted")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -57,6 +65,27 @@ def format_table(metrics: dict, ks: list[int]) -> str:
     return "\n".join(out)
 
 
+def format_ranking(info: dict) -> str:
+    """One line naming how the scores were ranked."""
+    if info["name"] != "qbnorm":
+        return "ranking: plain cosine" + (f" ({info['note']})" if "note" in info else "")
+    bank = info["bank"]
+    return (f"ranking: qbnorm (beta {info['beta']:g}, k {info['k']}; bank of {bank['images']} train images "
+            f"and {bank['captions']} captions)")
+
+
+def format_seed(proto: dict) -> str:
+    """The seed protocol's top-1 accuracies beside chance."""
+    out = ["\nseed protocol (plain cosine, every query ranked among all items):"]
+    for part, label in (("all", "all items"), ("held_out", "held-out items")):
+        if part in proto:
+            m = proto[part]
+            out.append(f"  {label} ({m['n_images']} images, {m['n_captions']} captions): top-1 text->image "
+                       f"{m['t2i_top1']:.2f} (chance {m['chance']['t2i_top1']:.2f}), image->text "
+                       f"{m['i2t_top1']:.2f} (chance {m['chance']['i2t_top1']:.2f})")
+    return "\n".join(out)
+
+
 def format_gap(metrics: dict, ks: list[int]) -> str:
     """The seen and unseen tables and the gap in R@K points."""
     proto = metrics["gap_protocol"]
@@ -81,11 +110,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--float16 applies to --matrix; give --matrix FILE.npy too")
     metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
                        progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
-                       matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k)
+                       matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k,
+                       ranking=args.ranking, qb_beta=args.qb_beta, qb_bank=args.qb_bank,
+                       protocol=args.protocol)
     ks = sorted(set(ks))
     print(format_table(metrics, ks))
+    print(format_ranking(metrics["ranking"]))
     if args.gap:
         print(format_gap(metrics, ks))
+    if "seed_protocol" in metrics:
+        print(format_seed(metrics["seed_protocol"]))
     if args.json:
         atomic_write_json(args.json, metrics)
     return 0

@@ -11,6 +11,10 @@ from them), so 25,000 images x 125,000 captions never need the full 12 GB matrix
 
 Ties count against the query: the correct item ranks after every wrong item that scores
 the same, so a constant (or collapsed) model cannot look better than chance.
+
+Scores are cosine similarities unless a ranking option (``crossalign.evaluate.ranking``) hands
+in a function that turns each block of similarities into the scores to rank, such as
+query-bank normalisation.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from crossalign.errors import ConfigError
 
 __all__ = ["retrieval_metrics", "metrics_from_ranks", "ranks_t2i", "ranks_i2t", "rank_summary", "TopK", "Retrieval",
            "retrieve", "topk", "block_rows", "write_distance_matrix", "MATRIX_MAX_CELLS",
-           "BLOCK_BYTES"]
+           "BLOCK_BYTES", "ScoreFn"]
 
 BLOCK_BYTES = 256 * 2**20  # one block of scores and its masks; the peak is about this plus the inputs
 # bytes per cell of a block: float32 scores, a bool mask, and for the matrix file a float32
@@ -81,10 +85,16 @@ def block_rows(n_gallery: int, max_bytes: int = BLOCK_BYTES) -> int:
     return max(1, int(max_bytes) // (max(1, n_gallery) * _BYTES_PER_CELL))
 
 
-def _blocks(queries: torch.Tensor, gallery: torch.Tensor, rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+# turns a [rows, n_gallery] block of cosine similarities into the scores ranked (may work in place)
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _blocks(queries: torch.Tensor, gallery: torch.Tensor, rows: int,
+            scores: ScoreFn | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     for s in range(0, queries.shape[0], rows):
         e = min(s + rows, queries.shape[0])
-        yield s, e, queries[s:e] @ gallery.T  # [rows, n_gallery]
+        sim = queries[s:e] @ gallery.T  # [rows, n_gallery]
+        yield s, e, sim if scores is None else scores(sim)
 
 
 def _count_true(mask: torch.Tensor, group: int = 255) -> torch.Tensor:
@@ -130,14 +140,15 @@ class _Positives:
 
 
 def _scan(queries: torch.Tensor, gallery: torch.Tensor, k: int, rows: int,
-          rank_block: Callable[[int, int, torch.Tensor], torch.Tensor] | None) -> tuple[np.ndarray | None, TopK | None]:
+          rank_block: Callable[[int, int, torch.Tensor], torch.Tensor] | None,
+          scores: ScoreFn | None = None) -> tuple[np.ndarray | None, TopK | None]:
     """One pass over the score blocks: ranks (if ``rank_block``) and the top ``k`` (if k > 0)."""
     n, k = queries.shape[0], min(k, gallery.shape[0])
     # outputs are allocated once, up front: small results kept from each block would sit
     # between the freed blocks on the heap and stop the allocator giving them back
     ranks = np.zeros(n, dtype=np.int64) if rank_block is not None else None
     top = TopK(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32)) if k > 0 else None
-    for s, e, sim in _blocks(queries, gallery, rows):
+    for s, e, sim in _blocks(queries, gallery, rows, scores):
         if ranks is not None:
             ranks[s:e] = rank_block(s, e, sim).numpy()
         if top is not None:
@@ -175,17 +186,22 @@ def ranks_i2t(image_emb, text_emb, text_to_image, chunk: int | None = None, *,
     return ranks
 
 
-def topk(queries, gallery, k: int = 10, *, max_bytes: int = BLOCK_BYTES) -> TopK:
-    """The ``k`` most similar gallery rows for every query, with bounded memory."""
+def topk(queries, gallery, k: int = 10, *, max_bytes: int = BLOCK_BYTES,
+         scores: ScoreFn | None = None) -> TopK:
+    """The ``k`` best-scoring gallery rows for every query, with bounded memory.
+
+    ``scores`` turns each block of cosine similarities into the scores ranked (default: cosine).
+    """
     q, g = _as_float(queries, "queries"), _as_float(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"queries and gallery differ in width: {q.shape[1]} vs {g.shape[1]}")
-    _, top = _scan(q, g, max(1, k), block_rows(g.shape[0], max_bytes), None)
+    _, top = _scan(q, g, max(1, k), block_rows(g.shape[0], max_bytes), None, scores)
     return top
 
 
 def retrieve(image_emb, text_emb, text_to_image=None, k: int = 10, *,
-             max_bytes: int = BLOCK_BYTES) -> Retrieval:
+             max_bytes: int = BLOCK_BYTES, t2i_scores: ScoreFn | None = None,
+             i2t_scores: ScoreFn | None = None) -> Retrieval:
     """Top-K lists in both directions and, given the correct pairs, ranks, in one pass each way.
 
     Args:
@@ -194,6 +210,9 @@ def retrieve(image_emb, text_emb, text_to_image=None, k: int = 10, *,
         text_to_image: ``[n_captions]`` index of each caption's image, or None (no ranks).
         k: length of the lists (0: ranks only).
         max_bytes: memory bound of one block of scores.
+        t2i_scores: turns a ``[captions, n_images]`` block of cosine similarities into the
+            scores that rank images (a :class:`crossalign.evaluate.ranking.BankNorm`); None: cosine.
+        i2t_scores: the same for ``[images, n_captions]`` blocks ranking captions.
     """
     img, txt = _as_float(image_emb, "image_emb"), _as_float(text_emb, "text_emb")
     if text_to_image is None:
@@ -204,8 +223,8 @@ def retrieve(image_emb, text_emb, text_to_image=None, k: int = 10, *,
         t2i = _check(img, txt, text_to_image)
         t_rank = lambda s, e, sim: _t2i_block(sim, t2i[s:e])  # noqa: E731
         i_rank = _Positives(t2i, img.shape[0]).rank_block
-    r_t, top_t = _scan(txt, img, k, block_rows(img.shape[0], max_bytes), t_rank)
-    r_i, top_i = _scan(img, txt, k, block_rows(txt.shape[0], max_bytes), i_rank)
+    r_t, top_t = _scan(txt, img, k, block_rows(img.shape[0], max_bytes), t_rank, t2i_scores)
+    r_i, top_i = _scan(img, txt, k, block_rows(txt.shape[0], max_bytes), i_rank, i2t_scores)
     return Retrieval(r_t, r_i, top_t, top_i)
 
 

@@ -24,7 +24,9 @@ from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem, count_skipped, report_problems
 from crossalign.embed import EmbeddedTable, embed_table, embed_texts
 from crossalign.errors import ConfigError
+from crossalign.evaluate.bank import resolve_ranking, run_score_functions
 from crossalign.evaluate.chance import chance_metrics
+from crossalign.evaluate.protocol import PROTOCOLS, run_seed_protocol
 from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
                                           write_distance_matrix)
 from crossalign.models.dual import DualEncoder
@@ -114,8 +116,11 @@ def score(rd: RunData, sub: PairTable, ks: Sequence[int] = (1, 5, 10), progress:
     emb = embed_split(rd, sub, progress)
     if len(emb.image_ids) == 0:
         raise DataError(f"no readable image left to evaluate in {len(set(sub.image_id))} image(s)")
-    res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k)
+    t2i_fn, i2t_fn, ranking = run_score_functions(rd, sub, emb.image_emb, emb.text_emb, progress)
+    res = retrieve(emb.image_emb, emb.text_emb, emb.text_to_image, k=k, t2i_scores=t2i_fn,
+                   i2t_scores=i2t_fn)
     metrics = metrics_from_ranks(res.t2i_ranks, res.i2t_ranks, ks)
+    metrics["ranking"] = ranking
     metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
     metrics["skipped_rows"] = len(emb.problems)
     return metrics, emb, res
@@ -169,7 +174,9 @@ def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float
 def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
              which: str = "best", device: str = "cpu", progress: bool = True, *, gap: bool = False,
              seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
-             lists: str | Path | None = None, lists_k: int = 10) -> dict:
+             lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
+             qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None,
+             protocol: str = "standard") -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
@@ -184,13 +191,21 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
         matrix: write the cosine distance matrix of ``split`` here (``.npy``; refused for huge sets).
         float16: store the matrix as float16.
         lists: write per-query ranks and top-``lists_k`` lists in both directions here (``.npz``).
+        ranking: ``plain`` (cosine) or ``qbnorm`` (query-bank normalisation over training queries);
+            None takes the run's ``evaluate.ranking``; ``qb_beta``, ``qb_k`` and ``qb_bank`` likewise
+            (see :mod:`crossalign.evaluate.ranking`).
+        protocol: ``seed`` adds ``seed_protocol``: top-1 accuracy over every item, training ones
+            included, and for held-out items ranked among all (see :mod:`crossalign.evaluate.protocol`).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"--k: the K of Recall@K must be positive integers, got {list(ks)}")
     if lists and lists_k < 1:
         raise ConfigError(f"--lists-k: the length of the top-K lists must be at least 1, got {lists_k}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     rd = open_run(run, data, which, device, quiet=True)
+    rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ConfigError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above "
@@ -204,4 +219,6 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     _export(emb, res, matrix, float16, lists)
     if gap:
         metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
+    if protocol == "seed":
+        metrics["seed_protocol"] = run_seed_protocol(rd, ks, progress)
     return metrics

@@ -1,0 +1,193 @@
+"""The Flickr8k ablation grid: one row per configuration, every test metric and the wall time.
+
+Each row trains one run (rows that differ only in ranking share it) and evaluates its best
+checkpoint on the test split. Rows that are too slow for a 2-core CPU are listed and skipped
+unless ``--all`` (or ``--gpu``, which also trains on CUDA). Writes a Markdown table
+(``--md``, default ``bench/flickr8k.md``) and the full metrics as JSON beside it.
+
+    python bench/flickr8k.py --data ../shared/data/flickr8k --out runs/grid --cache-dir CACHE
+    python bench/flickr8k.py --data ../shared/data/flickr8k --out runs/grid --rows lite0,qbnorm
+    python bench/flickr8k.py --data ../shared/data/flickr8k --out /tmp/g --limit 120 --epochs 1 --md /tmp/g.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Row", "ROWS", "main"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration: ``--set`` overrides, the ranking evaluate uses, and whether it is slow on 2 cores."""
+
+    name: str
+    what: str
+    sets: tuple[str, ...] = ()
+    ranking: str = "plain"
+    slow: bool = False  # too slow for two CPU cores: run with --all or --gpu
+
+
+_BASE = ("train.scheduler=cosine", "train.warmup_steps=50")  # every row shares the schedule
+ROWS = (
+    Row("lite0_minilm", "Lite0 frozen + MiniLM frozen, linear heads, InfoNCE (the default towers)"),
+    Row("qbnorm", "the same run ranked with query-bank normalisation", ranking="qbnorm"),
+    Row("mlp", "MLP heads", ("model.head=mlp",)),
+    Row("mlp_qbnorm", "MLP heads, ranked with query-bank normalisation", ("model.head=mlp",), "qbnorm"),
+    Row("siglip", "SigLIP loss instead of InfoNCE", ("loss.name=siglip",)),
+    Row("batch4k", "batch 4096, lr 2e-3", ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10")),
+    Row("batch4k_qbnorm", "batch 4096, lr 2e-3, ranked with query-bank normalisation",
+        ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10"), "qbnorm"),
+    Row("augment", "image augmentation (4 cached views) + text augmentation",
+        ("augment.image=true", "augment.text=true")),
+    Row("lite2", "Lite2 frozen instead of Lite0", ("model.image.tower=efficientnet_lite2",)),
+    Row("lstm", "LSTM text tower from scratch", ("model.text.tower=lstm", "train.lr=1e-3")),
+    Row("transformer", "small Transformer text tower from scratch",
+        ("model.text.tower=transformer", "train.lr=1e-3")),
+    Row("minilm_last2", "MiniLM last 2 layers trained (LiT)",
+        ("model.text.freeze=last:2", "train.backbone_lr=5e-5", "train.epochs=4")),
+    Row("minilm_all", "all of MiniLM trained", ("model.text.freeze=trainable", "train.backbone_lr=3e-5",
+                                               "train.epochs=3"), slow=True),
+    Row("lite0_last2", "Lite0 last 2 blocks trained over a cached prefix, augmentation",
+        ("model.image.freeze=last:2", "train.backbone_lr=1e-4", "augment.image=true", "train.epochs=5"),
+        slow=True),
+    Row("small_cnn", "small CNN image tower from scratch", ("model.image.tower=small_cnn", "train.lr=1e-3",
+                                                            "train.epochs=15"), slow=True),
+)
+
+
+def _subset(data: Path, out: Path, limit: int) -> Path:
+    """A canonical data folder with the first ``limit`` images of the standard split (3:1:1 kept)."""
+    import csv
+
+    sub = out / f"data-{limit}"
+    if sub.exists():
+        return sub
+    (sub / "splits").mkdir(parents=True)
+    counts = {"train": limit * 3 // 5, "val": limit // 5, "test": limit - limit * 3 // 5 - limit // 5}
+    keep: set[str] = set()
+    for split, n in counts.items():
+        names = (data / "splits" / f"{split}.txt").read_text().split()[:n]
+        (sub / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        keep.update(names)
+    (sub / "images").symlink_to((data / "images").resolve())
+    with open(data / "captions.txt", newline="", encoding="utf-8") as f, \
+            open(sub / "captions.txt", "w", newline="", encoding="utf-8") as g:
+        rows = csv.reader(f)
+        w = csv.writer(g)
+        w.writerow(next(rows))
+        w.writerows(r for r in rows if r and r[0] in keep)
+    return sub
+
+
+def _train(row: Row, data: Path, run: Path, common: list[str]) -> dict:
+    import crossalign
+
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = crossalign.train(data, run, overrides=[*common, *_BASE, *row.sets], progress=False)
+    return {"train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch,
+            "epochs_run": len(res.history)}
+
+
+def _evaluate(row: Row, data: Path, run: Path, device: str) -> dict:
+    from crossalign.evaluate.run import evaluate
+
+    t0 = time.perf_counter()
+    m = evaluate(run, data, "test", device=device, ranking=row.ranking, progress=False)
+    m["evaluate_seconds"] = round(time.perf_counter() - t0, 1)
+    return m
+
+
+def _select(names: str, run_all: bool) -> list[Row]:
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else [r.name for r in ROWS]
+    unknown = sorted(set(wanted) - {r.name for r in ROWS})
+    if unknown:
+        raise SystemExit(f"--rows: unknown row(s) {unknown}; rows: {', '.join(r.name for r in ROWS)}")
+    return [r for r in ROWS if r.name in wanted and (run_all or not r.slow or names)]
+
+
+_COLS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "rsum", "t2i_median_rank",
+         "i2t_median_rank", "t2i_mean_rank", "i2t_mean_rank", "t2i_mrr", "i2t_mrr")
+
+
+def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
+    head = ["row", "what", "ranking", *_COLS, "train s", "evaluate s", "wall s"]
+    lines = [f"# Flickr8k ablation grid (test split)\n\nCommand: `{command}`\n",
+             f"Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
+             f"Python {platform.python_version()}; wall s = train + evaluate of the row "
+             f"(a ranking row reuses its run: train time 0).\n",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in results:
+        m = r["metrics"]
+        cells = [r["row"], r["what"], r["ranking"]] + [
+            f"{m[c]:.3f}" if c.endswith("mrr") else f"{m[c]:.2f}" for c in _COLS]
+        cells += [f"{r['train_seconds']:.0f}", f"{m['evaluate_seconds']:.0f}", f"{r['wall_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        lines.append("\nToo slow for two CPU cores, not run (`--all` or `--gpu` runs them): "
+                     + ", ".join(f"`{r.name}` ({r.what})" for r in skipped) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _run_rows(rows: list[Row], data: Path, out: Path, common: list[str], device: str) -> list[dict]:
+    results, trained, runs = [], {}, {}
+    for row in rows:
+        run = runs.setdefault(row.sets, out / f"run-{row.name}")  # rows with the same sets share a run
+        fresh = row.sets not in trained
+        if fresh:
+            print(f"[{row.name}] training: {' '.join(row.sets) or '(defaults)'}", file=sys.stderr, flush=True)
+            trained[row.sets] = _train(row, data, run, common)
+        info = trained[row.sets] if fresh else {**trained[row.sets], "train_seconds": 0.0}
+        m = _evaluate(row, data, run, device)
+        results.append({"row": row.name, "what": row.what, "ranking": row.ranking,
+                        "sets": [*_BASE, *row.sets], **info, "metrics": m,
+                        "wall_seconds": round(info["train_seconds"] + m["evaluate_seconds"], 1)})
+        print(f"[{row.name}] t2i R@1 {m['t2i_R@1']:.2f}  i2t R@1 {m['i2t_R@1']:.2f}  rsum {m['rsum']:.1f}",
+              file=sys.stderr, flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="Flickr8k folder (images/, captions.txt, splits/)")
+    p.add_argument("--out", required=True, help="folder for the run folders")
+    p.add_argument("--rows", default="", help="comma-separated row names (default: every row not slow)")
+    p.add_argument("--cache-dir", default="", help="feature cache folder (default: crossalign's usual one)")
+    p.add_argument("--limit", type=int, default=0, help="use only this many images (a quick check)")
+    p.add_argument("--epochs", type=int, default=0, help="cap every row's epochs (a quick check)")
+    p.add_argument("--md", default="bench/flickr8k.md", help="Markdown table to write (JSON beside it)")
+    p.add_argument("--all", action="store_true", help="also run the rows too slow for two CPU cores")
+    p.add_argument("--gpu", action="store_true", help="train and evaluate on CUDA; runs every row")
+    args = p.parse_args(argv)
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if args.gpu else "cpu"
+    common = ["train.checkpoint_every=0", f"train.device={device}"]
+    if args.limit:  # a quick check: small batches, so that a few images still make steps
+        data = _subset(data, out, args.limit)
+        common.append("train.batch_size=16")
+    common += [f"cache.dir={args.cache_dir}"] if args.cache_dir else []
+    rows = _select(args.rows, args.all or args.gpu)
+    if args.epochs:
+        rows = [Row(r.name, r.what, (*r.sets, f"train.epochs={args.epochs}"), r.ranking, r.slow) for r in rows]
+    skipped = [r for r in ROWS if r.slow and r.name not in {x.name for x in rows}]
+    results = _run_rows(rows, data, out, common, device)
+    command = "python bench/flickr8k.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = Path(args.md)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(_markdown(results, skipped, command), encoding="utf-8")
+    md.with_suffix(".json").write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")
+    print(f"wrote {md} and {md.with_suffix('.json')}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()
