@@ -7,7 +7,7 @@ import pytest
 
 from crossalign.cli.main import main
 from crossalign.evaluate.protocol import seed_protocol
-from crossalign.evaluate.run import embed_table, evaluate, open_run
+from crossalign.evaluate.run import embed_split, evaluate, open_run
 
 
 def _unit(x):
@@ -71,7 +71,7 @@ def test_cli_seed_protocol_ranks_held_out_items_among_all(run, shapes_dir, tmp_p
     assert proto["all"]["n_images"] == 60 and proto["held_out"]["n_images"] == 12
     assert proto["protocol"]["held_out_splits"] == ["test", "val"]
     rd = open_run(run, shapes_dir, quiet=True)
-    emb = embed_table(rd.model, rd.table, rd.cache_root, progress=False)
+    emb = embed_split(rd, rd.table, progress=False)
     held = [i for i, s in zip(emb.image_ids, [dict(zip(emb.table.image_id, emb.table.split))[i]
                                                for i in emb.image_ids]) if s != "train"]
     queries = np.array([emb.image_ids.index(i) for i in held])

@@ -9,7 +9,7 @@ from crossalign.cli.main import main
 from crossalign.evaluate.bank import bank_rows, resolve_ranking
 from crossalign.evaluate.ranking import qbnorm_reference
 from crossalign.evaluate.retrieval import metrics_from_ranks
-from crossalign.evaluate.run import embed_table, evaluate, open_run, select_split
+from crossalign.evaluate.run import embed_split, evaluate, open_run, select_split
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_qbnorm_metrics_match_a_full_matrix_reference(run, shapes_dir):
     sub = select_split(rd.table, "test")
     bank = bank_rows(rd.table, sub)
     assert set(bank.split) == {"train"} and not set(bank.image_id) & set(sub.image_id)
-    emb = embed_table(rd.model, sub, rd.cache_root, progress=False)
-    bemb = embed_table(rd.model, bank, rd.cache_root, progress=False)
+    emb = embed_split(rd, sub, progress=False)
+    bemb = embed_split(rd, bank, progress=False)
     t_ref = np.log(qbnorm_reference(emb.text_emb, emb.image_emb, bemb.text_emb, 10.0, 1))
     i_ref = np.log(qbnorm_reference(emb.image_emb, emb.text_emb, bemb.image_emb, 10.0, 1))
     want = metrics_from_ranks(*_ranks(t_ref, i_ref, emb.text_to_image))

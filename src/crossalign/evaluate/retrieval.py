@@ -55,6 +55,8 @@ class Retrieval:
     i2t_ranks: np.ndarray | None  # [n_images] 1-based rank of the image's best caption
     t2i: TopK | None  # caption queries -> image rows
     i2t: TopK | None  # image queries -> caption rows
+    t2i_scores: "ScoreFn | None" = None  # the ranking that ordered images (None: cosine)
+    i2t_scores: "ScoreFn | None" = None  # the ranking that ordered captions
 
 
 def _as_float(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -225,7 +227,7 @@ def retrieve(image_emb, text_emb, text_to_image=None, k: int = 10, *,
         i_rank = _Positives(t2i, img.shape[0]).rank_block
     r_t, top_t = _scan(txt, img, k, block_rows(img.shape[0], max_bytes), t_rank, t2i_scores)
     r_i, top_i = _scan(img, txt, k, block_rows(txt.shape[0], max_bytes), i_rank, i2t_scores)
-    return Retrieval(r_t, r_i, top_t, top_i)
+    return Retrieval(r_t, r_i, top_t, top_i, t2i_scores, i2t_scores)
 
 
 def rank_summary(ranks: np.ndarray, ks: Sequence[int], prefix: str) -> dict[str, float]:

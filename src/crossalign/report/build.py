@@ -125,8 +125,8 @@ def _galleries(d: RunReport, k: int, seed: int, top: int, thumbs: Thumbnails) ->
     """Heatmap data and both galleries of one run, thumbnails embedded."""
     emb, samples = d.emb, draw_samples(d.emb, k, seed)
     _, paths = emb.table.images()
-    t_q = text_queries(emb, samples.text_queries, d.ranks_t2i, top)
-    i_q = image_queries(emb, samples.image_queries, d.ranks_i2t, top)
+    t_q = text_queries(emb, samples.text_queries, d.ranks_t2i, top, d.ranking.t2i_scores)
+    i_q = image_queries(emb, samples.image_queries, d.ranks_i2t, top, d.ranking.i2t_scores)
     for q in t_q:
         q["target_uri"], q["target_id"] = thumbs.uri(paths[q["target"]]), emb.image_ids[q["target"]]
         for h in q["hits"]:

@@ -19,6 +19,7 @@ from crossalign.config import RunConfig, to_dict
 from crossalign.data.formats import DataError
 from crossalign.data.validate import Problem
 from crossalign.embed import EmbeddedTable
+from crossalign.evaluate.retrieval import Retrieval
 from crossalign.evaluate.run import RunData, open_run, score, seen_unseen, select_split
 
 __all__ = ["RunReport", "collect_run", "read_history", "describe_config"]
@@ -38,6 +39,7 @@ class RunReport:
     metrics: dict  # retrieval_metrics on the split
     ranks_t2i: np.ndarray  # [n_captions] 1-based rank of each caption's image
     ranks_i2t: np.ndarray  # [n_images] 1-based rank of each image's best caption
+    ranking: Retrieval  # evaluate's ranking of the split: ranks and the scores that ordered them
     seen: dict | None  # metrics on a train sample of the same size, when there is one
     problems: list[Problem]  # rows skipped: by the data rules, and images that could not be read
 
@@ -111,5 +113,5 @@ def collect_run(run: str | Path, data: str | Path, split: str = "test", name: st
     return RunReport(
         name=name or run.name, path=run, cfg=rd.cfg, history=read_history(run / "metrics.csv"),
         summary=summary, split=split, emb=emb, metrics=metrics, ranks_t2i=res.t2i_ranks,
-        ranks_i2t=res.i2t_ranks, seen=seen, problems=rd.problems + emb.problems,
+        ranks_i2t=res.i2t_ranks, ranking=res, seen=seen, problems=rd.problems + emb.problems,
     )

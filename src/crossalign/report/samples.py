@@ -43,15 +43,18 @@ def draw_samples(emb: EmbeddedTable, k: int, seed: int) -> Samples:
     return Samples(heat_images, heat_captions, text_q, image_q)
 
 
-def top_k(queries: np.ndarray, keys: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and cosine similarities ``[q, top]`` of each query's nearest keys, best first."""
-    found = topk(queries, keys, top)  # only the sampled queries: a [q, n] slice at most
-    return found.indices, found.scores
+def top_k(queries: np.ndarray, keys: np.ndarray, top: int, scores=None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``[q, top]`` of each query's nearest keys in the run's ranking (``scores``, as
+    evaluate ranks; None: cosine), best first, and their cosine similarities."""
+    found = topk(queries, keys, top, scores=scores)  # only the sampled queries: a [q, n] slice
+    sims = np.einsum("qd,qkd->qk", queries, keys[found.indices])  # [q, top] cosine
+    return found.indices, sims
 
 
-def text_queries(emb: EmbeddedTable, rows: np.ndarray, ranks: np.ndarray, top: int) -> list[dict]:
+def text_queries(emb: EmbeddedTable, rows: np.ndarray, ranks: np.ndarray, top: int,
+                 scores=None) -> list[dict]:
     """Caption queries with their top images; ``rank`` is the correct image's rank."""
-    idx, sim = top_k(emb.text_emb[rows], emb.image_emb, top)
+    idx, sim = top_k(emb.text_emb[rows], emb.image_emb, top, scores)
     out = []
     for q, r in enumerate(rows):
         target = int(emb.text_to_image[r])
@@ -61,9 +64,10 @@ def text_queries(emb: EmbeddedTable, rows: np.ndarray, ranks: np.ndarray, top: i
     return out
 
 
-def image_queries(emb: EmbeddedTable, images: np.ndarray, ranks: np.ndarray, top: int) -> list[dict]:
+def image_queries(emb: EmbeddedTable, images: np.ndarray, ranks: np.ndarray, top: int,
+                  scores=None) -> list[dict]:
     """Image queries with their top captions; ``rank`` is that of the best correct caption."""
-    idx, sim = top_k(emb.image_emb[images], emb.text_emb, top)
+    idx, sim = top_k(emb.image_emb[images], emb.text_emb, top, scores)
     out = []
     for q, i in enumerate(images):
         correct = np.flatnonzero(emb.text_to_image == i)
