@@ -22,6 +22,8 @@ L2-normalised vectors ``[n, embed_dim]`` as float32 numpy arrays.
   listed in ``.problems`` (one per row, named by file and row), or raise with ``strict``.
 - Tower outputs before the heads, for training's feature mode: :func:`image_features`,
   :func:`text_features` and :func:`project` (``TowerOutputs``).
+- Decoding for training: :class:`DecodeImages` (the dataset every image goes through) and
+  :func:`decode_loader` (its ``DataLoader``, workers seeded privately).
 
 This room imports the data, model and feature-cache rooms only; training and evaluation
 import it, never the other way.
@@ -29,7 +31,9 @@ import it, never the other way.
 
 from crossalign.embed._collection import (EmbeddedTable, ImageVectors, embed_images, embed_pictures,
                                           embed_table, embed_texts)
-from crossalign.embed._towers import TowerOutputs, image_features, project, text_features
+from crossalign.embed._towers import (DecodeImages, TowerOutputs, decode_loader, image_features, project,
+                                      text_features)
 
 __all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "ImageVectors",
-           "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs"]
+           "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs", "DecodeImages",
+           "decode_loader"]

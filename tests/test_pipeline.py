@@ -1,0 +1,84 @@
+"""Training's decoding runs in DataLoader workers and changes nothing: 0 or N workers, or a resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+from safetensors.numpy import load_file
+
+from crossalign.api import resume, train
+from crossalign.embed import DecodeImages
+from crossalign.train import engine as engine_mod
+
+TINY = ["model.image.tower=small_cnn", "model.image.width=32", "model.image.pretrained=false",
+        "model.text.tower=lstm", "model.text.width=32", "model.text.pretrained=false",
+        "model.text.freeze=trainable", "model.head=mlp", "model.head_dropout=0.2",
+        "augment.image=true", "augment.cached_views=2", "train.batch_size=16",
+        "train.early_stopping=false", "train.tensorboard=false", "train.checkpoint_every=0",
+        "train.eval_batch_size=32", "cache.enabled=false"]
+TIMING = {"samples_per_s", "epoch_seconds"}
+
+
+def _metrics(run) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def _same_weights(a, b) -> None:
+    wa, wb = load_file(a / "model_last.safetensors"), load_file(b / "model_last.safetensors")
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), k
+
+
+@pytest.mark.parametrize("freeze", ["trainable", "last:1"])
+def test_workers_train_exactly_like_the_main_process(tmp_path, shapes_dir, freeze):
+    runs = {}
+    for workers in (0, 2):
+        runs[workers] = tmp_path / f"w{workers}"
+        train(shapes_dir, runs[workers], progress=False,
+              overrides=TINY + [f"model.image.freeze={freeze}", "train.epochs=2",
+                                f"train.num_workers={workers}"])
+    assert _metrics(runs[0]) == _metrics(runs[2]) and len(_metrics(runs[0])) == 2
+    _same_weights(runs[0], runs[2])
+
+
+def test_training_steps_decode_in_the_workers(tmp_path, shapes_dir, monkeypatch):
+    main_pid, here = os.getpid(), []
+    real = DecodeImages.__getitem__
+
+    def spy(self, key):
+        if os.getpid() == main_pid:
+            here.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(DecodeImages, "__getitem__", spy)
+    train(shapes_dir, tmp_path / "run", progress=False,
+          overrides=TINY + ["train.epochs=1", "train.num_workers=2"])
+    assert here == []  # every training batch and every validation image came from a worker
+
+
+def test_resume_with_workers_is_exact(tmp_path, shapes_dir, monkeypatch):
+    sets = TINY + ["train.epochs=2", "train.num_workers=2", "train.checkpoint_every=2"]
+    full = tmp_path / "full"
+    train(shapes_dir, full, progress=False, overrides=sets)
+    real_step, calls = engine_mod.Engine._optimizer_step, {"n": 0}
+
+    def crashing_step(self):
+        calls["n"] += 1
+        if calls["n"] == 20:  # step 5 of epoch 2 (15 steps an epoch), after a resume point
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self)
+
+    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dir, tmp_path / "cut", progress=False, overrides=sets)
+    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", real_step)
+    latest = json.loads((tmp_path / "cut" / "resume" / "latest.json").read_text())["tag"]
+    assert latest.startswith("0002-")  # the loader restarts mid-epoch
+    resume(tmp_path / "cut", progress=False)
+    assert _metrics(full) == _metrics(tmp_path / "cut")
+    _same_weights(full, tmp_path / "cut")
