@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from crossalign.api import resume, train
@@ -82,3 +83,29 @@ def test_resume_with_workers_is_exact(tmp_path, shapes_dir, monkeypatch):
     resume(tmp_path / "cut", progress=False)
     assert _metrics(full) == _metrics(tmp_path / "cut")
     _same_weights(full, tmp_path / "cut")
+
+
+def test_the_loader_stacks_batches_in_the_workers_in_the_towers_layout(tmp_path):
+    from PIL import Image
+
+    from crossalign.data.transforms import eval_transform
+    from crossalign.embed import decode_loader
+
+    paths = []
+    for k in range(5):
+        paths.append(str(tmp_path / f"{k}.png"))
+        Image.new("RGB", (20 + k, 18), (40 * k, 90, 200 - 30 * k)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths.insert(2, str(tmp_path / "bad.jpg"))
+    transform = eval_transform({"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
+                                "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    data = DecodeImages(paths, transform, 10_000)
+    plan = [[0, 1, 2], [3, 4, 5]]
+    here = list(decode_loader(data, plan, 0))
+    spread = list(decode_loader(data, plan, 2, channels_last=True))
+    assert [b.keys for b in spread] == [[0, 1], [3, 4, 5]] and [b.size for b in spread] == [3, 3]
+    assert spread[0].failed[0][0] == 2 and "bad.jpg" in spread[0].failed[0][1][0]
+    for a, b in zip(here, spread):
+        assert b.pixels.is_contiguous(memory_format=torch.channels_last)
+        assert not a.pixels.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a.pixels, b.pixels)  # [n_ok, 3, 16, 16], the same values

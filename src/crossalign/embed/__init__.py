@@ -27,7 +27,8 @@ L2-normalised vectors ``[n, embed_dim]`` as float32 numpy arrays.
 - Tower outputs before the heads, for training's feature mode: :func:`image_features`,
   :func:`text_features` and :func:`project` (``TowerOutputs``).
 - Decoding for training: :class:`DecodeImages` (the dataset every image goes through) and
-  :func:`decode_loader` (its ``DataLoader``, workers seeded privately).
+  :func:`decode_loader` (its ``DataLoader``, workers seeded privately, batches stacked in
+  the workers as :class:`Decoded`, channels-last when the tower wants it).
 
 This room imports the data, model and feature-cache rooms only; training and evaluation
 import it, never the other way.
@@ -35,9 +36,9 @@ import it, never the other way.
 
 from crossalign.embed._collection import (EmbeddedTable, ImageVectors, embed_images, embed_pictures,
                                           embed_table, embed_texts, tta_flip)
-from crossalign.embed._towers import (DecodeImages, TowerOutputs, decode_loader, image_features, project,
-                                      text_features)
+from crossalign.embed._towers import (Collate, DecodeImages, Decoded, TowerOutputs, decode_loader,
+                                      image_features, project, text_features, wants_channels_last)
 
 __all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "tta_flip", "ImageVectors",
            "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs", "DecodeImages",
-           "decode_loader"]
+           "Decoded", "Collate", "decode_loader", "wants_channels_last"]

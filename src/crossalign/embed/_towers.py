@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
 from crossalign.features import FeatureCache, file_key, text_key, tower_fingerprint
 
-__all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "decode_loader",
-           "mirror", "SHARD"]
+__all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "Decoded",
+           "Collate", "decode_loader", "wants_channels_last", "mirror", "SHARD"]
 
 log = logging.getLogger("crossalign.embed")
 SHARD = 1024  # items per cache shard: an interruption loses at most this much work
@@ -170,25 +170,55 @@ class DecodeImages(torch.utils.data.Dataset):
             return key, None, (str(e), e.kind)
 
 
-def _as_list(batch: list) -> list:
-    return batch
+class Decoded(NamedTuple):
+    """One decoded batch, stacked in the worker that decoded it."""
+
+    keys: list  # keys of the images that decoded, in order
+    pixels: torch.Tensor | None  # [len(keys), 3, H, W] in the tower's memory format
+    failed: list  # (key, (message, kind)) of the images that did not
+    size: int  # keys asked for
 
 
-def decode_loader(data: DecodeImages, batches: Iterable[list], workers: int):
-    """Batches of ``data``'s items (lists of ``(key, pixels, error)``) for the key lists in
-    ``batches``, in order, decoded by ``workers`` processes (0: here) ahead of their use.
+class Collate:
+    """Stack a batch of :class:`DecodeImages` items into :class:`Decoded` (picklable).
+
+    Stacking, and the channels-last copy a convolutional tower wants, happen in the
+    decoding worker, so the main process only runs the tower, and one tensor per batch
+    (not one per image) crosses between processes.
+    """
+
+    def __init__(self, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
+
+    def __call__(self, items: list) -> Decoded:
+        good = [(key, px) for key, px, err in items if err is None]
+        pixels = torch.stack([px for _, px in good]) if good else None  # [n_ok, 3, H, W]
+        if pixels is not None and self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        failed = [(key, err) for key, _, err in items if err is not None]
+        return Decoded([key for key, _ in good], pixels, failed, len(items))
+
+
+def decode_loader(data: DecodeImages, batches: Iterable[list], workers: int, channels_last: bool = False):
+    """:class:`Decoded` batches of ``data`` for the key lists in ``batches``, in order,
+    decoded by ``workers`` processes (0: here) ahead of their use.
 
     A private generator seeds the workers, so making a loader never draws from torch's
     global random state: dropout in a step sees the same numbers with or without a loader,
     with any number of workers, and after a resume.
     """
     return torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_as_list, generator=torch.Generator())
+                                       collate_fn=Collate(channels_last), generator=torch.Generator())
 
 
 def mirror(img: Image.Image, _key: object = None) -> Image.Image:
     """The horizontal mirror of an image (the extra view of ``model.image.tta_flip``)."""
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def wants_channels_last(tower: torch.nn.Module) -> bool:
+    """Whether ``tower`` runs its convolutions channels-last (its ``channels_last``)."""
+    return bool(getattr(tower, "channels_last", False))
 
 
 def _index(key) -> int:
@@ -215,16 +245,15 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     def batches(items: Sequence[str]):
         keys = [(i, path_key[p]) if augment is not None else i for i, p in enumerate(items)]
         plan = [keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]
-        for batch in decode_loader(DecodeImages(items, transform, max_pixels, augment), plan, workers):
-            for key, _, err in batch:
-                if err is not None:
-                    failed[items[_index(key)]] = ImageError(*err)
-            good = [(_index(key), px) for key, px, err in batch if err is None]
-            if not good:
-                yield len(batch), [], torch.zeros((0, tower.width))
+        data = DecodeImages(items, transform, max_pixels, augment)
+        for batch in decode_loader(data, plan, workers, wants_channels_last(tower)):
+            for key, err in batch.failed:
+                failed[items[_index(key)]] = ImageError(*err)
+            if batch.pixels is None:
+                yield batch.size, [], torch.zeros((0, tower.width))
                 continue
-            pixels = torch.stack([px for _, px in good]).to(device)  # [n_ok, 3, H, W]
-            yield len(batch), [i for i, _ in good], tower(pixels)  # [n_ok, width]
+            rows = [_index(key) for key in batch.keys]
+            yield batch.size, rows, tower(batch.pixels.to(device))  # [n_ok, width]
 
     tower.eval()
     fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""

@@ -45,7 +45,9 @@ class ImageTower(nn.Module):
 
     def __init__(self, model: nn.Module, name: str, image_size: int = 0) -> None:
         super().__init__()
-        # channels-last convolutions run about 1.7x faster on the CPU (and suit tensor cores)
+        # channels-last convolutions run about 1.7x faster on the CPU (and suit tensor cores);
+        # the data pipeline hands this tower its batches in that layout (``channels_last``)
+        self.channels_last = True
         self.model = model.to(memory_format=torch.channels_last)
         self.name = name
         self.width = int(model.num_features)

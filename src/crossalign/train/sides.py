@@ -31,7 +31,8 @@ import torch
 from crossalign.data.table import PairTable
 from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image
 from crossalign.data.validate import drop_failed_images
-from crossalign.embed import DecodeImages, decode_loader, image_features, text_features
+from crossalign.embed import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
+from crossalign.embed import wants_channels_last
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
@@ -95,13 +96,12 @@ class _Augment:
         return augment_image(img, self.cfg, _seed(self.seed, "image", view, key), short_side=self.short_side)
 
 
-def _stack(batch: list) -> torch.Tensor:
+def _stack(batch: Decoded) -> torch.Tensor:
     """Pixels ``[batch, 3, H, W]`` of a decoded batch; an image that became unreadable
     since the start of the run stops it, naming the file."""
-    for _, _, err in batch:
-        if err is not None:
-            raise ImageError(*err)
-    return torch.stack([px for _, px, _ in batch])
+    for _, err in batch.failed:
+        raise ImageError(*err)
+    return batch.pixels
 
 
 class _Side:
@@ -210,7 +210,10 @@ class ImageSide(_Side):
         if self.mode != "raw":
             return
         self._plan = deque(self._keys(rows, epoch, samples) for rows, samples in batches)
-        self._loader = iter(decode_loader(self.data, list(self._plan), self.workers))
+        self._loader = iter(self._decode(list(self._plan)))
+
+    def _decode(self, plan: list[list]):
+        return decode_loader(self.data, plan, self.workers, wants_channels_last(self.tower))
 
     def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None) -> torch.Tensor:
         keys = self._keys(rows, epoch, samples)
@@ -218,7 +221,7 @@ class ImageSide(_Side):
             self._plan.popleft()
             batch = next(self._loader)
         else:
-            batch = [self.data[k] for k in keys]
+            batch = Collate(wants_channels_last(self.tower))([self.data[k] for k in keys])
         return _stack(batch).to(self.device)  # [batch, 3, H, W]
 
     @torch.no_grad()
@@ -230,7 +233,7 @@ class ImageSide(_Side):
         for view in [None] + list(range(self.n_views)):
             plan = [self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]
             items: list[dict] = []
-            for batch in decode_loader(self.data, plan, self.workers):
+            for batch in self._decode(plan):
                 pixels = _stack(batch).to(self.device)  # [batch, 3, H, W]
                 items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
             self.prefix.append(items)
@@ -243,7 +246,7 @@ class ImageSide(_Side):
             return super().embed_all(rows, batch_size)
         plan = [self._keys(rows[s:s + batch_size], -1, None) for s in range(0, len(rows), batch_size)]
         out = [self.model.encode_image(_stack(b).to(self.device)).float().cpu().numpy()
-               for b in decode_loader(self.data, plan, self.workers)]
+               for b in self._decode(plan)]
         return np.concatenate(out)
 
     def train_embed(self, rows: np.ndarray, epoch: int = -1, samples: np.ndarray | None = None) -> torch.Tensor:
