@@ -109,3 +109,29 @@ def test_the_loader_stacks_batches_in_the_workers_in_the_towers_layout(tmp_path)
         assert b.pixels.is_contiguous(memory_format=torch.channels_last)
         assert not a.pixels.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(a.pixels, b.pixels)  # [n_ok, 3, 16, 16], the same values
+
+
+@pytest.mark.parametrize("tower", ["small_cnn", "timm:resnet18"])
+def test_channels_last_is_an_option_with_the_same_results(tower):
+    from crossalign.config import ModelConfig
+    from crossalign.models.dual import build_model
+
+    outs, grads = {}, {}
+    for on in (True, False):
+        cfg = ModelConfig()
+        cfg.image.tower, cfg.image.pretrained, cfg.image.image_size = tower, False, 32
+        cfg.image.freeze, cfg.image.channels_last, cfg.image.width = "trainable", on, 32
+        cfg.text.tower, cfg.text.pretrained, cfg.text.width = "lstm", False, 32
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        assert model.image_tower.channels_last is on
+        conv = next(m for m in model.image_tower.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is on
+        pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        out = model.encode_image(pixels)  # [4, embed_dim]
+        out.sum().backward()
+        outs[on], grads[on] = out.detach(), conv.weight.grad.clone()
+    torch.testing.assert_close(outs[True], outs[False], atol=1e-5, rtol=1e-4)
+    # float sums run in another order: differences are rounding, small against the gradient
+    scale = grads[False].abs().max().item()
+    assert (grads[True] - grads[False]).abs().max().item() <= 1e-4 * scale, scale

@@ -67,6 +67,7 @@ class ImageTowerConfig:
     # embeddings (evaluate, report, load, index): the normalised mean of the image's and its
     # mirror's; a frozen tower caches the mirror's features once
     tta_flip: bool = False
+    channels_last: bool = True  # convolutions in NHWC layout: faster on CPUs, same results
 
 
 @dataclass
