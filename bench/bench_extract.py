@@ -109,13 +109,16 @@ def time_crossalign(tower, paths: list[str], batch_size: int, workers: int) -> t
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="a data folder (its images/) or any folder of images")
+    ap.add_argument("--data", type=Path, required=True,
+                    help="a data folder (its images/) or any folder of images")
     ap.add_argument("--n", type=int, default=512, help="images to extract")
     ap.add_argument("--tower", default="efficientnet_lite0")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of this process for (a) and (b); 0: the cores the most workers leave")
-    ap.add_argument("--workers", default="2", help="decoding processes for (b), comma-separated to try several")
+                    help="torch threads of this process for (a) and (b); "
+                         "0: the cores that the most workers leave free")
+    ap.add_argument("--workers", default="2",
+                    help="decoding processes for (b), comma-separated to try several")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]

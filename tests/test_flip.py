@@ -17,7 +17,8 @@ from crossalign.models.dual import build_model
 
 def _model(flip: bool, freeze: str = "frozen"):
     cfg = ModelConfig()
-    cfg.image.tower, cfg.image.pretrained, cfg.image.width, cfg.image.freeze = "small_cnn", False, 32, freeze
+    cfg.image.tower, cfg.image.pretrained, cfg.image.width = "small_cnn", False, 32
+    cfg.image.freeze = freeze
     cfg.image.tta_flip, cfg.image.image_size = flip, 16  # a 1x1 last map: far from mirror-invariant
     cfg.text.tower, cfg.text.pretrained, cfg.text.width = "lstm", False, 32
     torch.manual_seed(0)

@@ -116,11 +116,20 @@ def test_channels_last_is_an_option_with_the_same_results(tower):
     from crossalign.config import ModelConfig
     from crossalign.models.dual import build_model
 
+    from crossalign.errors import ConfigError
+
+    cfg = ModelConfig()
+    cfg.image.tower, cfg.image.pretrained, cfg.image.image_size = tower, False, 32
+    cfg.text.tower, cfg.text.pretrained, cfg.text.width = "lstm", False, 32
+    assert getattr(build_model(cfg).image_tower, "channels_last", False) is (tower != "small_cnn")  # auto
+    cfg.image.channels_last = "sometimes"
+    with pytest.raises(ConfigError, match="model.image.channels_last"):
+        build_model(cfg)
     outs, grads = {}, {}
     for on in (True, False):
         cfg = ModelConfig()
         cfg.image.tower, cfg.image.pretrained, cfg.image.image_size = tower, False, 32
-        cfg.image.freeze, cfg.image.channels_last, cfg.image.width = "trainable", on, 32
+        cfg.image.freeze, cfg.image.channels_last, cfg.image.width = "trainable", str(on), 32
         cfg.text.tower, cfg.text.pretrained, cfg.text.width = "lstm", False, 32
         torch.manual_seed(0)
         model = build_model(cfg)

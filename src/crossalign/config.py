@@ -67,7 +67,9 @@ class ImageTowerConfig:
     # embeddings (evaluate, report, load, index): the normalised mean of the image's and its
     # mirror's; a frozen tower caches the mirror's features once
     tta_flip: bool = False
-    channels_last: bool = True  # convolutions in NHWC layout: faster on CPUs, same results
+    # convolutions in NHWC layout (faster on CPUs, same results): auto | true | false;
+    # auto = the tower's own choice (timm towers yes, small_cnn no)
+    channels_last: str = "auto"
 
 
 @dataclass

@@ -199,7 +199,8 @@ class Collate:
         return Decoded([key for key, _ in good], pixels, failed, len(items))
 
 
-def decode_loader(data: DecodeImages, batches: Iterable[list], workers: int, channels_last: bool = False):
+def decode_loader(data: DecodeImages, batches: Iterable[list], workers: int,
+                  channels_last: bool = False):
     """:class:`Decoded` batches of ``data`` for the key lists in ``batches``, in order,
     decoded by ``workers`` processes (0: here) ahead of their use.
 

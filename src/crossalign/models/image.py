@@ -15,7 +15,8 @@ from torch import nn
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign.models.registry import register
 
-__all__ = ["ImageTower", "use_channels_last", "remap_efficientnet_lite", "efficientnet_lite_weights_path"]
+__all__ = ["ImageTower", "use_channels_last", "apply_channels_last", "remap_efficientnet_lite",
+           "efficientnet_lite_weights_path"]
 
 
 def use_channels_last(tower: nn.Module, on: bool = True) -> nn.Module:
@@ -28,6 +29,19 @@ def use_channels_last(tower: nn.Module, on: bool = True) -> nn.Module:
     tower.to(memory_format=torch.channels_last if on else torch.contiguous_format)
     tower.channels_last = on
     return tower
+
+
+def apply_channels_last(tower: nn.Module, setting: str) -> nn.Module:
+    """``model.image.channels_last``: ``auto`` keeps the layout the tower was built with
+    (timm towers channels-last; the small CNN not yet: with it, two processes with synced
+    batch norm drift from one process in ``test_train_distributed``, a cause not yet found),
+    ``true`` or ``false`` sets it."""
+    value = str(setting).strip().lower()
+    if value == "auto":
+        return tower
+    if value not in ("true", "false"):
+        raise ConfigError(f"model.image.channels_last must be auto, true or false, got {setting!r}")
+    return use_channels_last(tower, value == "true")
 
 
 def _family(model: nn.Module) -> str:
@@ -58,7 +72,7 @@ class ImageTower(nn.Module):
     def __init__(self, model: nn.Module, name: str, image_size: int = 0) -> None:
         super().__init__()
         self.model = model
-        use_channels_last(self, True)  # the default; model.image.channels_last may turn it off
+        use_channels_last(self, True)  # the default; model.image.channels_last=false turns it off
         self.name = name
         self.width = int(model.num_features)
         self.family = _family(model)

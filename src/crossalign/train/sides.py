@@ -93,7 +93,8 @@ class _Augment:
         from crossalign.data.augment import augment_image
 
         view, key = (self.view, arg) if self.view is not None else arg
-        return augment_image(img, self.cfg, _seed(self.seed, "image", view, key), short_side=self.short_side)
+        seed = _seed(self.seed, "image", view, key)
+        return augment_image(img, self.cfg, seed, short_side=self.short_side)
 
 
 def _stack(batch: Decoded) -> torch.Tensor:
@@ -180,8 +181,9 @@ class ImageSide(_Side):
         self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
         views = []
         for v in range(self.n_views):
+            augment = _Augment(self.aug, self.seed, self._short_side(), view=v)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
-                               progress=progress, dist=dist, workers=self.workers, augment=_Augment(self.aug, self.seed, self._short_side(), view=v),
+                               progress=progress, dist=dist, workers=self.workers, augment=augment,
                                key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
@@ -229,7 +231,8 @@ class ImageSide(_Side):
         n_last = int(self.model.cfg.image.freeze.split(":")[1])
         self.tower.eval()
         self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
-        chunks = [range(s, min(s + batch_size, len(self.paths))) for s in range(0, len(self.paths), batch_size)]
+        n = len(self.paths)
+        chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         for view in [None] + list(range(self.n_views)):
             plan = [self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]
             items: list[dict] = []
