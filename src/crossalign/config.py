@@ -65,6 +65,12 @@ class ImageTowerConfig:
     checkpoint: str = ""  # optional local weights file (or timm folder)
     image_size: int = 0  # 0 = the tower's own default
     width: int = 256  # from-scratch towers (small_cnn): output width
+    # embeddings (evaluate, report, load, index): the normalised mean of the image's and its
+    # mirror's; a frozen tower caches the mirror's features once
+    tta_flip: bool = False
+    # convolutions in NHWC layout (faster on CPUs, same results): auto | true | false;
+    # auto = the tower's own choice (timm towers yes, small_cnn no)
+    channels_last: str = "auto"
 
 
 @dataclass

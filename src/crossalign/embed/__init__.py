@@ -20,16 +20,25 @@ L2-normalised vectors ``[n, embed_dim]`` as float32 numpy arrays.
   strict=False, progress, workers=0) -> EmbeddedTable``: every image and caption of a
   :class:`~crossalign.data.table.PairTable`; rows whose image failed are dropped and
   listed in ``.problems`` (one per row, named by file and row), or raise with ``strict``.
+- Test-time flip averaging (``model.image.tta_flip``, read from the model's config by
+  every function above, so every door sees the same vectors): an image's vector is the
+  normalised mean of its own and its horizontal mirror's; :func:`tta_flip` says whether
+  a model does it. A frozen tower caches the mirror's features (key suffix ``:flip``).
 - Tower outputs before the heads, for training's feature mode: :func:`image_features`,
   :func:`text_features` and :func:`project` (``TowerOutputs``).
+- Decoding for training: :class:`DecodeImages` (the dataset every image goes through) and
+  :func:`decode_loader` (its ``DataLoader``, workers seeded privately, batches stacked in
+  the workers as :class:`Decoded`, channels-last when the tower wants it).
 
 This room imports the data, model and feature-cache rooms only; training and evaluation
 import it, never the other way.
 """
 
 from crossalign.embed._collection import (EmbeddedTable, ImageVectors, embed_images, embed_pictures,
-                                          embed_table, embed_texts)
-from crossalign.embed._towers import TowerOutputs, image_features, project, text_features
+                                          embed_table, embed_texts, tta_flip)
+from crossalign.embed._towers import (Collate, DecodeImages, Decoded, TowerOutputs, decode_loader,
+                                      image_features, project, text_features, wants_channels_last)
 
-__all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "ImageVectors",
-           "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs"]
+__all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "tta_flip", "ImageVectors",
+           "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs", "DecodeImages",
+           "Decoded", "Collate", "decode_loader", "wants_channels_last"]

@@ -17,11 +17,13 @@ import torch
 from crossalign.data.table import PairTable
 from crossalign.data.transforms import MAX_PIXELS, ImageError, ImageSource, eval_transform, load_image
 from crossalign.data.validate import Problem, drop_failed_images
-from crossalign.embed._towers import image_features, project, text_features
+from crossalign.embed._towers import image_features, mirror, project, text_features
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["ImageVectors", "EmbeddedTable", "embed_images", "embed_pictures", "embed_texts",
-           "embed_table"]
+           "embed_table", "tta_flip"]
+
+FLIP_SUFFIX = ":flip"  # cache key suffix of the mirrored view
 
 
 @dataclass
@@ -50,12 +52,26 @@ def _cache_for(model: DualEncoder, side: str, cache_root: str | Path | None) -> 
     return cache_root if is_frozen(getattr(model.cfg, side).freeze) else None
 
 
+def tta_flip(model: DualEncoder) -> bool:
+    """Whether ``model`` embeds an image as the mean of it and its mirror (``model.image.tta_flip``)."""
+    return bool(model.cfg.image.tta_flip)
+
+
+def _mean_of_views(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The normalised mean of two views' unit vectors ``[n, dim]``."""
+    s = a + b
+    return (s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 @torch.no_grad()
 def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
                  cache_root: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
                  max_pixels: int = MAX_PIXELS, progress: bool = False, dist=None,
                  workers: int = 0) -> ImageVectors:
     """Vectors ``[n_ok, embed_dim]`` of the image files at ``paths``; unreadable ones are reported.
+
+    With ``model.image.tta_flip`` a vector is the normalised mean of the image's and its
+    horizontal mirror's (a frozen tower caches the mirror's features under their own key).
 
     Args:
         cache_root: feature cache folder (used only when the image tower is frozen).
@@ -70,6 +86,13 @@ def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
                          max_pixels, progress, dist, workers=workers)
     ok = [p for p in dict.fromkeys(str(p) for p in paths) if p not in out.failed]
     vectors = project(model.project_image, out.feats, device)
+    if ok and tta_flip(model):  # the mirror is a view like an augmented one: cached apart
+        flipped = image_features(model.image_tower, ok, cache, device, batch_size, max_pixels, progress,
+                                 dist, augment=mirror, key_suffix=FLIP_SUFFIX, workers=workers)
+        keep = [k for k, p in enumerate(ok) if p not in flipped.failed]  # changed since: rare
+        out.failed.update(flipped.failed)
+        ok = [ok[k] for k in keep]
+        vectors = _mean_of_views(vectors[keep], project(model.project_image, flipped.feats, device))
     if not ok:
         vectors = np.zeros((0, model.cfg.embed_dim), np.float32)
     return ImageVectors(ok, vectors, out.failed)
@@ -87,11 +110,16 @@ def embed_pictures(model: DualEncoder, images: Sequence[ImageSource], *, device:
     """
     model.eval()
     transform = eval_transform(model.image_tower.data_config)
+    views = [lambda img: img] + ([mirror] if tta_flip(model) else [])
     out = []
     for s in range(0, len(images), batch_size):
-        pixels = torch.stack([transform(load_image(x, max_pixels)) for x in images[s:s + batch_size]])
-        feats = model.image_tower(pixels.to(device))  # [batch, width]
-        out.append(model.project_image(feats).float().cpu().numpy())  # [batch, embed_dim]
+        loaded = [load_image(x, max_pixels) for x in images[s:s + batch_size]]
+        per_view = []
+        for view in views:
+            pixels = torch.stack([transform(view(img)) for img in loaded])  # [batch, 3, H, W]
+            feats = model.image_tower(pixels.to(device))  # [batch, width]
+            per_view.append(model.project_image(feats).float().cpu().numpy())  # [batch, embed_dim]
+        out.append(per_view[0] if len(per_view) == 1 else _mean_of_views(*per_view))
     return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
 from crossalign.features import FeatureCache, file_key, text_key, tower_fingerprint
 
-__all__ = ["image_features", "text_features", "project", "TowerOutputs", "SHARD"]
+__all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "Decoded",
+           "Collate", "decode_loader", "wants_channels_last", "mirror", "SHARD"]
 
 log = logging.getLogger("crossalign.embed")
 SHARD = 1024  # items per cache shard: an interruption loses at most this much work
@@ -46,16 +47,30 @@ def _bar(total: int, desc: str, progress: bool):
 Batches = Callable[[Sequence], Iterator[tuple[int, list[int], torch.Tensor]]]
 
 
-def _run_batches(items: Sequence, batches: Batches, width: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``batches`` over ``items``: features ``[n_ok, width]`` and which items they are."""
-    feats, ok = [], []
-    for n, rows, out in batches(items):  # out: [len(rows), width]
-        feats.append(out.float().cpu().numpy())
-        ok += rows
-        if bar is not None:
-            bar.update(n)
-    arr = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
-    return arr, np.asarray(ok, dtype=np.int64)
+class _Shards:
+    """Computed features, written to the cache every SHARD items consumed (an interruption
+    loses at most that much work) and kept by key in ``done``."""
+
+    def __init__(self, cache: FeatureCache | None) -> None:
+        self.cache, self.done = cache, {}
+        self.keys: list[str] = []
+        self.feats: list[np.ndarray] = []
+        self.consumed = 0
+
+    def add(self, keys: list[str], feats: np.ndarray, consumed: int) -> None:
+        self.keys += keys
+        self.feats.append(feats)
+        self.consumed += consumed
+        if self.consumed >= SHARD:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            feats = np.concatenate(self.feats)  # [n, width]
+            if self.cache is not None:
+                self.cache.put(self.keys, feats)
+            self.done.update(zip(self.keys, feats))
+        self.keys, self.feats, self.consumed = [], [], 0
 
 
 def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache | None,
@@ -76,15 +91,14 @@ def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache
             share = share[dist.rank::dist.world_size]
         todo = set(cache.missing([k for k, _ in share]))
         pending = [(k, x) for k, x in share if k in todo]
-    done: dict[str, np.ndarray] = {}
     bar = _bar(len(pending), desc, progress)
-    for s in range(0, len(pending), SHARD):
-        part = pending[s:s + SHARD]
-        feats, ok = _run_batches([x for _, x in part], batches, width, bar)
-        ok_keys = [part[i][0] for i in ok]
-        if cache is not None:
-            cache.put(ok_keys, feats)
-        done.update(zip(ok_keys, feats))
+    out = _Shards(cache)
+    # one pass over every pending item, so decoding workers start once and never drain
+    for n, rows, feats in batches([x for _, x in pending]):  # feats: [len(rows), width]
+        out.add([pending[i][0] for i in rows], feats.float().cpu().numpy(), n)
+        bar.update(n)
+    out.flush()
+    done = out.done
     bar.close()
     if cache is None:
         return done
@@ -127,30 +141,89 @@ def _over_limit(paths: Sequence[str], max_pixels: int) -> dict[str, ImageError]:
     return out
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Item ``i``: ``(i, pixels, None)``, or ``(i, None, (message, kind))`` when it fails."""
+class DecodeImages(torch.utils.data.Dataset):
+    """Images decoded, augmented and preprocessed for a tower, one item per key.
+
+    A key is an index into ``paths``, or ``(index, arg)``: then ``augment(image, arg)``
+    runs before preprocessing (``arg`` says which view, e.g. a content key or a seeded
+    view). Item: ``(key, pixels [3, H, W], None)``, or ``(key, None, (message, kind))``
+    when the image cannot be read, sent back as plain values since an exception need
+    not pickle. The one dataset behind extraction and training's decoding.
+    """
 
     def __init__(self, paths: Sequence[str], transform: Callable, max_pixels: int,
-                 augment: Callable | None, keys: dict[str, str]) -> None:
-        self.paths, self.transform, self.max_pixels = paths, transform, max_pixels
-        self.augment, self.keys = augment, keys
+                 augment: Callable | None = None) -> None:
+        self.paths, self.transform, self.max_pixels, self.augment = paths, transform, max_pixels, augment
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, arg = key if isinstance(key, tuple) else (key, None)
         p = self.paths[i]
         try:
             img = load_image(p, self.max_pixels)
-            if self.augment is not None:
-                img = self.augment(img, self.keys[p])
-            return i, self.transform(img), None  # [3, H, W]
-        except ImageError as e:  # sent back as plain values: an exception need not pickle
-            return i, None, (str(e), e.kind)
+            if self.augment is not None and arg is not None:
+                img = self.augment(img, arg)
+            return key, self.transform(img), None  # [3, H, W]
+        except ImageError as e:
+            return key, None, (str(e), e.kind)
 
 
-def _as_list(batch: list) -> list:
-    return batch
+class Decoded(NamedTuple):
+    """One decoded batch, stacked in the worker that decoded it."""
+
+    keys: list  # keys of the images that decoded, in order
+    pixels: torch.Tensor | None  # [len(keys), 3, H, W] in the tower's memory format
+    failed: list  # (key, (message, kind)) of the images that did not
+    size: int  # keys asked for
+
+
+class Collate:
+    """Stack a batch of :class:`DecodeImages` items into :class:`Decoded` (picklable).
+
+    Stacking, and the channels-last copy a convolutional tower wants, happen in the
+    decoding worker, so the main process only runs the tower, and one tensor per batch
+    (not one per image) crosses between processes.
+    """
+
+    def __init__(self, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
+
+    def __call__(self, items: list) -> Decoded:
+        good = [(key, px) for key, px, err in items if err is None]
+        pixels = torch.stack([px for _, px in good]) if good else None  # [n_ok, 3, H, W]
+        if pixels is not None and self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        failed = [(key, err) for key, _, err in items if err is not None]
+        return Decoded([key for key, _ in good], pixels, failed, len(items))
+
+
+def decode_loader(data: DecodeImages, batches: Iterable[list], workers: int,
+                  channels_last: bool = False):
+    """:class:`Decoded` batches of ``data`` for the key lists in ``batches``, in order,
+    decoded by ``workers`` processes (0: here) ahead of their use.
+
+    A private generator seeds the workers, so making a loader never draws from torch's
+    global random state: dropout in a step sees the same numbers with or without a loader,
+    with any number of workers, and after a resume.
+    """
+    return torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
+                                       collate_fn=Collate(channels_last), generator=torch.Generator())
+
+
+def mirror(img: Image.Image, _key: object = None) -> Image.Image:
+    """The horizontal mirror of an image (the extra view of ``model.image.tta_flip``)."""
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def wants_channels_last(tower: torch.nn.Module) -> bool:
+    """Whether ``tower`` runs its convolutions channels-last (its ``channels_last``)."""
+    return bool(getattr(tower, "channels_last", False))
+
+
+def _index(key) -> int:
+    return key[0] if isinstance(key, tuple) else key
 
 
 @torch.no_grad()
@@ -171,21 +244,17 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     path_key, failed = _file_keys(paths, key_suffix)
 
     def batches(items: Sequence[str]):
-        data = _Decode(items, transform, max_pixels, augment, path_key)
-        # its own generator: a loader draws a seed when it starts, and from the global RNG that
-        # draw would make training depend on whether the feature cache was warm
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
-                                             collate_fn=_as_list, generator=torch.Generator())
-        for batch in loader:
-            for i, _, err in batch:
-                if err is not None:
-                    failed[items[i]] = ImageError(*err)
-            good = [(i, px) for i, px, err in batch if err is None]
-            if not good:
-                yield len(batch), [], torch.zeros((0, tower.width))
+        keys = [(i, path_key[p]) if augment is not None else i for i, p in enumerate(items)]
+        plan = [keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]
+        data = DecodeImages(items, transform, max_pixels, augment)
+        for batch in decode_loader(data, plan, workers, wants_channels_last(tower)):
+            for key, err in batch.failed:
+                failed[items[_index(key)]] = ImageError(*err)
+            if batch.pixels is None:
+                yield batch.size, [], torch.zeros((0, tower.width))
                 continue
-            pixels = torch.stack([px for _, px in good]).to(device)  # [n_ok, 3, H, W]
-            yield len(batch), [i for i, _ in good], tower(pixels)  # [n_ok, width]
+            rows = [_index(key) for key in batch.keys]
+            yield batch.size, rows, tower(batch.pixels.to(device))  # [n_ok, width]
 
     tower.eval()
     fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""

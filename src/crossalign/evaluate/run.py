@@ -22,7 +22,7 @@ from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import sample_images
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem, count_skipped, report_problems
-from crossalign.embed import EmbeddedTable, embed_table, embed_texts
+from crossalign.embed import EmbeddedTable, embed_table, embed_texts, tta_flip
 from crossalign.errors import ConfigError
 from crossalign.evaluate.bank import resolve_ranking, run_score_functions
 from crossalign.evaluate.chance import chance_metrics
@@ -214,6 +214,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     problems = rd.problems + emb.problems
     report_problems(problems)
     metrics["split"] = split
+    metrics["tta_flip"] = tta_flip(rd.model)  # image vectors average the image and its mirror
     metrics["skipped_rows"] = sum(p.level == "error" for p in problems)
     metrics["skipped"] = count_skipped(problems)
     _export(emb, res, matrix, float16, lists)

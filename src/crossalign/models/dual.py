@@ -191,6 +191,8 @@ def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None 
     txt_kw = {"pretrained": txt.pretrained and load["text"], "checkpoint": txt.checkpoint if load["text"] else "",
               "pooling": txt.pooling, "max_tokens": txt.max_tokens, "chunk_long": txt.chunk_long,
               "vocab_size": txt.vocab_size, "width": txt.width, "layers": txt.layers}
-    image_tower = create(cfg.image.tower, **img_kw)
+    from crossalign.models.image import apply_channels_last
+
+    image_tower = apply_channels_last(create(cfg.image.tower, **img_kw), img.channels_last)
     text_tower = create(cfg.text.tower, **txt_kw)
     return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)

@@ -15,7 +15,33 @@ from torch import nn
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign.models.registry import register
 
-__all__ = ["ImageTower", "remap_efficientnet_lite", "efficientnet_lite_weights_path"]
+__all__ = ["ImageTower", "use_channels_last", "apply_channels_last", "remap_efficientnet_lite",
+           "efficientnet_lite_weights_path"]
+
+
+def use_channels_last(tower: nn.Module, on: bool = True) -> nn.Module:
+    """Put an image tower's weights in channels-last (NHWC) layout, or back (in place).
+
+    Convolutions run faster channels-last on CPUs (EfficientNet-Lite0 and the small CNN
+    alike) and suit tensor cores; the values computed are the same up to float rounding.
+    The tower's ``channels_last`` tells the data pipeline which layout to hand it.
+    """
+    tower.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+    tower.channels_last = on
+    return tower
+
+
+def apply_channels_last(tower: nn.Module, setting: str) -> nn.Module:
+    """``model.image.channels_last``: ``auto`` keeps the layout the tower was built with
+    (timm towers channels-last; the small CNN not yet: with it, two processes with synced
+    batch norm drift from one process in ``test_train_distributed``, a cause not yet found),
+    ``true`` or ``false`` sets it."""
+    value = str(setting).strip().lower()
+    if value == "auto":
+        return tower
+    if value not in ("true", "false"):
+        raise ConfigError(f"model.image.channels_last must be auto, true or false, got {setting!r}")
+    return use_channels_last(tower, value == "true")
 
 
 def _family(model: nn.Module) -> str:
@@ -45,8 +71,8 @@ class ImageTower(nn.Module):
 
     def __init__(self, model: nn.Module, name: str, image_size: int = 0) -> None:
         super().__init__()
-        # channels-last convolutions run about 1.7x faster on the CPU (and suit tensor cores)
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        use_channels_last(self, True)  # the default; model.image.channels_last=false turns it off
         self.name = name
         self.width = int(model.num_features)
         self.family = _family(model)
@@ -61,8 +87,12 @@ class ImageTower(nn.Module):
             "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         }
 
+    def _layout(self, pixels: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return pixels.contiguous(memory_format=fmt)  # a no-op for batches the pipeline made
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels.contiguous(memory_format=torch.channels_last))  # [batch, width]
+        return self.model(self._layout(pixels))  # [batch, width]
 
     def blocks(self) -> list[nn.Module]:
         """Trainable units from input to output, for ``last:N`` freezing."""
@@ -106,7 +136,7 @@ class ImageTower(nn.Module):
     def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
         """Everything before the last ``n_last`` blocks: ``{"x": activations}``."""
         k = self._cut(n_last)
-        x = pixels.contiguous(memory_format=torch.channels_last)
+        x = self._layout(pixels)
         if not self.supports_split:
             return {"x": x}
         x = self._stem(x)

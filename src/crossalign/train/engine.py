@@ -168,9 +168,20 @@ class Engine:
             raise ConfigError(f"train.precision must be fp32 or bf16, got {self.cfg.train.precision!r}")
         return nullcontext()
 
-    def _micro_step(self, batch: np.ndarray, epoch: int, sync: bool) -> float:
+    def _local(self, batch: np.ndarray) -> np.ndarray:
+        """This process's slice of a global batch."""
         bs, rank = self.local_batch(), self.dist.rank
-        local = batch[rank * bs:(rank + 1) * bs]
+        return batch[rank * bs:(rank + 1) * bs]
+
+    def _plan(self, perm: np.ndarray, global_bs: int, n_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(image rows, samples)`` of every micro-batch this process runs from ``pos.step`` on."""
+        accum = self.cfg.train.accum_steps
+        locals_ = [self._local(perm[k * global_bs:(k + 1) * global_bs])
+                   for k in range(self.pos.step * accum, n_steps * accum)]
+        return [(self.t2i[local], local) for local in locals_]
+
+    def _micro_step(self, batch: np.ndarray, epoch: int, sync: bool) -> float:
+        local = self._local(batch)
         no_sync = self.wrapped.no_sync if (not sync and self.dist.world_size > 1) else nullcontext
         with no_sync():
             with self._autocast():
@@ -200,6 +211,7 @@ class Engine:
         perm = self.rows[torch.randperm(len(self.rows), generator=self.gen).numpy()]
         global_bs = self.local_batch() * self.dist.world_size
         n_steps = self.steps_per_epoch()
+        self.images.plan_epoch(epoch, self._plan(perm, global_bs, n_steps))  # decoding starts
         bar = tqdm(total=n_steps, initial=self.pos.step, desc=f"epoch {epoch}", leave=False,
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         t0, seen = time.perf_counter(), 0

@@ -8,12 +8,20 @@ freezing:
 - ``prefix``: only the last N blocks train (``last:N``); the output of the frozen
   prefix is computed once per run and held in memory, so each step runs only the
   blocks that learn.
-- ``raw``: the tower trains; inputs are loaded, augmented and encoded every step.
+- ``raw``: the tower trains; inputs are loaded, augmented and encoded every step. The
+  engine tells the image side each epoch's batches up front (``plan_epoch``), so a
+  ``torch.utils.data.DataLoader`` with ``train.num_workers`` workers decodes, augments and
+  preprocesses them while the steps before them run.
+
+Every image is decoded through :class:`crossalign.embed.DecodeImages` (extraction, the
+prefix pass, training steps and validation), and an augmented view is drawn from a seed
+of the run seed, the view and the image, so a run is the same with 0 or N workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +29,10 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image, load_image
+from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image
 from crossalign.data.validate import drop_failed_images
-from crossalign.embed import image_features, text_features
+from crossalign.embed import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
+from crossalign.embed import wants_channels_last
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
@@ -68,6 +77,32 @@ def _split_prefix(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
         return [{k: v[i].detach().cpu() for k, v in batch.items()} for i in range(n)]
     lengths = batch["attention_mask"].sum(1).tolist()
     return [{k: v[i, :int(lengths[i])].detach().cpu() for k, v in batch.items()} for i in range(n)]
+
+
+class _Augment:
+    """A seeded augmented view of an image, picklable for decoding workers.
+
+    With ``view`` fixed it is called as ``fn(image, key)``; without, as
+    ``fn(image, (view, key))``. Either way the seed is ``_seed(seed, "image", view, key)``.
+    """
+
+    def __init__(self, cfg, seed: int, short_side: int, view=None) -> None:
+        self.cfg, self.seed, self.short_side, self.view = cfg, seed, short_side, view
+
+    def __call__(self, img, arg):
+        from crossalign.data.augment import augment_image
+
+        view, key = (self.view, arg) if self.view is not None else arg
+        seed = _seed(self.seed, "image", view, key)
+        return augment_image(img, self.cfg, seed, short_side=self.short_side)
+
+
+def _stack(batch: Decoded) -> torch.Tensor:
+    """Pixels ``[batch, 3, H, W]`` of a decoded batch; an image that became unreadable
+    since the start of the run stops it, naming the file."""
+    for _, err in batch.failed:
+        raise ImageError(*err)
+    return batch.pixels
 
 
 class _Side:
@@ -127,16 +162,16 @@ class ImageSide(_Side):
         kept = [(i, p) for i, p in zip(ids, paths) if i not in self.failed]
         self.ids, self.paths = [i for i, _ in kept], [p for _, p in kept]
         self.index = {i: k for k, i in enumerate(self.ids)}
+        augment = _Augment(self.aug, self.seed, self._short_side()) if self.aug is not None else None
+        self.data = DecodeImages(self.paths, self.transform, self.max_pixels, augment)
+        self._plan: deque = deque()  # key lists of the batches the loader below decodes ahead
+        self._loader = iter(())
         if self.mode == "prefix":
             self._init_prefix(batch_size, progress)
 
-    def _augmenter(self, view: int):
-        from crossalign.data.augment import augment_image
-
-        aug, seed = self.aug, self.seed
+    def _short_side(self) -> int:
         dc = self.tower.data_config
-        short = round(dc["input_size"][-1] / dc["crop_pct"])  # the resize the eval transform applies next
-        return lambda img, key: augment_image(img, aug, _seed(seed, "image", view, key), short_side=short)
+        return round(dc["input_size"][-1] / dc["crop_pct"])  # the resize the eval transform applies next
 
     def _init_features(self, ids, paths, cache_root, batch_size, progress, dist) -> None:
         out = image_features(self.tower, paths, cache_root, self.device, batch_size, self.max_pixels,
@@ -146,8 +181,9 @@ class ImageSide(_Side):
         self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
         views = []
         for v in range(self.n_views):
+            augment = _Augment(self.aug, self.seed, self._short_side(), view=v)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
-                               progress=progress, dist=dist, workers=self.workers, augment=self._augmenter(v),
+                               progress=progress, dist=dist, workers=self.workers, augment=augment,
                                key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
@@ -160,28 +196,61 @@ class ImageSide(_Side):
             except ImageError as e:
                 self.failed[i] = e
 
-    def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None, view: int | None = None):
-        imgs = []
-        for k, r in enumerate(rows):
-            img = load_image(self.paths[r], self.max_pixels)
-            if self.aug is not None and epoch >= 0:
-                v = view if view is not None else ("e", epoch, samples[k] if samples is not None else r)
-                img = self._augmenter(v)(img, self.paths[r])
-            imgs.append(self.transform(img))
-        return torch.stack(imgs).to(self.device)  # [batch, 3, H, W]
+    def _keys(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None,
+              view=None) -> list:
+        """Keys of ``self.data`` for ``rows``: clean for ``epoch=-1``, else the seeded view
+        (``view``, or the sample's view in ``epoch``)."""
+        if self.aug is None or epoch < 0:
+            return [int(r) for r in rows]
+        views = [view if view is not None else ("e", epoch, samples[k] if samples is not None else r)
+                 for k, r in enumerate(rows)]
+        return [(int(r), (v, self.paths[r])) for r, v in zip(rows, views)]
+
+    def plan_epoch(self, epoch: int, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Start decoding the ``(rows, samples)`` of each coming step of ``epoch``, in order,
+        in ``train.num_workers`` processes (raw mode only; other modes decode nothing)."""
+        if self.mode != "raw":
+            return
+        self._plan = deque(self._keys(rows, epoch, samples) for rows, samples in batches)
+        self._loader = iter(self._decode(list(self._plan)))
+
+    def _decode(self, plan: list[list]):
+        return decode_loader(self.data, plan, self.workers, wants_channels_last(self.tower))
+
+    def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None) -> torch.Tensor:
+        keys = self._keys(rows, epoch, samples)
+        if self._plan and self._plan[0] == keys:  # decoded ahead by the loader
+            self._plan.popleft()
+            batch = next(self._loader)
+        else:
+            batch = Collate(wants_channels_last(self.tower))([self.data[k] for k in keys])
+        return _stack(batch).to(self.device)  # [batch, 3, H, W]
 
     @torch.no_grad()
     def _init_prefix(self, batch_size: int, progress: bool) -> None:
         n_last = int(self.model.cfg.image.freeze.split(":")[1])
         self.tower.eval()
         self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
+        n = len(self.paths)
+        chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         for view in [None] + list(range(self.n_views)):
+            plan = [self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]
             items: list[dict] = []
-            for s in range(0, len(self.paths), batch_size):
-                rows = list(range(s, min(s + batch_size, len(self.paths))))
-                pixels = self._pixels(rows, epoch=-1 if view is None else 0, samples=None, view=view)
+            for batch in self._decode(plan):
+                pixels = _stack(batch).to(self.device)  # [batch, 3, H, W]
                 items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
             self.prefix.append(items)
+
+    @torch.no_grad()
+    def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
+        """Clean (unaugmented) embeddings of ``rows``; a training tower's images are decoded
+        by the loader's workers."""
+        if self.mode != "raw":
+            return super().embed_all(rows, batch_size)
+        plan = [self._keys(rows[s:s + batch_size], -1, None) for s in range(0, len(rows), batch_size)]
+        out = [self.model.encode_image(_stack(b).to(self.device)).float().cpu().numpy()
+               for b in self._decode(plan)]
+        return np.concatenate(out)
 
     def train_embed(self, rows: np.ndarray, epoch: int = -1, samples: np.ndarray | None = None) -> torch.Tensor:
         """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
