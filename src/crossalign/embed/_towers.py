@@ -67,8 +67,9 @@ class _Shards:
     def flush(self) -> None:
         if self.keys:
             feats = np.concatenate(self.feats)  # [n, width]
-            if self.cache is not None:
-                self.cache.put(self.keys, feats)
+            if self.cache is not None:  # shards of at most SHARD items, whatever the batch size
+                for s in range(0, len(self.keys), SHARD):
+                    self.cache.put(self.keys[s:s + SHARD], feats[s:s + SHARD])
             self.done.update(zip(self.keys, feats))
         self.keys, self.feats, self.consumed = [], [], 0
 
