@@ -17,6 +17,7 @@ from crossalign.data.transforms import ImageError, load_image
 from crossalign.embed import embed_images, embed_pictures, embed_texts
 from crossalign.evaluate import open_run
 from crossalign.evaluate.run import embed_split
+from _tiny import CountingTower
 
 TINY = ["--set", "model.image.tower=small_cnn", "--set", "model.text.tower=lstm",
         "--set", "model.image.pretrained=false", "--set", "model.text.pretrained=false",
@@ -120,21 +121,6 @@ def test_the_embed_room_imports_neither_training_nor_evaluation():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-class _MeanTower(torch.nn.Module):
-    """A weightless image tower: the mean colour, counting the images it saw."""
-
-    name, width = "mean-colour", 3
-    data_config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
-                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, pixels):
-        self.calls += pixels.shape[0]
-        return pixels.mean((2, 3))  # [batch, 3]
-
 
 def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
     from crossalign.embed import image_features
@@ -142,7 +128,7 @@ def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     Image.new("RGB", (10, 10), (200, 0, 0)).save(small)
     Image.new("RGB", (40, 40), (0, 0, 200)).save(large)
-    tower = _MeanTower()
+    tower = CountingTower()
     first = image_features(tower, [str(small), str(large)], tmp_path / "cache", progress=False)
     assert first.feats.shape == (2, 3) and tower.calls == 2
     limited = image_features(tower, [str(small), str(large)], tmp_path / "cache", max_pixels=500,
@@ -162,8 +148,8 @@ def test_decoding_workers_give_the_same_features_and_failures(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     paths[2:2] = [str(tmp_path / "broken.jpg"), str(tmp_path / "big.png")]
-    here = image_features(_MeanTower(), paths, None, batch_size=3, max_pixels=1000, progress=False)
-    spread = image_features(_MeanTower(), paths, None, batch_size=3, max_pixels=1000, progress=False,
+    here = image_features(CountingTower(), paths, None, batch_size=3, max_pixels=1000, progress=False)
+    spread = image_features(CountingTower(), paths, None, batch_size=3, max_pixels=1000, progress=False,
                             workers=2)
     assert here.feats.shape == (7, 3)
     np.testing.assert_array_equal(spread.feats, here.feats)
@@ -184,6 +170,6 @@ def test_extraction_leaves_the_global_random_state_alone(tmp_path, workers):
         paths.append(str(tmp_path / f"i{k}.png"))
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    out = image_features(_MeanTower(), paths, tmp_path / "cache", progress=False, workers=workers)
+    out = image_features(CountingTower(), paths, tmp_path / "cache", progress=False, workers=workers)
     assert out.feats.shape == (3, 3)
     assert torch.equal(torch.get_rng_state(), before)

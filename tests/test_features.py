@@ -8,23 +8,8 @@ import torch
 from crossalign import embed
 from crossalign.features import FeatureCache
 from crossalign.models.registry import create
+from _tiny import CountingTower
 
-
-class CountingTower(torch.nn.Module):
-    """A tiny image tower that counts how many images it encoded."""
-
-    name = "counting"
-    width = 3
-    data_config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
-                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, pixels):
-        self.calls += pixels.shape[0]
-        return pixels.mean((2, 3))  # [batch, 3]
 
 
 def test_cache_hit_miss_and_invalidation(tmp_path, shapes_dir):
