@@ -13,9 +13,8 @@ from PIL import Image
 import crossalign
 from crossalign.cli.main import main
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from _browser import browser_page
+
 EVIL = "<script>alert('x')</script> a red circle & <b>friends</b>"
 SECTIONS = ['id="metrics"', "Training curves", "Cosine distance", "Text → image", "Image → text",
             "Rank histograms", "Seen vs unseen", 'class="metrics"', 'class="setup"']
@@ -208,21 +207,11 @@ def test_bad_input_is_a_clear_error(tmp_path, shapes_dir, runs, capsys):
 
 @pytest.mark.needs("chromium")
 def test_report_renders_in_a_browser(single, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium); the browser check needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(single.resolve().as_uri(), wait_until="load")
-            widths = page.evaluate("Array.from(document.images, i => i.complete ? i.naturalWidth : 0)")
-            page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(errors) as page:
+        page.goto(single.resolve().as_uri(), wait_until="load")
+        widths = page.evaluate("Array.from(document.images, i => i.complete ? i.naturalWidth : 0)")
+        page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
     assert len(widths) > 40 and all(w > 0 for w in widths)
     assert errors == []
     with Image.open(tmp_path / "shot.png") as im:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import io
 import logging
-import os
 import shutil
 import socket
 import threading
@@ -27,9 +26,8 @@ from crossalign.index import build_index, open_index
 from crossalign.serve import create_app, serve
 from crossalign.serve.app import ServiceLimits
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+from _browser import browser_page
+
 LIMIT = 200_000  # bytes of an upload request in these tests
 
 
@@ -231,23 +229,6 @@ def test_fuzzing_from_the_openapi_finds_no_server_error(app, mode):
 
 # ---- the page in a real browser -------------------------------------------------------------
 
-def _browser_or_skip():
-    """Playwright's sync API, or a skip (a failure under CI, where the browser must be there)."""
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing = missing or "playwright is not installed (pip install playwright)"
-        sync_api = None
-    if missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the browser test must run under CI: {missing}")
-        pytest.skip(missing)
-    return sync_api
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -279,35 +260,28 @@ def _wait_for_results(page, status_text: str) -> None:
                            ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
 
 
+@pytest.mark.needs("chromium")
 def test_page_in_a_real_browser(live_url, shapes_dir, tmp_path):
-    sync_api = _browser_or_skip()
     errors, foreign = [], []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: None if r.url.startswith((live_url, "data:")) else foreign.append(r.url))
-            page.goto(live_url + "/", wait_until="load")
-            page.fill("#query", "a red circle")
-            page.press("#query", "Enter")
-            _wait_for_results(page, "for “a red circle” in")
-            assert page.locator(".card").count() == 24
-            assert page.locator(".card .score").first.inner_text().startswith("0.")
-            page.screenshot(path=str(tmp_path / "text.png"))
-            page.set_input_files("#file", str(shapes_dir / "images" / "scene_00003.png"))
-            _wait_for_results(page, "for scene_00003.png in")
-            first = page.locator(".card").first.get_attribute("data-id")
-            page.locator(".card button.like").nth(1).click()
-            _wait_for_results(page, "images like #")
-            page.check('input[value="captions"]')
-            page.fill("#query", "a blue square")
-            page.press("#query", "Enter")
-            _wait_for_results(page, "captions for “a blue square”")
-            page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(errors) as page:
+        page.on("request", lambda r: None if r.url.startswith((live_url, "data:")) else foreign.append(r.url))
+        page.goto(live_url + "/", wait_until="load")
+        page.fill("#query", "a red circle")
+        page.press("#query", "Enter")
+        _wait_for_results(page, "for “a red circle” in")
+        assert page.locator(".card").count() == 24
+        assert page.locator(".card .score").first.inner_text().startswith("0.")
+        page.screenshot(path=str(tmp_path / "text.png"))
+        page.set_input_files("#file", str(shapes_dir / "images" / "scene_00003.png"))
+        _wait_for_results(page, "for scene_00003.png in")
+        first = page.locator(".card").first.get_attribute("data-id")
+        page.locator(".card button.like").nth(1).click()
+        _wait_for_results(page, "images like #")
+        page.check('input[value="captions"]')
+        page.fill("#query", "a blue square")
+        page.press("#query", "Enter")
+        _wait_for_results(page, "captions for “a blue square”")
+        page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
     assert first is not None
     assert errors == [] and foreign == []
     with Image.open(tmp_path / "shot.png") as im:
