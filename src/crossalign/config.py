@@ -68,6 +68,9 @@ class ImageTowerConfig:
     # embeddings (evaluate, report, load, index): the normalised mean of the image's and its
     # mirror's; a frozen tower caches the mirror's features once
     tta_flip: bool = False
+    # while training, dropout on the tower's output features before the head (timm's drop_rate
+    # before a classifier): a head over frozen features overfits within a few epochs without it
+    dropout: float = 0.0
     # convolutions in NHWC layout (faster on CPUs, same results): auto | true | false;
     # auto = the tower's own choice (timm towers yes, small_cnn no)
     channels_last: str = "auto"
@@ -87,6 +90,7 @@ class TextTowerConfig:
     vocab_size: int = 10000  # from-scratch towers (lstm, transformer): words kept from the training captions
     width: int = 256  # from-scratch towers: hidden and output width
     layers: int = 2  # from-scratch towers: LSTM or Transformer layers
+    dropout: float = 0.0  # while training, dropout on the tower's output features before the head
 
 
 @dataclass
@@ -174,6 +178,10 @@ class AugmentConfig:
     word_dropout: float = 0.1  # per word: drop it (never all words)
     wordnet_dir: str = ""  # empty = $CROSSALIGN_WORDNET_DIR or /usr/share/wordnet
     cached_views: int = 4  # frozen image tower: augmented views per image kept in the feature cache
+    # frozen image tower: each sample draws the clean or the mirrored image's cached features
+    # (with augment.image: one of the augmented views or the mirror); the mirror's features
+    # are the ones model.image.tta_flip caches
+    mirror: bool = False
 
 
 @dataclass

@@ -34,11 +34,11 @@ This room imports the data, model and feature-cache rooms only; training and eva
 import it, never the other way.
 """
 
-from crossalign.embed._collection import (EmbeddedTable, ImageVectors, embed_images, embed_pictures,
-                                          embed_table, embed_texts, tta_flip)
+from crossalign.embed._collection import (FLIP_SUFFIX, EmbeddedTable, ImageVectors, embed_images,
+                                          embed_pictures, embed_table, embed_texts, tta_flip)
 from crossalign.embed._towers import (Collate, DecodeImages, Decoded, TowerOutputs, decode_loader,
-                                      image_features, project, text_features, wants_channels_last)
+                                      image_features, mirror, project, text_features, wants_channels_last)
 
 __all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "tta_flip", "ImageVectors",
            "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs", "DecodeImages",
-           "Decoded", "Collate", "decode_loader", "wants_channels_last"]
+           "Decoded", "Collate", "decode_loader", "wants_channels_last", "mirror", "FLIP_SUFFIX"]

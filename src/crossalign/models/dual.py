@@ -38,6 +38,12 @@ def make_head(in_dim: int, cfg: ModelConfig) -> nn.Module:
     raise ConfigError(f"unknown head {cfg.head!r}; use linear, mlp or none")
 
 
+def _feature_dropout(p: float, option: str) -> nn.Module:
+    if not 0.0 <= float(p) < 1.0:
+        raise ConfigError(f"{option} must be in [0, 1), got {p!r}")
+    return nn.Dropout(float(p)) if p else nn.Identity()
+
+
 def is_frozen(spec: str) -> bool:
     """True for ``frozen`` (the tower never trains; its outputs can be cached)."""
     return spec == "frozen"
@@ -107,6 +113,9 @@ class DualEncoder(nn.Module):
         self.text_tower = text_tower
         self.image_head = make_head(image_tower.width, cfg)
         self.text_head = make_head(text_tower.width, cfg)
+        # feature dropout in front of each head (no weights: checkpoints keep their keys)
+        self.image_drop = _feature_dropout(cfg.image.dropout, "model.image.dropout")
+        self.text_drop = _feature_dropout(cfg.text.dropout, "model.text.dropout")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)),
                                         requires_grad=cfg.learn_logit_scale)
         # SigLIP's learnable bias on the logits; None for losses that have none
@@ -132,10 +141,10 @@ class DualEncoder(nn.Module):
         return self.logit_scale.exp().clamp(max=self.cfg.logit_scale_max)
 
     def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_head(features), dim=-1)  # [batch, embed_dim]
+        return F.normalize(self.image_head(self.image_drop(features)), dim=-1)  # [batch, embed_dim]
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_head(features), dim=-1)  # [batch, embed_dim]
+        return F.normalize(self.text_head(self.text_drop(features)), dim=-1)  # [batch, embed_dim]
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.project_image(self.image_tower(pixels))

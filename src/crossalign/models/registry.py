@@ -2,7 +2,9 @@
 
 Names are either registered ones (``efficientnet_lite0``, ``minilm``, ``lstm`` ...) or
 prefixed library names: ``timm:<model>`` for any timm image model and ``hf:<name or
-folder>`` for any Hugging Face text encoder.
+folder>`` for any Hugging Face text encoder. Image tower names joined by ``+``
+(``efficientnet_lite0+efficientnet_lite2``) build a
+:class:`~crossalign.models.image.ConcatTower` of those towers.
 
 The tower contract (what the dual encoder, the feature cache and the training loop rely on):
 
@@ -73,9 +75,27 @@ def _ensure_loaded() -> None:
     import crossalign.models.text  # noqa: F401
 
 
+def _parts(name: str) -> list[str]:
+    return [p.strip() for p in name.split("+")]
+
+
+def _concat_info(name: str) -> TowerInfo:
+    from crossalign.models.image import build_concat
+
+    infos = [model_info(p) for p in _parts(name)]
+    if any(i.modality != "image" for i in infos):
+        raise ConfigError(f"only image towers can be joined with '+': {name!r}")
+    return TowerInfo(name, "image", lambda **kw: build_concat(_parts(name), **kw),
+                     "concatenated features of " + ", ".join(_parts(name)),
+                     offline=lambda: all(i.offline() for i in infos),
+                     scratch=all(i.scratch for i in infos))
+
+
 def model_info(name: str) -> TowerInfo:
-    """The registry entry for ``name`` (a registered name or ``prefix:rest``)."""
+    """The registry entry for ``name`` (a registered name, ``prefix:rest`` or ``a+b``)."""
     _ensure_loaded()
+    if "+" in name and not name.startswith(tuple(f"{p}:" for p in _PREFIXES)):
+        return _concat_info(name)
     if name in _REGISTRY:
         return _REGISTRY[name]
     prefix = name.split(":", 1)[0] if ":" in name else ""

@@ -32,7 +32,8 @@ from crossalign.data.table import PairTable
 from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image
 from crossalign.data.validate import drop_failed_images
 from crossalign.embed import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
-from crossalign.embed import wants_channels_last
+from crossalign.embed import FLIP_SUFFIX, mirror, wants_channels_last
+from crossalign.errors import ConfigError
 from crossalign.models.dual import DualEncoder, is_frozen
 
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
@@ -148,6 +149,7 @@ class ImageSide(_Side):
                  batch_size: int = 128, progress: bool = True, *, cfg=None, dist=None, training: bool = False,
                  max_pixels: int = MAX_PIXELS) -> None:
         self._setup(model, "image", device, cfg, training)
+        self.mirror = self._wants_mirror(cfg, training)
         self.transform = eval_transform(self.tower.data_config)
         self.max_pixels = cfg.data.max_pixels if cfg is not None else max_pixels
         self.workers = cfg.train.num_workers if cfg is not None else 0
@@ -169,6 +171,15 @@ class ImageSide(_Side):
         if self.mode == "prefix":
             self._init_prefix(batch_size, progress)
 
+    def _wants_mirror(self, cfg, training: bool) -> bool:
+        """``augment.mirror``: a frozen tower's samples draw the clean or the mirrored image."""
+        if cfg is None or not training or not cfg.augment.mirror:
+            return False
+        if self.mode != "features":
+            raise ConfigError("augment.mirror draws cached mirror features of a frozen image tower; "
+                              "a training tower flips with augment.image=true and augment.flip_prob")
+        return True
+
     def _short_side(self) -> int:
         dc = self.tower.data_config
         return round(dc["input_size"][-1] / dc["crop_pct"])  # the resize the eval transform applies next
@@ -186,6 +197,14 @@ class ImageSide(_Side):
                                progress=progress, dist=dist, workers=self.workers, augment=augment,
                                key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
+        if self.mirror:  # the mirror beside the clean image (or the augmented views)
+            o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
+                               progress=progress, dist=dist, workers=self.workers, augment=mirror,
+                               key_suffix=FLIP_SUFFIX)
+            for err in o.failed.values():  # readable a moment ago: changed during the run
+                raise err
+            views = (views or [self.feats]) + [torch.from_numpy(o.feats).to(self.device)]
+            self.n_views = len(views)
         self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
 
     def _check_readable(self, ids, paths) -> None:
