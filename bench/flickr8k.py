@@ -26,28 +26,42 @@ __all__ = ["Row", "ROWS", "main"]
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration: ``--set`` overrides, the ranking evaluate uses, and whether it is slow on 2 cores."""
+    """One configuration: a config file and ``--set`` overrides, the ranking evaluate uses, and
+    whether it is slow on 2 cores."""
 
     name: str
     what: str
     sets: tuple[str, ...] = ()
     ranking: str = "plain"
     slow: bool = False  # too slow for two CPU cores: run with --all or --gpu
+    config: str = ""  # a run config (YAML) under the sets; empty = crossalign's defaults
 
 
 _BASE = ("train.scheduler=cosine", "train.warmup_steps=50")  # every row shares the schedule
+_BIG = ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10", "train.weight_decay=0.1",
+        "train.patience=6")  # big batches over cached features
+_DROP = ("model.image.dropout=0.5", "model.text.dropout=0.1")
+_BOTH = ("model.image.tower=efficientnet_lite0+efficientnet_lite2",)
+BEST = "configs/flickr8k-best.yaml"
 ROWS = (
     Row("lite0_minilm", "Lite0 frozen + MiniLM frozen, linear heads, InfoNCE (the default towers)"),
     Row("qbnorm", "the same run ranked with query-bank normalisation", ranking="qbnorm"),
     Row("mlp", "MLP heads", ("model.head=mlp",)),
-    Row("mlp_qbnorm", "MLP heads, ranked with query-bank normalisation", ("model.head=mlp",), "qbnorm"),
     Row("siglip", "SigLIP loss instead of InfoNCE", ("loss.name=siglip",)),
-    Row("batch4k", "batch 4096, lr 2e-3", ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10")),
-    Row("batch4k_qbnorm", "batch 4096, lr 2e-3, ranked with query-bank normalisation",
-        ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10"), "qbnorm"),
+    Row("batch4k", "batch 4096, lr 2e-3", _BIG),
+    Row("batch4k_qbnorm", "batch 4096, lr 2e-3, ranked with query-bank normalisation", _BIG, "qbnorm"),
+    Row("dropout", "+ feature dropout before the heads (0.5 image, 0.1 text)", _BIG + _DROP),
+    Row("dropout_qbnorm", "+ feature dropout, ranked with query-bank normalisation", _BIG + _DROP, "qbnorm"),
+    Row("mirror_qbnorm", "+ mirror as a cached training view, flip-averaged embeddings, qbnorm",
+        _BIG + _DROP + ("augment.mirror=true", "model.image.tta_flip=true"), "qbnorm"),
     Row("augment", "image augmentation (4 cached views) + text augmentation",
         ("augment.image=true", "augment.text=true")),
     Row("lite2", "Lite2 frozen instead of Lite0", ("model.image.tower=efficientnet_lite2",)),
+    Row("lite0_lite2_qbnorm", "Lite0 and Lite2 features concatenated, dropout, big batch, qbnorm",
+        _BIG + _DROP + _BOTH, "qbnorm"),
+    Row("best", f"{BEST}: concatenated towers, dropout, mirror view, flip averaging, qbnorm",
+        ranking="qbnorm", config=BEST),
+    Row("best_plain", f"{BEST} ranked by plain cosine", ranking="plain", config=BEST),
     Row("lstm", "LSTM text tower from scratch", ("model.text.tower=lstm", "train.lr=1e-3")),
     Row("transformer", "small Transformer text tower from scratch",
         ("model.text.tower=transformer", "train.lr=1e-3")),
@@ -92,7 +106,10 @@ def _train(row: Row, data: Path, run: Path, common: list[str]) -> dict:
 
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    res = crossalign.train(data, run, overrides=[*common, *_BASE, *row.sets], progress=False)
+    base = () if row.config else _BASE  # a config file brings its own schedule
+    config = str(Path(__file__).resolve().parents[1] / row.config) if row.config else None
+    res = crossalign.train(data, run, config=config, overrides=[*common, *base, *row.sets],
+                           progress=False)
     return {"train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch,
             "epochs_run": len(res.history)}
 
@@ -140,15 +157,17 @@ def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
 def _run_rows(rows: list[Row], data: Path, out: Path, common: list[str], device: str) -> list[dict]:
     results, trained, runs = [], {}, {}
     for row in rows:
-        run = runs.setdefault(row.sets, out / f"run-{row.name}")  # rows with the same sets share a run
-        fresh = row.sets not in trained
+        key = (row.config, row.sets)
+        run = runs.setdefault(key, out / f"run-{row.name}")  # rows with the same setup share a run
+        fresh = key not in trained
         if fresh:
-            print(f"[{row.name}] training: {' '.join(row.sets) or '(defaults)'}", file=sys.stderr, flush=True)
-            trained[row.sets] = _train(row, data, run, common)
-        info = trained[row.sets] if fresh else {**trained[row.sets], "train_seconds": 0.0}
+            print(f"[{row.name}] training: {row.config} {' '.join(row.sets) or '(defaults)'}",
+                  file=sys.stderr, flush=True)
+            trained[key] = _train(row, data, run, common)
+        info = trained[key] if fresh else {**trained[key], "train_seconds": 0.0}
         m = _evaluate(row, data, run, device)
-        results.append({"row": row.name, "what": row.what, "ranking": row.ranking,
-                        "sets": [*_BASE, *row.sets], **info, "metrics": m,
+        results.append({"row": row.name, "what": row.what, "ranking": row.ranking, "config": row.config,
+                        "sets": [*(() if row.config else _BASE), *row.sets], **info, "metrics": m,
                         "wall_seconds": round(info["train_seconds"] + m["evaluate_seconds"], 1)})
         print(f"[{row.name}] t2i R@1 {m['t2i_R@1']:.2f}  i2t R@1 {m['i2t_R@1']:.2f}  rsum {m['rsum']:.1f}",
               file=sys.stderr, flush=True)
@@ -177,7 +196,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     common += [f"cache.dir={args.cache_dir}"] if args.cache_dir else []
     rows = _select(args.rows, args.all or args.gpu)
     if args.epochs:
-        rows = [Row(r.name, r.what, (*r.sets, f"train.epochs={args.epochs}"), r.ranking, r.slow) for r in rows]
+        rows = [Row(r.name, r.what, (*r.sets, f"train.epochs={args.epochs}"), r.ranking, r.slow, r.config)
+                for r in rows]
     skipped = [r for r in ROWS if r.slow and r.name not in {x.name for x in rows}]
     results = _run_rows(rows, data, out, common, device)
     command = "python bench/flickr8k.py " + " ".join(argv if argv is not None else sys.argv[1:])

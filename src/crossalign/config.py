@@ -70,7 +70,7 @@ class ImageTowerConfig:
     tta_flip: bool = False
     # while training, dropout on the tower's output features before the head (timm's drop_rate
     # before a classifier): a head over frozen features overfits within a few epochs without it
-    dropout: float = 0.0
+    dropout: float = 0.5
     # convolutions in NHWC layout (faster on CPUs, same results): auto | true | false;
     # auto = the tower's own choice (timm towers yes, small_cnn no)
     channels_last: str = "auto"
@@ -90,7 +90,7 @@ class TextTowerConfig:
     vocab_size: int = 10000  # from-scratch towers (lstm, transformer): words kept from the training captions
     width: int = 256  # from-scratch towers: hidden and output width
     layers: int = 2  # from-scratch towers: LSTM or Transformer layers
-    dropout: float = 0.0  # while training, dropout on the tower's output features before the head
+    dropout: float = 0.1  # while training, dropout on the tower's output features before the head
 
 
 @dataclass
@@ -137,8 +137,8 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 128
-    scheduler: str = "none"  # none | cosine | plateau
-    warmup_steps: int = 0  # cosine: linear warm-up over this many optimizer steps
+    scheduler: str = "cosine"  # none | cosine | plateau
+    warmup_steps: int = 50  # cosine: linear warm-up over this many optimizer steps
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
     plateau_factor: float = 0.5  # plateau: lr multiplier when the monitor stalls
     plateau_patience: int = 1  # plateau: epochs without improvement before lowering lr
