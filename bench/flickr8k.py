@@ -37,7 +37,7 @@ class Row:
     config: str = ""  # a run config (YAML) under the sets; empty = crossalign's defaults
 
 
-_BASE = ("train.scheduler=cosine", "train.warmup_steps=50")  # every row shares the schedule
+_BASE: tuple[str, ...] = ()  # every row starts from crossalign's defaults (cosine schedule, dropout)
 _BIG = ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10", "train.weight_decay=0.1",
         "train.patience=6")  # big batches over cached features
 _DROP = ("model.image.dropout=0.5", "model.text.dropout=0.1")

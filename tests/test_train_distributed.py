@@ -18,7 +18,11 @@ from crossalign.features import FeatureCache, file_key, text_key
 from crossalign.train.distributed import (CpuSyncBatchNorm, DistInfo, barrier, cleanup_distributed,
                                           init_distributed, sync_batch_norm)
 
-SETS = ["train.epochs=2", "train.tensorboard=false", "train.early_stopping=false", "model.head=linear"]
+# feature dropout draws its masks per process (statistically the same training, not the same bits),
+# so the tests of exact equality between N processes and one turn it off
+NO_DROPOUT = ["model.image.dropout=0", "model.text.dropout=0"]
+SETS = ["train.epochs=2", "train.tensorboard=false", "train.early_stopping=false", "model.head=linear",
+        *NO_DROPOUT]
 
 
 def _rows(run):
@@ -139,7 +143,8 @@ def test_converted_model_keeps_its_state_dict_names():
 
 TINY = ["model.image.tower=small_cnn", "model.image.width=16", "model.image.image_size=32",
         "model.text.tower=lstm", "model.text.width=16", "model.text.vocab_size=64",
-        "train.epochs=2", "train.tensorboard=false", "train.early_stopping=false", "train.lr=1e-3"]
+        "train.epochs=2", "train.tensorboard=false", "train.early_stopping=false", "train.lr=1e-3",
+        *NO_DROPOUT]
 COUNTED = ("SmallCNN", "LSTMTextTower")
 
 
@@ -219,8 +224,10 @@ def _cache_contents(root, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
 
 
 def test_sharded_feature_extraction_fills_one_cold_cache(tmp_path, shapes_dir, one_thread):
+    # a constant rate: random frozen towers give near-tied validation scores, which a decaying
+    # rate's last-bit differences between one process and two can reorder
     sets = TINY + ["model.image.freeze=frozen", "model.text.freeze=frozen", "model.head=linear",
-                   "train.batch_size=16"]
+                   "train.scheduler=none", "train.batch_size=16"]
     counts = _spawn_run(tmp_path, shapes_dir, "ddp", sets + [f"cache.dir={tmp_path / 'cache2'}"])
     single: dict = {}
     handle = _count_rows(single)

@@ -138,7 +138,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 128
     scheduler: str = "cosine"  # none | cosine | plateau
-    warmup_steps: int = 50  # cosine: linear warm-up over this many optimizer steps
+    warmup_steps: int = 0  # cosine: linear warm-up over this many optimizer steps
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
     plateau_factor: float = 0.5  # plateau: lr multiplier when the monitor stalls
     plateau_patience: int = 1  # plateau: epochs without improvement before lowering lr
