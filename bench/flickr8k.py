@@ -151,9 +151,13 @@ def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
             f"{m[c]:.3f}" if c.endswith("mrr") else f"{m[c]:.2f}" for c in _COLS]
         cells += [f"{r['train_seconds']:.0f}", f"{m['evaluate_seconds']:.0f}", f"{r['wall_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    if skipped:
+    slow = [r for r in skipped if r.slow]
+    if slow:
         lines.append("\nToo slow for two CPU cores, not run (`--all` or `--gpu` runs them): "
-                     + ", ".join(f"`{r.name}` ({r.what})" for r in skipped) + ".")
+                     + ", ".join(f"`{r.name}` ({r.what})" for r in slow) + ".")
+    left = [r for r in skipped if not r.slow]
+    if left:
+        lines.append("\nNot asked for in `--rows`, not run: " + ", ".join(f"`{r.name}`" for r in left) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.epochs:
         rows = [Row(r.name, r.what, (*r.sets, f"train.epochs={args.epochs}"), r.ranking, r.slow, r.config)
                 for r in rows]
-    skipped = [r for r in ROWS if r.slow and r.name not in {x.name for x in rows}]
+    skipped = [r for r in ROWS if r.name not in {x.name for x in rows}]
     results = _run_rows(rows, data, out, common, device)
     command = "python bench/flickr8k.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = Path(args.md)
