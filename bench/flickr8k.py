@@ -37,7 +37,7 @@ class Row:
     config: str = ""  # a run config (YAML) under the sets; empty = crossalign's defaults
 
 
-_BASE: tuple[str, ...] = ()  # every row starts from crossalign's defaults (cosine schedule, dropout)
+# every row starts from crossalign's defaults (cosine schedule, feature dropout) or its config file
 _BIG = ("train.batch_size=4096", "train.lr=2e-3", "train.warmup_steps=10", "train.weight_decay=0.1",
         "train.patience=6")  # big batches over cached features
 _NODROP = ("model.image.dropout=0", "model.text.dropout=0")
@@ -109,9 +109,8 @@ def _train(row: Row, data: Path, run: Path, common: list[str]) -> dict:
 
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    base = () if row.config else _BASE  # a config file brings its own schedule
     config = str(Path(__file__).resolve().parents[1] / row.config) if row.config else None
-    res = crossalign.train(data, run, config=config, overrides=[*common, *base, *row.sets],
+    res = crossalign.train(data, run, config=config, overrides=[*common, *row.sets],
                            progress=False)
     return {"train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch,
             "epochs_run": len(res.history)}
@@ -174,7 +173,7 @@ def _run_rows(rows: list[Row], data: Path, out: Path, common: list[str], device:
         info = trained[key] if fresh else {**trained[key], "train_seconds": 0.0}
         m = _evaluate(row, data, run, device)
         results.append({"row": row.name, "what": row.what, "ranking": row.ranking, "config": row.config,
-                        "sets": [*(() if row.config else _BASE), *row.sets], **info, "metrics": m,
+                        "sets": list(row.sets), **info, "metrics": m,
                         "wall_seconds": round(info["train_seconds"] + m["evaluate_seconds"], 1)})
         print(f"[{row.name}] t2i R@1 {m['t2i_R@1']:.2f}  i2t R@1 {m['i2t_R@1']:.2f}  rsum {m['rsum']:.1f}",
               file=sys.stderr, flush=True)

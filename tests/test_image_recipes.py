@@ -13,7 +13,7 @@ from crossalign.config import ModelConfig, load_config
 from crossalign.data.prepare import prepare_table
 from crossalign.embed import image_features, mirror
 from crossalign.errors import ConfigError
-from crossalign.models.dual import build_model
+from crossalign.models.dual import apply_freeze, build_model
 from crossalign.models.image import ConcatTower
 from crossalign.models.registry import create, describe
 from crossalign.train.distributed import DistInfo
@@ -42,6 +42,9 @@ def test_concat_tower_gives_each_part_its_own_preprocessing():
                               align_corners=False)
         torch.testing.assert_close(got, torch.cat([a(for_a), b(x)], 1))
     assert tower.forward_suffix(tower.forward_prefix(x, 0), 0).shape == (3, 16)
+    apply_freeze(tower, "last:1")  # a part is one block: the last part trains whole
+    assert not any(p.requires_grad for p in a.parameters())
+    assert all(p.requires_grad for p in b.parameters())
 
 
 def test_concat_tower_by_name_and_what_it_refuses():

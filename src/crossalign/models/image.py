@@ -163,7 +163,8 @@ class ConcatTower(nn.Module):
     apart make errors apart, so a head over the concatenation ranks better than over either
     (Flickr8k, bench/RESULTS.md). The pipeline prepares pixels for the part with the largest
     input; each part gets them resized (antialiased) and renormalised to its own preprocessing.
-    The parts train or freeze together (``frozen`` or ``trainable``; there is no ``last:N`` cut).
+    ``frozen`` and ``trainable`` act on every part; ``last:N`` trains the last N parts whole (a
+    part is one block), with no cached prefix.
     """
 
     modality = "image"
