@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import crossalign
+import crossalign.api
+import crossalign.evaluate
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,13 +32,13 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     sets = [f"cache.dir={cache}", *args.overrides]
     t0 = time.perf_counter()
-    cold = crossalign.train(args.data, out / "cold", overrides=sets, progress=False)
+    cold = crossalign.api.train(args.data, out / "cold", overrides=sets, progress=False)
     t_cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    crossalign.train(args.data, out / "warm", overrides=sets, progress=False)
+    crossalign.api.train(args.data, out / "warm", overrides=sets, progress=False)
     t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    test = crossalign.evaluate(out / "cold", args.data, "test", progress=False)
+    test = crossalign.evaluate.evaluate(out / "cold", args.data, "test", progress=False)
     t_eval = time.perf_counter() - t0
     result = {
         "first_run_seconds_with_feature_extraction": round(t_cold, 1),

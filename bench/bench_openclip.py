@@ -192,10 +192,10 @@ def run_openclip(scenario: str, csv_path: Path, model: Path, args) -> dict:
 
 _CX_CHILD = """
 import json, sys, time
-import crossalign
+import crossalign.api
 data, out, sets = sys.argv[1], sys.argv[2], sys.argv[3:]
 t0 = time.perf_counter()
-res = crossalign.train(data, out, overrides=sets, progress=False)
+res = crossalign.api.train(data, out, overrides=sets, progress=False)
 wall = time.perf_counter() - t0
 print("CROSSALIGN_RESULT " + json.dumps({"wall_seconds": wall, "epochs": res.history}))
 """

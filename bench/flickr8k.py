@@ -105,12 +105,12 @@ def _subset(data: Path, out: Path, limit: int) -> Path:
 
 
 def _train(row: Row, data: Path, run: Path, common: list[str]) -> dict:
-    import crossalign
+    import crossalign.api
 
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     config = str(Path(__file__).resolve().parents[1] / row.config) if row.config else None
-    res = crossalign.train(data, run, config=config, overrides=[*common, *row.sets],
+    res = crossalign.api.train(data, run, config=config, overrides=[*common, *row.sets],
                            progress=False)
     return {"train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch,
             "epochs_run": len(res.history)}

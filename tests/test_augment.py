@@ -16,7 +16,8 @@ from PIL import Image
 
 from crossalign.config import AugmentConfig, RunConfig, apply_overrides
 from crossalign.data import augment as aug
-from crossalign.data._wordnet import WordNet, WordNetMissing, _find_line, find_wordnet_dir
+from crossalign.data._wordnet import WordNet, _find_line, find_wordnet_dir
+from crossalign.errors import WordNetMissing
 from crossalign.data.transforms import eval_transform
 
 OFF = dict(crop_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, flip_prob=0.0)

@@ -24,9 +24,11 @@ from PIL import Image
 from crossalign.cli.main import main
 from crossalign.config import DataConfig, TextTowerConfig
 from crossalign.data.doctor import check_data, token_counter
-from crossalign.data.formats import DataError, read_pairs
+from crossalign.data.formats import read_pairs
+from crossalign.errors import DataError
 from crossalign.data.prepare import prepare_table
-from crossalign.data.transforms import ImageError, load_image
+from crossalign.data.transforms import load_image
+from crossalign.errors import ImageError
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 LONG = ("word " * 2000).strip()  # 9,999 characters, 2,000 words

@@ -49,9 +49,9 @@ def test_bad_option_values_of_evaluate(tmp_path, capsys):
 
 def test_error_types_stay_compatible():
     assert issubclass(ConfigError, ValueError) and issubclass(InputNotFound, FileNotFoundError)
-    from crossalign.data.formats import DataError
-    from crossalign.data.transforms import ImageError
-    from crossalign.train.checkpoint import CheckpointError
+    from crossalign.errors import DataError
+    from crossalign.errors import ImageError
+    from crossalign.errors import CheckpointError
 
     assert all(issubclass(e, CrossalignError) for e in (DataError, ImageError, CheckpointError))
 

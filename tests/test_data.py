@@ -6,7 +6,8 @@ import pytest
 
 from crossalign.cli.main import main
 from crossalign.config import DataConfig
-from crossalign.data.formats import DataError, read_pairs
+from crossalign.data.formats import read_pairs
+from crossalign.errors import DataError
 from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import assign_splits
 

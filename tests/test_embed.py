@@ -13,10 +13,11 @@ from PIL import Image
 
 import crossalign
 from crossalign.cli.main import main
-from crossalign.data.transforms import ImageError, load_image
+from crossalign.data.transforms import load_image
+from crossalign.errors import ImageError
 from crossalign.embed import embed_images, embed_pictures, embed_texts
-from crossalign.evaluate import open_run
-from crossalign.evaluate.run import embed_split
+from crossalign.runs import open_run
+from crossalign.runs import embed_split
 from _tiny import CountingTower
 
 TINY = ["--set", "model.image.tower=small_cnn", "--set", "model.text.tower=lstm",

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 import crossalign
+import crossalign.api
+import crossalign.evaluate
 from crossalign.config import ModelConfig
 from crossalign.embed import embed_images, embed_pictures, tta_flip
 from crossalign.models.dual import build_model
@@ -103,10 +105,10 @@ def test_evaluate_states_it_and_the_run_keeps_it(tmp_path, shapes_dir):
             "model.image.tta_flip=true", "train.epochs=1", "train.batch_size=32",
             "train.tensorboard=false"]
     run = tmp_path / "run"
-    crossalign.train(shapes_dir, run, overrides=sets, progress=False)
-    metrics = crossalign.evaluate(run, shapes_dir, split="test", progress=False)
+    crossalign.api.train(shapes_dir, run, overrides=sets, progress=False)
+    metrics = crossalign.evaluate.evaluate(run, shapes_dir, split="test", progress=False)
     assert metrics["tta_flip"] is True
     json.dumps(metrics)  # the JSON file states it
     assert tta_flip(crossalign.load(run).model)
-    again = crossalign.evaluate(run, shapes_dir, split="test", progress=False)
+    again = crossalign.evaluate.evaluate(run, shapes_dir, split="test", progress=False)
     assert again == metrics

@@ -15,11 +15,12 @@ from PIL import Image
 from crossalign.cli.main import main
 from crossalign.config import DataConfig
 from crossalign.data.convert import convert_to_folder
-from crossalign.data.formats import READERS, DataError, detect_format, read_pairs
+from crossalign.data.formats import READERS, detect_format, read_pairs
+from crossalign.errors import DataError
 from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import split_from_name
 from crossalign.data.transforms import load_image
-from crossalign.features import file_key
+from crossalign._io import sha256_file
 
 # the one logical data set every fixture writes: 6 images, 2 captions each, a given split
 COLOURS = {"1": (200, 30, 30), "2": (30, 200, 30), "3": (30, 30, 200), "4": (200, 200, 30),
@@ -217,7 +218,7 @@ def test_webdataset_streams_into_a_content_addressed_folder(tmp_path):
     paths = set(table.image_path)
     for p in paths:  # named by the content, inside the extract dir; the rest of the pipeline opens it
         assert Path(p).parent.parent == tmp_path / "x"
-        assert Path(p).stem == hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest() == file_key(p)
+        assert Path(p).stem == hashlib.sha256(Path(p).read_bytes()).hexdigest() == sha256_file(p)
         assert load_image(p).size == (40, 32)
     before = {p: Path(p).stat().st_mtime_ns for p in paths}
     again = read_pairs(root, options=cfg)  # a second read writes nothing

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import crossalign
+import crossalign.api
+import crossalign.evaluate
 from crossalign.config import ModelConfig, load_config
 from crossalign.data.prepare import prepare_table
 from crossalign.embed import image_features, mirror
@@ -16,7 +18,7 @@ from crossalign.errors import ConfigError
 from crossalign.models.dual import apply_freeze, build_model
 from crossalign.models.image import ConcatTower
 from crossalign.models.registry import create, describe
-from crossalign.train.distributed import DistInfo
+from crossalign.distributed import DistInfo
 from crossalign.train.engine import Engine
 
 SMALL = dict(pretrained=False, width=8)
@@ -65,11 +67,11 @@ def test_a_run_with_a_concatenated_frozen_tower_trains_caches_and_loads(tmp_path
             "model.text.tower=lstm", "model.text.width=16", "model.text.pretrained=false",
             "train.epochs=2", "train.batch_size=32", "train.tensorboard=false", "train.checkpoint_every=0",
             f"cache.dir={tmp_path / 'cache'}"]
-    res = crossalign.train(shapes_dir, tmp_path / "run", overrides=sets, progress=False)
+    res = crossalign.api.train(shapes_dir, tmp_path / "run", overrides=sets, progress=False)
     assert len(res.history) == 2
     model = crossalign.load(tmp_path / "run")
     assert isinstance(model.model.image_tower, ConcatTower)
-    m = crossalign.evaluate(tmp_path / "run", shapes_dir, split="test", progress=False)
+    m = crossalign.evaluate.evaluate(tmp_path / "run", shapes_dir, split="test", progress=False)
     assert 0 <= m["t2i_R@1"] <= 100 and m["n_images"] > 0
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError, CrossalignError, RunError
-from crossalign.features import file_key
+from crossalign._io import sha256_file
 from crossalign.index import build_index, open_index
 from crossalign.index._vectors import Embedder
 from crossalign.index.store import IndexStore, ImageRecord, resolve_index_type, write_version
@@ -64,7 +64,7 @@ def test_build_stores_images_captions_and_metadata(built, index, run, shapes_dir
     captions = _captions(shapes_dir)
     for im in records:
         assert Path(im.path).is_file()
-        assert im.content_hash == file_key(im.path)
+        assert im.content_hash == sha256_file(im.path)
         assert [c.text for c in im.captions] == captions[Path(im.path).name]
         assert im.split in ("train", "val", "test")
     # the stored vectors are the run's own embeddings, normalised

@@ -7,7 +7,7 @@ import torch
 
 from crossalign.config import LossConfig
 from crossalign.losses import ClipLoss, SigLipLoss, gather_features, make_loss
-from crossalign.train.distributed import DistInfo
+from crossalign.distributed import DistInfo
 
 
 def naive_clip_loss(img, txt, scale, ids, margin=0.0):

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from crossalign.losses import ClipLoss, SigLipLoss
-from crossalign.train.distributed import (DistInfo, all_reduce_mean, barrier, cleanup_distributed,
-                                          init_distributed)
+from crossalign.distributed import (DistInfo, all_reduce_mean, barrier, cleanup_distributed,
+                                    init_distributed)
 
 WORLD = 2
 IDS = torch.tensor([0, 1, 2, 3, 0, 4, 2, 5])  # images 0 and 2 appear on both ranks

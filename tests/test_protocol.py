@@ -7,7 +7,8 @@ import pytest
 
 from crossalign.cli.main import main
 from crossalign.evaluate.protocol import seed_protocol
-from crossalign.evaluate.run import embed_split, evaluate, open_run
+from crossalign.evaluate.run import evaluate
+from crossalign.runs import embed_split, open_run
 
 
 def _unit(x):

@@ -9,7 +9,8 @@ from crossalign.cli.main import main
 from crossalign.evaluate.bank import bank_rows, resolve_ranking
 from crossalign.evaluate.ranking import qbnorm_reference
 from crossalign.evaluate.retrieval import metrics_from_ranks
-from crossalign.evaluate.run import embed_split, evaluate, open_run, select_split
+from crossalign.evaluate.run import evaluate
+from crossalign.runs import embed_split, open_run, select_split
 
 
 @pytest.fixture(scope="module")

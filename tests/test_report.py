@@ -11,6 +11,9 @@ import pytest
 from PIL import Image
 
 import crossalign
+import crossalign.api
+import crossalign.report
+import crossalign.evaluate
 from crossalign.cli.main import main
 
 from _browser import browser_page
@@ -100,7 +103,7 @@ def test_galleries_mark_the_correct_items(single, runs, evil_data):
         assert (marked > 0) == (rank <= 5) and marked <= 5
     # the page's numbers are the library's numbers, the seen/unseen gap included
     # (the same ranking as evaluate's: the run's evaluate.ranking)
-    lib = crossalign.evaluate(runs[0], evil_data, "test", progress=False, gap=True, seed=0)
+    lib = crossalign.evaluate.evaluate(runs[0], evil_data, "test", progress=False, gap=True, seed=0)
     metrics_row = html.split('<table class="metrics">', 1)[1].split('<td class="name">long</td>', 1)[1]
     assert re.findall(r"<td>([^<]+)</td>", metrics_row)[:3] == [f"{lib[f't2i_R@{k}']:.1f}" for k in (1, 5, 10)]
     seen_row = html.split('<table class="gap">', 1)[1].split("seen (train sample)</td>", 1)[1]

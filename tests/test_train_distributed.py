@@ -14,9 +14,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from crossalign.api import train
-from crossalign.features import FeatureCache, file_key, text_key
-from crossalign.train.distributed import (CpuSyncBatchNorm, DistInfo, barrier, cleanup_distributed,
-                                          init_distributed, sync_batch_norm)
+from crossalign._io import sha256_file
+from crossalign.features import FeatureCache, text_key
+from crossalign.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from crossalign.train.distributed import CpuSyncBatchNorm, sync_batch_norm
 
 # feature dropout draws its masks per process (statistically the same training, not the same bits),
 # so the tests of exact equality between N processes and one turn it off
@@ -245,7 +246,7 @@ def test_sharded_feature_extraction_fills_one_cold_cache(tmp_path, shapes_dir, o
         assert single[tower] == total  # one process encodes each item once
         shares = sorted(c[tower] for c in counts)
         assert sum(shares) == total and shares[1] - shares[0] <= 1, (tower, shares)  # half each
-    keys = [file_key(shapes_dir / "images" / i) for i in images] + [text_key(c) for c in captions]
+    keys = [sha256_file(shapes_dir / "images" / i) for i in images] + [text_key(c) for c in captions]
     merged = _cache_contents(tmp_path / "cache2", keys)
     alone = _cache_contents(tmp_path / "cache1", keys)
     assert merged.keys() == alone.keys() and len(merged) == 2  # same towers: one image, one text

@@ -82,7 +82,7 @@ def test_plateau_accumulation_and_early_stopping(tmp_path, shapes_dir):
 def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
     from crossalign.config import load_config
     from crossalign.data.prepare import prepare_table
-    from crossalign.train.distributed import DistInfo
+    from crossalign.distributed import DistInfo
 
     seen = {}
     for clip in (0.05, 0.0):

@@ -5,7 +5,7 @@ import torch
 
 from crossalign.config import load_config
 from crossalign.data.prepare import prepare_table
-from crossalign.train.distributed import DistInfo
+from crossalign.distributed import DistInfo
 from crossalign.train.engine import Engine
 
 SETS = ["model.text.freeze=last:1", "augment.image=true", "augment.text=true", "augment.synonym_prob=0",

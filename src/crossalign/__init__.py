@@ -1,22 +1,19 @@
 """crossalign: CLIP-style image-text alignment on your own paired data.
 
-The library entry points mirror the command line: ``crossalign.train(data, out)``,
-``crossalign.evaluate(run, data)``, ``crossalign.load(run)``. Heavy imports wait until first use.
+The library entry points mirror the command line: :func:`crossalign.api.train` and
+:func:`crossalign.api.resume`, :func:`crossalign.evaluate.evaluate`,
+:func:`crossalign.report.report`, and ``crossalign.load(run)`` (:func:`crossalign.api.load`).
+Heavy imports wait until first use.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "load", "__version__"]
+__all__ = ["load", "__version__"]
 
 
-def __getattr__(name: str):
-    if name in ("train", "evaluate"):
-        import importlib
+def load(run, which: str = "best", device: str = "cpu"):
+    """Open a run folder for embedding; see :func:`crossalign.api.load`."""
+    from crossalign.api import load as _load
 
-        return importlib.import_module(f"crossalign.{name}")  # a callable package
-    if name == "load":
-        from crossalign.api import load
-
-        return load
-    raise AttributeError(f"module 'crossalign' has no attribute {name!r}")
+    return _load(run, which, device)

@@ -17,21 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from crossalign.errors import CrossalignError
+from crossalign.errors import WriteError
 
-__all__ = ["WriteError", "DISK_ERRNOS", "disk_error", "atomic_path", "atomic_write_bytes",
+__all__ = ["DISK_ERRNOS", "disk_error", "atomic_path", "atomic_write_bytes",
            "atomic_write_text", "atomic_write_json", "sha256_bytes", "sha256_file"]
 
 # what a disk answers when it cannot take a file: the user's to fix, not a bug
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                          errno.EFBIG})
-
-
-class WriteError(CrossalignError, OSError):
-    """A file could not be written (disk full, read-only or not permitted); names the path."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else super().__str__()
 
 
 def disk_error(path: str | Path, err: OSError) -> WriteError:

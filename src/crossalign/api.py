@@ -72,7 +72,7 @@ class Aligner:
 
 def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
     """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding."""
-    from crossalign.evaluate.run import open_run
+    from crossalign.runs import load_model
 
-    rd = open_run(run, None, which, device)
-    return Aligner(rd.model, rd.cfg, device)
+    model, cfg = load_model(run, which, device)
+    return Aligner(model, cfg, device)

@@ -24,7 +24,6 @@ import json
 import logging
 import time
 import uuid
-import weakref
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,53 +32,25 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["FeatureCache", "tower_fingerprint", "file_key", "text_key"]
+__all__ = ["FeatureCache", "weights_hash", "tower_fingerprint", "text_key"]
 
 log = logging.getLogger("crossalign.features")
 
-# tower -> {preprocessing: (weights identity, fingerprint)}; weak, so towers are not kept alive
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _weights_identity(state: dict[str, torch.Tensor]) -> tuple:
-    """Where each tensor lives and how often it was changed in place (``_version``).
-
-    An optimizer step, ``load_state_dict`` or an edit under ``torch.no_grad()`` bumps a
-    tensor's version, so any of them gives a new identity and the weights are hashed again.
-    """
-    return tuple((k, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype))
-                 for k, t in state.items())
+def weights_hash(module: torch.nn.Module, salt: str = "") -> str:
+    """The one hash of a module's weights: every tensor of its state dict, by name and in order,
+    after ``salt`` (what else the hash must depend on)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(salt.encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def tower_fingerprint(tower: torch.nn.Module, preprocess: dict) -> str:
-    """Hash of a tower's name, weights and preprocessing.
-
-    Hashing the weights of a large tower takes a while, so the result is remembered for
-    as long as no weight of the tower has been replaced or changed in place.
-    """
+    """Hash of a tower's name, weights and preprocessing: the key of its cached outputs."""
     prep = json.dumps(preprocess, sort_keys=True, default=str)
-    state = tower.state_dict()
-    memo = _FINGERPRINTS.setdefault(tower, {})  # preprocessing -> (weights identity, fingerprint)
-    identity = _weights_identity(state)
-    if prep in memo and memo[prep][0] == identity:
-        return memo[prep][1]
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(getattr(tower, "name", type(tower).__name__)).encode())
-    h.update(prep.encode())
-    for name, t in state.items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    memo[prep] = (identity, h.hexdigest())
-    return memo[prep][1]
-
-
-def file_key(path: str | Path) -> str:
-    """Content hash of a file (not its name or time stamp)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return weights_hash(tower, str(getattr(tower, "name", type(tower).__name__)) + prep)
 
 
 def text_key(text: str) -> str:

@@ -1,6 +1,6 @@
 """Contrastive losses. Pure functions of features: no data, no model, no global state.
 
-Rank and world size are passed in (see :class:`crossalign.train.distributed.DistInfo`),
+Rank and world size are passed in (see :class:`crossalign.distributed.DistInfo`),
 so the same code computes the loss of one process or of many sharing a global batch.
 
 Across processes every rank holds ``local_batch`` rows and the *global batch* is the
@@ -37,18 +37,9 @@ import torch.nn.functional as F
 
 from crossalign.errors import ConfigError
 from crossalign.config import LossConfig
-from crossalign.train.distributed import DistInfo
+from crossalign.distributed import DistInfo
 
-__all__ = ["ClipLoss", "SigLipLoss", "gather_features", "make_loss", "positive_mask"]
-
-
-def positive_mask(image_ids: torch.Tensor) -> torch.Tensor:
-    """``[batch, batch]`` boolean: True where row and column show the same image.
-
-    Two captions of one image in a batch are both right answers, so neither may act as
-    the other's negative.
-    """
-    return image_ids[:, None] == image_ids[None, :]
+__all__ = ["ClipLoss", "SigLipLoss", "gather_features", "make_loss"]
 
 
 def _gather_no_grad(tensor: torch.Tensor, dist: DistInfo) -> torch.Tensor:

@@ -65,8 +65,9 @@ def _config(args: argparse.Namespace):
 
 def run_check(args: argparse.Namespace) -> int:
     from crossalign._io import atomic_write_json
-    from crossalign.data.doctor import check_data, format_report, token_counter
-    from crossalign.data.formats import DataError
+    from crossalign.data.doctor import check_data, format_report
+    from crossalign.models.text import token_counter
+    from crossalign.errors import DataError
 
     cfg = _config(args)
     report = check_data(args.data, cfg.data, cfg.model.text.max_tokens, lambda: token_counter(cfg.model.text),

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
         return _relaunch(args.nproc)
     from crossalign.index import build_index
-    from crossalign.train.distributed import cleanup_distributed, init_distributed
+    from crossalign.distributed import cleanup_distributed, init_distributed
 
     dist = init_distributed(backend="gloo" if args.device == "cpu" else "auto")
     try:

@@ -28,10 +28,6 @@ COMMANDS = {
 }
 
 
-class UserError(CrossalignError):
-    """An error the user can fix; printed without a traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossalign", description="Train, evaluate and serve CLIP-style image-text alignment.")

@@ -48,13 +48,13 @@ def _relaunch(nproc: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign.cli.main import UserError
+    from crossalign.errors import ConfigError
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args.nproc)
     if not args.resume and not (args.data and args.out):
-        raise UserError("give --data DIR and --out RUN (or --resume RUN)")
-    from crossalign.train.distributed import cleanup_distributed, init_distributed
+        raise ConfigError("give --data DIR and --out RUN (or --resume RUN)")
+    from crossalign.distributed import cleanup_distributed, init_distributed
 
     dist = init_distributed()
     try:

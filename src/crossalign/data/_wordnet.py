@@ -17,9 +17,9 @@ import os
 import re
 from pathlib import Path
 
-from crossalign.errors import CrossalignError
+from crossalign.errors import WordNetMissing
 
-__all__ = ["WordNetMissing", "WordNet", "find_wordnet_dir", "INSTALL_HINT"]
+__all__ = ["WordNet", "find_wordnet_dir", "INSTALL_HINT"]
 
 POS = ("noun", "verb", "adj", "adv")
 _SS_TYPE = {b"1": "noun", b"2": "verb", b"3": "adj", b"4": "adv", b"5": "adj"}  # sense-key synset types
@@ -29,10 +29,6 @@ INSTALL_HINT = (
     "or point augment.wordnet_dir / $CROSSALIGN_WORDNET_DIR at a folder holding WordNet 3.0's "
     "index.noun and data.noun files; or set augment.synonym_prob=0"
 )
-
-
-class WordNetMissing(CrossalignError, ValueError):
-    """No WordNet database folder was found; the message says how to install one."""
 
 
 def _candidates(configured: str) -> list[Path]:

@@ -5,7 +5,7 @@ same output on any machine and in any process, and the global RNGs are never tou
 or multi-worker run sees exactly the views a straight run would. Derive the seed from the run seed,
 the epoch, the sample and the view with :func:`sample_seed`.
 
-Each operation draws from its own stream (``sample_seed(seed, op)``), so switching one operation
+Each operation draws from its own stream (``stable_seed(seed, op)``), so switching one operation
 on or off, or changing its probability, leaves the draws of the others unchanged.
 
 Images: :func:`augment_image` returns a PIL image that the tower's own deterministic preprocessing
@@ -21,7 +21,6 @@ Captions: :func:`augment_text` replaces content words by WordNet synonyms and dr
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -29,12 +28,12 @@ from functools import lru_cache
 
 from PIL import Image
 
-from crossalign.errors import ConfigError
 from crossalign.config import AugmentConfig
-from crossalign.data._wordnet import WordNet, WordNetMissing, find_wordnet_dir
+from crossalign.data._wordnet import WordNet, find_wordnet_dir
+from crossalign.data.splits import stable_seed
+from crossalign.errors import ConfigError, WordNetMissing
 
 __all__ = [
-    "sample_seed",
     "augment_image",
     "augment_text",
     "ImageAugmenter",
@@ -45,7 +44,7 @@ __all__ = [
     "WordNetMissing",
 ]
 
-# Per-operation stream ids for sample_seed(seed, op): fixed forever, or old seeds change meaning.
+# Per-operation stream ids for stable_seed(seed, op): fixed forever, or old seeds change meaning.
 _CROP, _FLIP, _JITTER, _GRAY, _TEXT = 1, 2, 3, 4, 5
 # Synonyms come from the first (most common) sense only: on Flickr8k captions the second sense
 # already brings "dog" -> "frump" and "man" -> "military personnel", which mislabel the image.
@@ -64,18 +63,8 @@ _STOP_WORDS = frozenset(
 )
 
 
-def sample_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers, e.g. ``sample_seed(run_seed, epoch, index, view)``.
-
-    Uses BLAKE2b rather than ``hash()``, which is salted per process for strings and so differs
-    between data-loader workers and runs.
-    """
-    text = ",".join(str(int(p)) for p in parts).encode("ascii")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & (2**63 - 1)
-
-
 def _rng(seed: int, op: int) -> random.Random:
-    return random.Random(sample_seed(seed, op))
+    return random.Random(stable_seed(seed, op))
 
 
 # ---------------------------------------------------------------------------------------- images

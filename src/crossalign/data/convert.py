@@ -18,7 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from crossalign._io import atomic_path, atomic_write_text
 from crossalign.config import DataConfig
-from crossalign.data.formats import DataError, read_pairs
+from crossalign.data.formats import read_pairs
+from crossalign.errors import DataError
 from crossalign.data.prepare import split_table
 from crossalign.data.splits import write_split_files
 from crossalign.data.table import PairTable

@@ -34,38 +34,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from crossalign.config import DataConfig, TextTowerConfig
+from crossalign.config import DataConfig
 from crossalign.data.formats import read_pairs
 from crossalign.data.prepare import split_table
-from crossalign.data.readers._base import list_images
+from crossalign.data.transforms import list_images
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import ImageError
+from crossalign.errors import ImageError
 from crossalign.data.validate import Problem, check_images, drop_failed_images, validate_rows
 
-__all__ = ["check_data", "format_report", "token_counter"]
+__all__ = ["check_data", "format_report"]
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
-
-
-def token_counter(text: TextTowerConfig) -> Callable[[str], int] | None:
-    """Token count with the text tower's own tokenizer, or ``None`` when it cannot be loaded offline."""
-    try:
-        from transformers import AutoTokenizer
-
-        if text.tower == "minilm":
-            from crossalign.models.text import minilm_path
-
-            source = text.checkpoint or str(minilm_path())
-        elif text.tower.startswith("hf:"):
-            source = text.checkpoint or text.tower[3:]
-        else:
-            return None
-        tok = AutoTokenizer.from_pretrained(source)
-    except Exception:  # no tokenizer on this machine: fall back to an estimate
-        return None
-    from crossalign.models.text import count_tokens
-
-    return lambda s: count_tokens(tok, s)
 
 
 def _image_problems(table: PairTable, cfg: DataConfig, workers: int) -> tuple[PairTable, list[Problem]]:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from crossalign.config import DataConfig
-from crossalign.data.readers._base import DataError, read_text
+from crossalign.data.readers._base import read_text
+from crossalign.errors import DataError
 from crossalign.data.readers.benchmarks import (find_token_file, json_files, read_coco, read_flickr_token,
                                                 read_karpathy)
 from crossalign.data.readers.folder import looks_like_sidecar, read_canonical, read_sidecar
@@ -36,7 +37,7 @@ from crossalign.data.readers.tables import (POSTER_DIRS, find_movie_table, read_
 from crossalign.data.splits import read_split_files
 from crossalign.data.table import PairTable
 
-__all__ = ["DataError", "read_pairs", "read_canonical", "READERS", "FORMAT_ALIASES", "detect_format"]
+__all__ = ["read_pairs", "read_canonical", "READERS", "FORMAT_ALIASES", "detect_format"]
 
 READERS: dict[str, Callable[[Path, DataConfig], PairTable]] = {
     "folder": read_canonical,

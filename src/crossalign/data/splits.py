@@ -17,7 +17,7 @@ from crossalign.errors import ConfigError
 from crossalign.data.table import SPLITS, PairTable
 
 __all__ = ["assign_splits", "read_split_files", "write_split_files", "normalize_split",
-           "split_from_name", "unit_hash", "sample_images", "SPLIT_ALIASES"]
+           "split_from_name", "stable_bits", "stable_seed", "unit_hash", "sample_images", "SPLIT_ALIASES"]
 
 # every name a data set uses for a split -> ours
 SPLIT_ALIASES = {
@@ -59,10 +59,24 @@ def read_split_files(folder: str | Path) -> dict[str, str]:
     return mapping
 
 
+def stable_bits(*parts: object) -> int:
+    """The one seeded hash: 64 stable pseudo-random bits from any parts (``seed, key, ...``).
+
+    Python's ``hash()`` is salted per process for strings, so it differs between data-loader
+    workers and runs; this does not.
+    """
+    digest = hashlib.sha256(":".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def stable_seed(*parts: object) -> int:
+    """A stable 63-bit seed (for ``random.Random`` or ``torch.Generator``) from any parts."""
+    return stable_bits(*parts) >> 1
+
+
 def unit_hash(key: str, seed: int) -> float:
     """A stable pseudo-random number in [0, 1) for a key (independent of row order)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return stable_bits(seed, key) / 2**64
 
 
 def assign_splits(table: PairTable, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,

@@ -22,28 +22,19 @@ import io
 import os
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Union
 
 from PIL import Image, ImageOps
 
-from crossalign.errors import CrossalignError
+from crossalign.errors import ImageError
 
-__all__ = ["ImageError", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
+__all__ = ["IMAGE_EXTS", "list_images", "thumbnail", "jpeg_bytes", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # image files we read
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning threshold
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
-
-
-class ImageError(CrossalignError, ValueError):
-    """An image file that cannot be used; the message names the file.
-
-    ``kind`` says why: missing, empty_file, truncated, too_large or unreadable.
-    """
-
-    def __init__(self, message: str, kind: str = "unreadable") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def _failure(path: str, e: Exception) -> ImageError:
@@ -157,3 +148,29 @@ def eval_transform(data_config: dict) -> Callable:
         crop_pct=data_config["crop_pct"], mean=data_config["mean"], std=data_config["std"],
         is_training=False,
     )
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by :data:`IMAGE_EXTS`) under ``folder``, recursively, sorted; hidden files and
+    folders (``.git``, ``._photo.jpg`` resource forks) are left out."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+
+
+def thumbnail(source: ImageSource, size: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image fitted into ``size`` x ``size`` pixels, read by :func:`load_image` (upright, on white).
+
+    Raises:
+        ImageError: the image cannot be read.
+    """
+    im = load_image(source, max_pixels=max_pixels)
+    im.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return im
+
+
+def jpeg_bytes(im: Image.Image, quality: int = 85) -> bytes:
+    """``im`` encoded as a JPEG file."""
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()

@@ -27,9 +27,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
-from crossalign.data.formats import DataError
+from crossalign.errors import DataError
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import MAX_PIXELS, ImageError, inspect_image
+from crossalign.data.transforms import MAX_PIXELS, inspect_image
+from crossalign.errors import ImageError
 
 __all__ = ["Problem", "validate_rows", "report_problems", "check_images", "ImageCheck", "image_roots",
            "outside_roots", "drop_failed_images", "image_problem_kind", "count_skipped"]

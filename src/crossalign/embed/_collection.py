@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import MAX_PIXELS, ImageError, ImageSource, eval_transform, load_image
+from crossalign.data.transforms import MAX_PIXELS, ImageSource, eval_transform, load_image
+from crossalign.errors import ImageError
 from crossalign.data.validate import Problem, drop_failed_images
 from crossalign.embed._towers import image_features, mirror, project, text_features
 from crossalign.models.dual import DualEncoder, is_frozen

@@ -20,8 +20,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, load_image
-from crossalign.features import FeatureCache, file_key, text_key, tower_fingerprint
+from crossalign.data.transforms import MAX_PIXELS, eval_transform, load_image
+from crossalign.errors import ImageError
+from crossalign._io import sha256_file
+from crossalign.features import FeatureCache, text_key, tower_fingerprint
 
 __all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "Decoded",
            "Collate", "decode_loader", "wants_channels_last", "mirror", "SHARD"]
@@ -117,7 +119,7 @@ def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[
     keys, failed = {}, {}
     for p in dict.fromkeys(paths):
         try:
-            keys[p] = file_key(p) + suffix
+            keys[p] = sha256_file(p) + suffix
         except OSError as e:
             failed[p] = ImageError(f"{p}: cannot read image file ({e.strerror or e})",
                                    "missing" if isinstance(e, FileNotFoundError) else "unreadable")

@@ -1,13 +1,10 @@
-"""Evaluation: embeddings, retrieval metrics, zero-shot classification, the ``evaluate`` entry point.
+"""Evaluation: retrieval metrics, ranking, zero-shot classification, the ``evaluate`` entry point.
 
-``crossalign.evaluate(run, data, split="test")`` calls :func:`crossalign.evaluate.run.evaluate`;
-zero-shot classification is :func:`crossalign.evaluate.zeroshot.zeroshot`.
+``crossalign.evaluate.evaluate(run, data, split="test")`` (also :func:`crossalign.api.evaluate`)
+scores a run; zero-shot classification is :func:`crossalign.evaluate.zeroshot.zeroshot`.
 """
 
-from crossalign._callable import make_callable
 from crossalign.evaluate.retrieval import retrieval_metrics, retrieve, topk
-from crossalign.evaluate.run import RunData, evaluate, open_run
+from crossalign.evaluate.run import evaluate
 
-__all__ = ["evaluate", "open_run", "RunData", "retrieval_metrics", "retrieve", "topk"]
-
-make_callable(__name__, evaluate)
+__all__ = ["evaluate", "retrieval_metrics", "retrieve", "topk"]

@@ -2,15 +2,14 @@
 
 :mod:`crossalign.evaluate.ranking` holds the maths on plain arrays; this module picks the bank
 rows from a run's table (training rows whose images are not being evaluated, optionally a
-seeded sample of them), embeds them with the run's model and hands ``retrieve`` one score
-function per direction, plus the description that goes into the metrics JSON.
+seeded sample of them) and, given their embeddings, hands ``retrieve`` one score function per
+direction, plus the description that goes into the metrics JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
 
 import numpy as np
 
@@ -21,13 +20,9 @@ from crossalign.errors import ConfigError
 from crossalign.evaluate.ranking import RANKINGS, QBNormParams, fit_bank
 from crossalign.evaluate.retrieval import ScoreFn
 
-__all__ = ["resolve_ranking", "bank_rows", "score_functions", "run_score_functions"]
+__all__ = ["resolve_ranking", "bank_rows", "score_functions"]
 
 log = logging.getLogger(__name__)
-
-# (model side of a run, table) -> (image embeddings of its unique images, caption embeddings)
-EmbedFn = Callable[[PairTable], tuple[np.ndarray, np.ndarray]]
-
 
 def resolve_ranking(cfg: EvaluateConfig, ranking: str | None = None, qb_beta: float | None = None,
                     qb_k: int | None = None, qb_bank: int | None = None) -> EvaluateConfig:
@@ -54,33 +49,32 @@ def bank_rows(table: PairTable, evaluated: PairTable, n_images: int = 0, seed: i
     return sample_images(bank, n_images, seed) if n_images and len(bank) else bank
 
 
-def score_functions(cfg: EvaluateConfig, table: PairTable, evaluated: PairTable,
-                    image_emb: np.ndarray, text_emb: np.ndarray,
-                    embed: EmbedFn) -> tuple[ScoreFn | None, ScoreFn | None, dict]:
+def score_functions(cfg: EvaluateConfig, image_emb: np.ndarray, text_emb: np.ndarray,
+                    bank_img: np.ndarray | None,
+                    bank_txt: np.ndarray | None) -> tuple[ScoreFn | None, ScoreFn | None, dict]:
     """Score functions for text->image and image->text (None: cosine) and their description.
 
     Args:
         cfg: the resolved ``evaluate`` settings.
-        table: the run's whole table (its ``train`` rows are the bank's source).
-        evaluated: the rows being evaluated, never used in the bank.
         image_emb: ``[n_images, dim]`` gallery of the text->image direction.
         text_emb: ``[n_captions, dim]`` gallery of the image->text direction.
-        embed: embeds a table of bank rows: its unique images and its captions.
+        bank_img: ``[n_bank_images, dim]`` image queries of the bank (training images outside the
+            evaluated set, see :func:`bank_rows`); None or empty when there are none.
+        bank_txt: ``[n_bank_captions, dim]`` caption queries of the bank.
     """
     if cfg.ranking == "plain":
         return None, None, {"name": "plain", "scores": "cosine similarity"}
-    bank = bank_rows(table, evaluated, cfg.qb_bank, cfg.qb_seed)
-    if len(bank) == 0:
+    if bank_img is None or bank_txt is None or len(bank_img) == 0 or len(bank_txt) == 0:
         log.warning("ranking qbnorm: no training rows outside the evaluated set to build the query bank "
                     "from; ranking by plain cosine similarity instead")
         return None, None, {"name": "plain", "requested": "qbnorm", "scores": "cosine similarity",
                             "note": "no training queries outside the evaluated set"}
-    bank_img, bank_txt = embed(bank)
     params = QBNormParams(cfg.qb_beta, cfg.qb_k)
     t2i = fit_bank(image_emb, bank_txt, params)  # caption queries rank images
     i2t = fit_bank(text_emb, bank_img, params)  # image queries rank captions
     info = {
         "name": "qbnorm", "method": "querybank normalisation, dynamic inverted softmax",
+        "scores": "querybank-normalised similarity (not a cosine)",
         "beta": params.beta, "k": params.k,
         "bank": {"source": "train split, images of the evaluated set left out",
                  "images": int(bank_img.shape[0]), "captions": int(bank_txt.shape[0]),
@@ -88,15 +82,3 @@ def score_functions(cfg: EvaluateConfig, table: PairTable, evaluated: PairTable,
         "t2i": t2i.summary(), "i2t": i2t.summary(),
     }
     return t2i, i2t, info
-
-
-def run_score_functions(rd, evaluated: PairTable, image_emb: np.ndarray, text_emb: np.ndarray,
-                        progress: bool = True) -> tuple[ScoreFn | None, ScoreFn | None, dict]:
-    """:func:`score_functions` for an opened run (``crossalign.evaluate.run.RunData``)."""
-    from crossalign.evaluate.run import embed_split
-
-    def embed(bank: PairTable) -> tuple[np.ndarray, np.ndarray]:
-        emb = embed_split(rd, bank, progress)
-        return emb.image_emb, emb.text_emb
-
-    return score_functions(rd.cfg.evaluate, rd.table, evaluated, image_emb, text_emb, embed)

@@ -17,9 +17,16 @@ import numpy as np
 from crossalign.evaluate.chance import rank_distribution
 from crossalign.evaluate.retrieval import rank_summary, retrieve
 
-__all__ = ["PROTOCOLS", "seed_protocol", "run_seed_protocol"]
+__all__ = ["PROTOCOLS", "seed_protocol", "SEED_PROTOCOL_NOTE"]
 
 PROTOCOLS = ("standard", "seed")
+
+# how the seed protocol's two parts are drawn, written into the metrics beside them
+SEED_PROTOCOL_NOTE = {
+    "name": "seed", "ranking": "plain",
+    "all": "every image and caption of the data, training ones included, ranked among each other",
+    "held_out": "images outside the run's train split and their captions, each ranked among all items",
+}
 
 
 def _chance_top1(t2i: np.ndarray, n_images: int, images: np.ndarray) -> dict[str, float]:
@@ -63,25 +70,4 @@ def seed_protocol(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np
     out = {"all": _part(res.t2i_ranks, res.i2t_ranks, t2i, np.arange(len(image_emb)), ks)}
     if held.any():
         out["held_out"] = _part(res.t2i_ranks, res.i2t_ranks, t2i, np.flatnonzero(held), ks)
-    return out
-
-
-def run_seed_protocol(rd, ks: Sequence[int], progress: bool = True) -> dict:
-    """:func:`seed_protocol` over every item of an opened run's table (``RunData``)."""
-    from crossalign.evaluate.run import embed_split
-    from crossalign.errors import ConfigError
-
-    emb = embed_split(rd, rd.table, progress)
-    split_of = dict(zip(emb.table.image_id, emb.table.split))
-    held = np.array([split_of[i] != "train" for i in emb.image_ids])
-    if not held.any():
-        raise ConfigError("--protocol seed compares held-out items with the rest, and every item of the data "
-                         "is in the run's train split")
-    out = seed_protocol(emb.image_emb, emb.text_emb, emb.text_to_image, held, ks)
-    out["protocol"] = {
-        "name": "seed", "ranking": "plain",
-        "all": "every image and caption of the data, training ones included, ranked among each other",
-        "held_out": "images outside the run's train split and their captions, each ranked among all items",
-        "held_out_splits": sorted({s for s in emb.table.split if s != "train"}),
-    }
     return out

@@ -10,87 +10,27 @@ says so under ``gap_protocol``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from crossalign.config import RunConfig, default_cache_dir
-from crossalign.data.formats import DataError
-from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import sample_images
 from crossalign.data.table import PairTable
-from crossalign.data.validate import Problem, count_skipped, report_problems
-from crossalign.embed import EmbeddedTable, embed_table, embed_texts, tta_flip
-from crossalign.errors import ConfigError
-from crossalign.evaluate.bank import resolve_ranking, run_score_functions
+from crossalign.data.validate import count_skipped, report_problems
+from crossalign.embed import EmbeddedTable, tta_flip
+from crossalign.errors import ConfigError, DataError
+from crossalign.evaluate.bank import bank_rows, resolve_ranking, score_functions
 from crossalign.evaluate.chance import chance_metrics
-from crossalign.evaluate.protocol import PROTOCOLS, run_seed_protocol
-from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, metrics_from_ranks, retrieve,
-                                          write_distance_matrix)
-from crossalign.models.dual import DualEncoder
+from crossalign.evaluate.protocol import PROTOCOLS, SEED_PROTOCOL_NOTE, seed_protocol
+from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, ScoreFn, metrics_from_ranks,
+                                          retrieve, write_distance_matrix)
+from crossalign.runs import RunData, embed_split, open_run, recorded_data, select_split
 
-__all__ = ["evaluate", "open_run", "RunData", "embed_split", "seen_unseen", "score", "select_split",
-           "encode_texts", "GAP_KEYS"]
+__all__ = ["evaluate", "seen_unseen", "score", "run_score_functions", "run_seed_protocol", "GAP_KEYS"]
 
 # the metrics whose seen - unseen difference is reported as the generalization gap
 GAP_KEYS = ("R@", "_median_rank", "_mean_rank", "_mrr", "_top1", "rsum")
-
-
-@dataclass
-class RunData:
-    """A loaded run and the data table split the way the run split it (empty without data)."""
-
-    model: DualEncoder
-    cfg: RunConfig
-    table: PairTable
-    problems: list[Problem]  # rows the data check skipped when reading the data
-    cache_root: Path | None
-    device: str
-    path: Path | None = None
-
-
-def open_run(run: str | Path, data: str | Path | None = None, which: str = "best", device: str = "cpu",
-             quiet: bool = False) -> RunData:
-    """Load the run's checkpoint and read ``data`` (when given) with the run's stored split.
-
-    The one way to open a run: evaluation, the report and the index use it, so all of them
-    see the same model, data rules (``data.max_pixels``, ``data.strict``, the data-folder
-    rule) and split. Problems are logged unless ``quiet``.
-    """
-    from crossalign.train.checkpoint import load_model
-
-    model, cfg = load_model(run, which, device)
-    if data is None:
-        table, problems = PairTable(), []
-    else:
-        table, problems = prepare_table(data, cfg.data, run_dir=run, quiet=quiet)
-    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    return RunData(model, cfg, table, problems, cache_root, device, Path(run))
-
-
-def embed_split(rd: RunData, sub: PairTable, progress: bool = True) -> EmbeddedTable:
-    """Embed ``sub`` with the run's model, cache, data rules (``max_pixels``, ``strict``) and
-    decoding workers (``train.num_workers``)."""
-    return embed_table(rd.model, sub, cache_root=rd.cache_root, device=rd.device,
-                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
-                       strict=rd.cfg.data.strict, progress=progress, workers=rd.cfg.train.num_workers)
-
-
-def encode_texts(model: DualEncoder, texts: Sequence[str], device: str = "cpu",
-                 batch_size: int = 128) -> np.ndarray:
-    """Embeddings ``[len(texts), dim]`` of free text (prompts, queries); see ``embed_texts``."""
-    return embed_texts(model, texts, device=device, batch_size=batch_size)
-
-
-def select_split(table: PairTable, split: str) -> PairTable:
-    """Rows of ``split``: a name, several names joined by commas, or ``all``."""
-    names = "all" if split == "all" else [s.strip() for s in split.split(",") if s.strip()]
-    sub = table.select(names)
-    if len(sub) == 0:
-        raise ConfigError(f"--split: the {split!r} split has no rows (splits: {table.split_counts()})")
-    return sub
 
 
 def seen_unseen(table: PairTable, sub: PairTable, seed: int = 0,
@@ -108,6 +48,32 @@ def seen_unseen(table: PairTable, sub: PairTable, seed: int = 0,
     if seen == "match":
         train_tab = sample_images(train_tab, len(set(unseen_tab.image_id)), seed)
     return train_tab, unseen_tab
+
+
+def run_score_functions(rd: RunData, evaluated: PairTable, image_emb: np.ndarray, text_emb: np.ndarray,
+                        progress: bool = True) -> tuple[ScoreFn | None, ScoreFn | None, dict]:
+    """The ranking's score functions for ``evaluated``, its query bank embedded with the run."""
+    bank_img = bank_txt = None
+    if rd.cfg.evaluate.ranking != "plain":
+        bank = bank_rows(rd.table, evaluated, rd.cfg.evaluate.qb_bank, rd.cfg.evaluate.qb_seed)
+        if len(bank):
+            emb = embed_split(rd, bank, progress)
+            bank_img, bank_txt = emb.image_emb, emb.text_emb
+    return score_functions(rd.cfg.evaluate, image_emb, text_emb, bank_img, bank_txt)
+
+
+def run_seed_protocol(rd: RunData, ks: Sequence[int], progress: bool = True) -> dict:
+    """The seed reports' protocol (:func:`seed_protocol`) over every item of the run's table."""
+    emb = embed_split(rd, rd.table, progress)
+    split_of = dict(zip(emb.table.image_id, emb.table.split))
+    held = np.array([split_of[i] != "train" for i in emb.image_ids])
+    if not held.any():
+        raise ConfigError("--protocol seed compares held-out items with the rest, and every item of the data "
+                          "is in the run's train split")
+    out = seed_protocol(emb.image_emb, emb.text_emb, emb.text_to_image, held, ks)
+    out["protocol"] = {**SEED_PROTOCOL_NOTE,
+                       "held_out_splits": sorted({s for s in emb.table.split if s != "train"})}
+    return out
 
 
 def score(rd: RunData, sub: PairTable, ks: Sequence[int] = (1, 5, 10), progress: bool = True,
@@ -171,7 +137,7 @@ def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float
                      i2t_topk=res.i2t.indices, i2t_topk_scores=res.i2t.scores)
 
 
-def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
+def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test", ks: Sequence[int] = (1, 5, 10),
              which: str = "best", device: str = "cpu", progress: bool = True, *, gap: bool = False,
              seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
              lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
@@ -183,6 +149,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
     those training held out.
 
     Args:
+        data: the data set; None reads the one the run was trained on (``run.json``).
         split: a split name, names joined by commas, or ``all``.
         ks: the K of Recall@K.
         gap: also score seen (train) and unseen (held-out) items apart, under ``seen`` / ``unseen``.
@@ -204,7 +171,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", ks: Sequenc
         raise ConfigError(f"--lists-k: the length of the top-K lists must be at least 1, got {lists_k}")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    rd = open_run(run, data, which, device, quiet=True)
+    rd = open_run(run, recorded_data(run) if data is None else data, which, device, quiet=True)
     rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding

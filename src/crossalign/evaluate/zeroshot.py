@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crossalign.errors import ConfigError
-from crossalign.data.formats import DataError
+from crossalign.errors import DataError
 from crossalign.data.table import PairTable
 from crossalign.evaluate.chance import rank_distribution
 
@@ -129,7 +129,7 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
         sep: separator of several classes in one label value.
     """
     from crossalign.embed import embed_images
-    from crossalign.evaluate.run import encode_texts, open_run, select_split
+    from crossalign.runs import encode_texts, open_run, select_split
 
     rd = open_run(run, data, which, device)
     by_image = image_classes(rd.table, label_column, sep)  # whole table: every class is a candidate

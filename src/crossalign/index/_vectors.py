@@ -6,47 +6,15 @@ Every call the index and the service make into model loading and embedding goes 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from crossalign.data.table import PairTable
+from crossalign.features import weights_hash
 
-__all__ = ["Embedder", "weights_hash", "content_hash", "thumbnail"]
-
-
-def content_hash(path: str | Path) -> str:
-    """The content hash of a file, the same key the feature cache uses."""
-    from crossalign.features import file_key
-
-    return file_key(path)
-
-
-def thumbnail(path: str | Path, size: int, quality: int = 85) -> bytes:
-    """A JPEG of the image at ``path`` fitted into ``size`` x ``size`` (upright, on white)."""
-    import io
-
-    from PIL import Image
-
-    from crossalign.data.transforms import load_image
-
-    im = load_image(str(path))
-    im.thumbnail((size, size), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """A hash of every tensor of a model (towers, heads, logit scale), by name."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+__all__ = ["Embedder"]
 
 
 class Embedder:
@@ -62,13 +30,13 @@ class Embedder:
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "cpu",
                  cache: bool = True) -> None:
-        from crossalign.evaluate.run import open_run
+        from crossalign.runs import open_run
 
         self.run = Path(run)
         rd = open_run(run, None, which, device)
         self.model, self.cfg, self.device = rd.model, rd.cfg, device
         self.cache_root = rd.cache_root if cache else None
-        self.weights_hash = weights_hash(self.model)
+        self.weights_hash = weights_hash(self.model)  # which model made the vectors
         self.dim = int(self.cfg.model.embed_dim)
 
     def read_table(self, data: str | Path, data_format: str = "", split: str = "all",
@@ -78,7 +46,7 @@ class Embedder:
         import dataclasses
 
         from crossalign.data.prepare import prepare_table
-        from crossalign.evaluate.run import select_split
+        from crossalign.runs import select_split
 
         cfg = dataclasses.replace(self.cfg.data, format=data_format) if data_format else self.cfg.data
         table, _ = prepare_table(data, cfg, run_dir=self.run, quiet=quiet)
@@ -112,7 +80,7 @@ class Embedder:
     def picture(self, image, name: str = "") -> np.ndarray:
         """``[1, dim]`` vector of an image file or of file bytes (an upload), decoded with the
         checks every stage uses; ``name`` names an upload in error messages."""
-        from crossalign.data.transforms import ImageError
+        from crossalign.errors import ImageError
         from crossalign.embed import embed_pictures
 
         try:

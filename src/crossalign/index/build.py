@@ -18,15 +18,16 @@ from typing import Sequence
 
 import numpy as np
 
+from crossalign.data.transforms import list_images
 from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
-from crossalign.index._vectors import Embedder, content_hash
+from crossalign._io import sha256_file
+from crossalign.index._vectors import Embedder
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
 
-__all__ = ["build_index", "BuildSummary", "IMAGE_SUFFIXES", "scan_folder"]
+__all__ = ["build_index", "BuildSummary"]
 
 log = logging.getLogger("crossalign.index")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -45,17 +46,6 @@ class BuildSummary:
     seconds: float
 
 
-def scan_folder(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
-    out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder).parts
-        hidden = any(s.startswith(".") for s in rel)
-        if p.suffix.lower() in IMAGE_SUFFIXES and not hidden and p.is_file():
-            out.append(p)
-    return sorted(out)
-
-
 def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRecord]:
     """The images (and captions) a source holds now; ids and hashes are filled in later."""
     path = Path(src["path"])
@@ -64,7 +54,7 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
     if src["kind"] == "images":
         if not path.is_dir():
             raise ConfigError(f"{path}: --images takes a folder of images")
-        found = scan_folder(path)
+        found = list_images(path)
         # the rule every command follows: a link whose file lies outside the folder is not read,
         # so the service can never show it
         leaving = outside_roots([str(p) for p in found], [str(path)])
@@ -91,7 +81,7 @@ def _hash_all(images: list[ImageRecord]) -> tuple[list[ImageRecord], dict[str, s
             continue
         seen.add(im.path)
         try:
-            im.content_hash = content_hash(im.path)
+            im.content_hash = sha256_file(im.path)
             kept.append(im)
         except OSError as e:
             failed[im.path] = f"{im.path}: cannot read image file ({e.strerror or e})"

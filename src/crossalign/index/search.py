@@ -17,22 +17,15 @@ from typing import Sequence
 
 import numpy as np
 
-from crossalign.errors import ConfigError, CrossalignError, RunError
+from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index.store import IndexStore
 
-__all__ = ["Index", "Hit", "SearchResult", "open_index", "UnknownItem", "TARGETS"]
+__all__ = ["Index", "Hit", "SearchResult", "open_index", "TARGETS"]
 
 TARGETS = ("images", "captions")
 RERANK = 4  # approximate indexes: candidates fetched per result, scored exactly
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
-
-
-class UnknownItem(CrossalignError, KeyError):
-    """An image or caption id that the index does not hold."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown item"
 
 
 @dataclass
@@ -232,9 +225,10 @@ def open_index(path: str | Path, run: str | Path | None = None, *, model: bool =
     if not model:
         return Index(store, None, ef_search, nprobe)
     from crossalign.index._vectors import Embedder
+    from crossalign.runs import is_run_folder
 
     run = Path(run) if run is not None else Path(store.info["run"])
-    if not (run / "config.yaml").is_file():
+    if not is_run_folder(run):
         store.close()
         raise RunError(f"{run}: the run that built the index {path} is not there; pass the run "
                        f"folder (--run RUN)")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossalign.errors import ConfigError, InputNotFound
-from crossalign.models.registry import register
+from crossalign.models.registry import register, register_join
 
 __all__ = ["ImageTower", "ConcatTower", "use_channels_last", "apply_channels_last", "remap_efficientnet_lite",
            "efficientnet_lite_weights_path"]
@@ -209,6 +209,7 @@ class ConcatTower(nn.Module):
         return self(prefix["x"])
 
 
+@register_join
 def build_concat(names: list[str], **overrides) -> ConcatTower:
     """Build each named image tower with the same overrides and join them."""
     from crossalign.models.registry import create

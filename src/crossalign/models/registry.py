@@ -36,7 +36,7 @@ import torch
 
 from crossalign.errors import ConfigError
 
-__all__ = ["TowerInfo", "register", "create", "list_models", "list_prefixes", "model_info",
+__all__ = ["TowerInfo", "register", "register_join", "create", "list_models", "list_prefixes", "model_info",
            "resolve_freeze", "describe", "describe_models"]
 
 
@@ -68,11 +68,14 @@ def register(name: str, modality: str, description: str = "",
     return wrap
 
 
-def _ensure_loaded() -> None:
-    # Importing the tower modules runs their @register decorators.
-    import crossalign.models.image  # noqa: F401
-    import crossalign.models.scratch  # noqa: F401
-    import crossalign.models.text  # noqa: F401
+# builds a tower joining several image towers' features ("a+b"); the image towers register it
+_JOIN: list[Callable[..., torch.nn.Module]] = []
+
+
+def register_join(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+    """Register ``fn(names, **overrides)``, the builder of towers named ``a+b``."""
+    _JOIN[:] = [fn]
+    return fn
 
 
 def _parts(name: str) -> list[str]:
@@ -80,12 +83,10 @@ def _parts(name: str) -> list[str]:
 
 
 def _concat_info(name: str) -> TowerInfo:
-    from crossalign.models.image import build_concat
-
     infos = [model_info(p) for p in _parts(name)]
     if any(i.modality != "image" for i in infos):
         raise ConfigError(f"only image towers can be joined with '+': {name!r}")
-    return TowerInfo(name, "image", lambda **kw: build_concat(_parts(name), **kw),
+    return TowerInfo(name, "image", lambda **kw: _JOIN[0](_parts(name), **kw),
                      "concatenated features of " + ", ".join(_parts(name)),
                      offline=lambda: all(i.offline() for i in infos),
                      scratch=all(i.scratch for i in infos))
@@ -93,7 +94,6 @@ def _concat_info(name: str) -> TowerInfo:
 
 def model_info(name: str) -> TowerInfo:
     """The registry entry for ``name`` (a registered name, ``prefix:rest`` or ``a+b``)."""
-    _ensure_loaded()
     if "+" in name and not name.startswith(tuple(f"{p}:" for p in _PREFIXES)):
         return _concat_info(name)
     if name in _REGISTRY:
@@ -114,13 +114,11 @@ def create(name: str, **overrides) -> torch.nn.Module:
 
 def list_models(modality: str | None = None) -> list[str]:
     """Registered tower names, optionally of one modality."""
-    _ensure_loaded()
     return sorted(n for n, i in _REGISTRY.items() if modality in (None, i.modality))
 
 
 def list_prefixes(modality: str | None = None) -> list[str]:
     """Library prefixes (``timm``, ``hf``) that accept any model name after the colon."""
-    _ensure_loaded()
     return sorted(n for n, i in _PREFIXES.items() if modality in (None, i.modality))
 
 

@@ -10,14 +10,17 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+from crossalign.config import TextTowerConfig
 from crossalign.errors import ConfigError
 from crossalign.models.registry import register
 
-__all__ = ["HFTextTower", "count_tokens", "masked_mean", "minilm_path", "quiet_length_warning"]
+__all__ = ["HFTextTower", "count_tokens", "masked_mean", "minilm_path", "quiet_length_warning",
+           "token_counter"]
 
 _TOO_LONG = "Token indices sequence length is longer than the specified maximum sequence length"
 
@@ -249,3 +252,20 @@ def _build_hf(model_name: str, pretrained: bool = True, pooling: str = "mean", m
               **_: object) -> HFTextTower:
     return _load_hf(checkpoint or model_name, f"hf:{model_name}", pretrained, pooling, max_tokens,
                     chunk_long, config_overrides)
+
+
+def token_counter(text: TextTowerConfig) -> Callable[[str], int] | None:
+    """Token count with the text tower's own tokenizer, or ``None`` when it cannot be loaded offline."""
+    try:
+        from transformers import AutoTokenizer
+
+        if text.tower == "minilm":
+            source = text.checkpoint or str(minilm_path())
+        elif text.tower.startswith("hf:"):
+            source = text.checkpoint or text.tower[3:]
+        else:
+            return None
+        tok = AutoTokenizer.from_pretrained(source)
+    except Exception:  # no tokenizer on this machine: fall back to an estimate
+        return None
+    return lambda s: count_tokens(tok, s)

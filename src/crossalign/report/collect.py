@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from crossalign.config import RunConfig, to_dict
-from crossalign.data.formats import DataError
+from crossalign.errors import DataError
 from crossalign.data.validate import Problem
 from crossalign.embed import EmbeddedTable
 from crossalign.evaluate.retrieval import Retrieval
-from crossalign.evaluate.run import RunData, open_run, score, seen_unseen, select_split
+from crossalign.evaluate.run import score, seen_unseen
+from crossalign.runs import RunData, open_run, select_split
 
 __all__ = ["RunReport", "collect_run", "read_history", "describe_config"]
 

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # before pyplot: never try to open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
-
-from crossalign._io import atomic_path  # noqa: E402
+from crossalign._io import atomic_path
 
 __all__ = ["training_curves", "rsum_curves", "distance_heatmap", "rank_histograms", "recall_bars",
            "gap_bars", "DIRECTION_COLOURS"]
@@ -38,11 +37,16 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _subplots(rows: int = 1, cols: int = 1, **figure):
+    """A figure outside pyplot (nothing global, no window, no backend switch) and its axes."""
+    fig = Figure(**figure)
+    return fig, fig.subplots(rows, cols)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight", facecolor="white")
-    plt.close(fig)
     return path
 
 
@@ -53,7 +57,7 @@ def _series(history: Sequence[Mapping], column: str) -> tuple[list[float], list[
     return [e for e, _ in pts], [v for _, v in pts]
 
 
-def _missing(ax: plt.Axes, what: str) -> None:
+def _missing(ax: "matplotlib.axes.Axes", what: str) -> None:
     ax.text(0.5, 0.5, f"{what}\nnot recorded", ha="center", va="center", color="#6b7280", transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -97,8 +101,8 @@ def _recall_panel(ax, history, best_epoch) -> None:
 
 def training_curves(history: Sequence[Mapping], path: str | Path, best_epoch: int | None = None) -> Path:
     """Loss, validation Recall@K, learning rate and temperature per epoch (2 x 2 panels)."""
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _subplots(2, 2, figsize=(10, 6.4))
         losses = ["train_loss"] + sorted({c for r in history for c in r if c.endswith("_loss") and c != "train_loss"})
         _line_panel(axes[0, 0], history, losses, "loss", "loss", best_epoch)
         _recall_panel(axes[0, 1], history, best_epoch)
@@ -115,8 +119,8 @@ def training_curves(history: Sequence[Mapping], path: str | Path, best_epoch: in
 
 def rsum_curves(histories: Mapping[str, Sequence[Mapping]], path: str | Path, column: str = "val_rsum") -> Path:
     """One line per run: the validation R-sum per epoch."""
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(10, 3.6))
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _subplots(figsize=(10, 3.6))
         for n, (name, history) in enumerate(histories.items()):
             x, y = _series(history, column)
             ax.plot(x, y, marker="o", markersize=3, color=_RUN_COLOURS[n % len(_RUN_COLOURS)], label=_plain(name))
@@ -134,15 +138,15 @@ def distance_heatmap(dist: np.ndarray, row_labels: Sequence[str], thumbs: Sequen
     Matching pairs sit on the diagonal, outlined, so a good model shows a dark diagonal.
     """
     k_rows, k_cols = dist.shape
-    with plt.rc_context({**_STYLE, "axes.grid": False}):
-        fig, ax = plt.subplots(figsize=(2.4 + 0.95 * k_cols, 1.4 + 0.62 * k_rows))
+    with matplotlib.rc_context({**_STYLE, "axes.grid": False}):
+        fig, ax = _subplots(figsize=(2.4 + 0.95 * k_cols, 1.4 + 0.62 * k_rows))
         im = ax.imshow(dist, cmap="viridis", vmin=min(0.0, float(dist.min())), vmax=max(1.0, float(dist.max())))
         for r in range(k_rows):
             for c in range(k_cols):
                 ax.text(c, r, f"{dist[r, c]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if dist[r, c] < 0.6 * max(1.0, float(dist.max())) else "#111827")
         for d in range(min(k_rows, k_cols)):
-            ax.add_patch(plt.Rectangle((d - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="#f43f5e", linewidth=2))
+            ax.add_patch(Rectangle((d - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="#f43f5e", linewidth=2))
         ax.set_yticks(range(k_rows), [f"{r + 1}. {_plain(lab)}" for r, lab in enumerate(row_labels)])
         ax.set_xticks(range(k_cols), [str(c + 1) for c in range(k_cols)])
         ax.xaxis.tick_top()
@@ -200,8 +204,8 @@ def _rank_panel(ax, ranks: np.ndarray, pool: int, direction: str, title: str) ->
 def rank_histograms(ranks_t2i: np.ndarray, ranks_i2t: np.ndarray, n_images: int, n_captions: int,
                     path: str | Path) -> Path:
     """Where the correct item ranks, for caption queries (left) and image queries (right)."""
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _subplots(1, 2, figsize=(10, 3.4))
         _rank_panel(axes[0], ranks_t2i, n_images, "t2i", f"text → image ({len(ranks_t2i)} caption queries)")
         _rank_panel(axes[1], ranks_i2t, n_captions, "i2t", f"image → text ({len(ranks_i2t)} image queries)")
         fig.tight_layout()
@@ -226,8 +230,8 @@ def _grouped_bars(ax, groups: Mapping[str, Mapping], keys: Sequence[str], colour
 def recall_bars(metrics: Mapping[str, Mapping], path: str | Path, ks: Sequence[int] = (1, 5, 10)) -> Path:
     """Recall@K in both directions, one bar per run."""
     keys = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in ks]
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(10, 3.6))
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _subplots(figsize=(10, 3.6))
         _grouped_bars(ax, metrics, keys, _RUN_COLOURS)
         ax.set_title("Recall@K by run")
         fig.tight_layout()
@@ -237,8 +241,8 @@ def recall_bars(metrics: Mapping[str, Mapping], path: str | Path, ks: Sequence[i
 def gap_bars(seen: Mapping, unseen: Mapping, path: str | Path, ks: Sequence[int] = (1, 5, 10)) -> Path:
     """Recall@K on seen (training) items next to unseen ones: the width of the gap is overfitting."""
     keys = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in ks]
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(10, 3.2))
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _subplots(figsize=(10, 3.2))
         _grouped_bars(ax, {"seen (train sample)": seen, "unseen": unseen}, keys, ["#94a3b8", "#2563eb"])
         ax.set_title("seen vs unseen items, equal pool sizes")
         fig.tight_layout()

@@ -7,14 +7,14 @@ library's bounded-memory ``topk``), so a large split never needs its full simila
 from __future__ import annotations
 
 import base64
-import io
 import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from crossalign.data.transforms import ImageError, load_image
+from crossalign.data.transforms import jpeg_bytes, thumbnail
+from crossalign.errors import ImageError
 from crossalign.evaluate.retrieval import topk
 from crossalign.embed import EmbeddedTable
 
@@ -98,8 +98,7 @@ class Thumbnails:
         """The thumbnail as a PIL image (a grey square when the file cannot be read)."""
         if path not in self._images:
             try:
-                im = load_image(path)
-                im.thumbnail((self.size, self.size), Image.Resampling.BICUBIC)
+                im = thumbnail(path, self.size)
             except ImageError:
                 im = Image.new("RGB", (self.size, self.size), (200, 200, 200))
             self._images[path] = im
@@ -108,7 +107,6 @@ class Thumbnails:
     def uri(self, path: str) -> str:
         """A ``data:image/jpeg;base64,...`` URI, so the page needs no other file."""
         if path not in self._uris:
-            buf = io.BytesIO()
-            self.image(path).save(buf, format="JPEG", quality=self.quality, optimize=True)
-            self._uris[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            data = jpeg_bytes(self.image(path), self.quality)
+            self._uris[path] = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
         return self._uris[path]

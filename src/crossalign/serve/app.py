@@ -20,7 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from crossalign.errors import CrossalignError
-from crossalign.index.search import Index, SearchResult, UnknownItem
+from crossalign.index.search import Index, SearchResult
+from crossalign.errors import UnknownItem
 
 __all__ = ["create_app", "ServiceLimits"]
 
@@ -106,7 +107,7 @@ def _result_json(result: SearchResult, query: dict) -> dict:
 
 
 def _install_errors(app: FastAPI) -> None:
-    from crossalign.data.transforms import ImageError
+    from crossalign.errors import ImageError
 
     @app.exception_handler(UnknownItem)
     async def _unknown(request: Request, exc: UnknownItem):
@@ -152,11 +153,11 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> Non
 
 
 def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
-    from crossalign.index._vectors import thumbnail
+    from crossalign.data.transforms import jpeg_bytes, thumbnail
 
     @functools.lru_cache(maxsize=4096)
     def thumb(image_id: int, size: int) -> bytes:
-        return thumbnail(index.image(image_id).path, size)
+        return jpeg_bytes(thumbnail(index.image(image_id).path, size))
 
     @app.get("/items/{item_id}", summary="An indexed image with its captions and labels")
     def item(item_id: int = PathParam(..., ge=0, le=MAX_ID)):

@@ -1,15 +1,6 @@
-"""Training: the loop, checkpoints, distributed state.
+"""Training: the loop, checkpoints, resume state, schedules, logs.
 
-``crossalign.train(data, out, ...)`` calls :func:`crossalign.api.train`.
+The notebook entry points are :func:`crossalign.api.train` and :func:`crossalign.api.resume`
+(``crossalign train`` on the command line); :mod:`crossalign.train.loop` holds them with a
+resolved :class:`~crossalign.config.RunConfig`.
 """
-
-
-def __call_train(*args, **kwargs):
-    from crossalign.api import train
-
-    return train(*args, **kwargs)
-
-
-from crossalign._callable import make_callable  # noqa: E402
-
-make_callable(__name__, __call_train)

@@ -25,7 +25,8 @@ from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
 from crossalign.models.dual import DualEncoder, build_model
 from crossalign.train.checkpoint import checkpoint_state
-from crossalign.train.distributed import DistInfo, all_reduce_mean, has_batch_norm, sync_batch_norm
+from crossalign.distributed import DistInfo, all_reduce_mean
+from crossalign.train.distributed import has_batch_norm, sync_batch_norm
 from crossalign.train.logs import RunLogger
 from crossalign.train.schedule import make_scheduler
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images

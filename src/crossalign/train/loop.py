@@ -7,7 +7,6 @@ run and ends with exactly the metrics the uninterrupted run reaches.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,11 +18,12 @@ from crossalign.errors import RunError
 from crossalign._io import atomic_write_json
 from crossalign.config import RunConfig, load_config, save_config, to_dict
 from crossalign.data.prepare import prepare_table
-from crossalign.data.formats import DataError
+from crossalign.errors import DataError
 from crossalign.data.splits import write_split_files
 from crossalign.data.validate import report_problems
+from crossalign.runs import is_run_folder, recorded_data
 from crossalign.train.checkpoint import save_model
-from crossalign.train.distributed import DistInfo
+from crossalign.distributed import DistInfo
 from crossalign.train.engine import Engine, resolve_device, seed_everything
 from crossalign.train.logs import RunLogger
 from crossalign.train.state import has_resume_point, load_resume_point
@@ -154,10 +154,10 @@ def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None)
     reused.
     """
     run = Path(run)
-    if not (run / "config.yaml").is_file() or not (run / "run.json").is_file():
+    if not is_run_folder(run) or not (run / "run.json").is_file():
         raise RunError(f"{run}: not a run folder (config.yaml or run.json missing) - nothing to continue")
     cfg = load_config(run / "config.yaml")
-    data = json.loads((run / "run.json").read_text())["data"]
+    data = recorded_data(run)
     fresh = not has_resume_point(run)
     if fresh:
         log.warning("%s: stopped before its first resume point; starting it again from the beginning", run)

@@ -20,7 +20,6 @@ of the run seed, the view and the image, so a run is the same with 0 or N worker
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from pathlib import Path
 from typing import Sequence
@@ -28,13 +27,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from crossalign.data.splits import stable_seed
 from crossalign.data.table import PairTable
-from crossalign.data.transforms import MAX_PIXELS, ImageError, eval_transform, inspect_image
+from crossalign.data.transforms import MAX_PIXELS, eval_transform, inspect_image
 from crossalign.data.validate import drop_failed_images
 from crossalign.embed import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
 from crossalign.embed import FLIP_SUFFIX, mirror, wants_channels_last
-from crossalign.errors import ConfigError
-from crossalign.models.dual import DualEncoder, is_frozen
+from crossalign.errors import ConfigError, ImageError
+from crossalign.models.dual import DualEncoder, is_frozen, n_last_blocks
 
 __all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
 
@@ -47,15 +47,9 @@ def side_mode(freeze: str, training: bool, splittable: bool = True) -> str:
     """
     if is_frozen(freeze):
         return "features"
-    if training and freeze.startswith("last:") and splittable:
+    if training and n_last_blocks(freeze) is not None and splittable:
         return "prefix"
     return "raw"
-
-
-def _seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (Python's hash() changes between processes)."""
-    h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") >> 1
 
 
 def _pad_prefix(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -84,7 +78,7 @@ class _Augment:
     """A seeded augmented view of an image, picklable for decoding workers.
 
     With ``view`` fixed it is called as ``fn(image, key)``; without, as
-    ``fn(image, (view, key))``. Either way the seed is ``_seed(seed, "image", view, key)``.
+    ``fn(image, (view, key))``. Either way the seed is ``stable_seed(seed, "image", view, key)``.
     """
 
     def __init__(self, cfg, seed: int, short_side: int, view=None) -> None:
@@ -94,7 +88,7 @@ class _Augment:
         from crossalign.data.augment import augment_image
 
         view, key = (self.view, arg) if self.view is not None else arg
-        seed = _seed(self.seed, "image", view, key)
+        seed = stable_seed(self.seed, "image", view, key)
         return augment_image(img, self.cfg, seed, short_side=self.short_side)
 
 
@@ -127,7 +121,7 @@ class _Side:
         """Which cached augmented view a sample uses in an epoch (-1 = the clean one)."""
         if not self.n_views:
             return -1
-        return _seed(self.seed, "view", epoch, sample) % self.n_views
+        return stable_seed(self.seed, "view", epoch, sample) % self.n_views
 
     @torch.no_grad()
     def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
@@ -195,7 +189,7 @@ class ImageSide(_Side):
             augment = _Augment(self.aug, self.seed, self._short_side(), view=v)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
                                progress=progress, dist=dist, workers=self.workers, augment=augment,
-                               key_suffix=f":aug{v}:{_seed(self.aug, self.seed)}")
+                               key_suffix=f":aug{v}:{stable_seed(self.aug, self.seed)}")
             views.append(torch.from_numpy(o.feats).to(self.device))
         if self.mirror:  # the mirror beside the clean image (or the augmented views)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
@@ -247,7 +241,7 @@ class ImageSide(_Side):
 
     @torch.no_grad()
     def _init_prefix(self, batch_size: int, progress: bool) -> None:
-        n_last = int(self.model.cfg.image.freeze.split(":")[1])
+        n_last = n_last_blocks(self.model.cfg.image.freeze)
         self.tower.eval()
         self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
         n = len(self.paths)
@@ -283,7 +277,7 @@ class ImageSide(_Side):
                 feats = self.view_feats[v, idx]
             return self.model.project_image(feats)
         if self.mode == "prefix":
-            n_last = int(self.model.cfg.image.freeze.split(":")[1])
+            n_last = n_last_blocks(self.model.cfg.image.freeze)
             batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
             batch = {k: t.to(self.device) for k, t in batch.items()}
             return self.model.project_image(self.tower.forward_suffix(batch, n_last=n_last))
@@ -310,11 +304,11 @@ class TextSide(_Side):
     def _augmented(self, view) -> list[str]:
         from crossalign.data.augment import augment_text
 
-        return [augment_text(c, self.aug, _seed(self.seed, "text", view, k)) for k, c in enumerate(self.captions)]
+        return [augment_text(c, self.aug, stable_seed(self.seed, "text", view, k)) for k, c in enumerate(self.captions)]
 
     @torch.no_grad()
     def _init_prefix(self, batch_size: int) -> None:
-        n_last = int(self.model.cfg.text.freeze.split(":")[1])
+        n_last = n_last_blocks(self.model.cfg.text.freeze)
         self.tower.eval()
         self.prefix = []
         for texts in [self.captions] + [self._augmented(v) for v in range(self.n_views)]:
@@ -331,7 +325,7 @@ class TextSide(_Side):
             v = torch.as_tensor(views, device=self.device) + 1
             return self.model.project_text(self.feats[v, torch.as_tensor(rows, device=self.device)])
         if self.mode == "prefix":
-            n_last = int(self.model.cfg.text.freeze.split(":")[1])
+            n_last = n_last_blocks(self.model.cfg.text.freeze)
             batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
             batch = {k: t.to(self.device) for k, t in batch.items()}
             return self.model.project_text(self.tower.forward_suffix(batch, n_last=n_last))
@@ -339,7 +333,7 @@ class TextSide(_Side):
         if self.aug is not None and epoch >= 0:
             from crossalign.data.augment import augment_text
 
-            texts = [augment_text(t, self.aug, _seed(self.seed, "text", "e", epoch, int(r)))
+            texts = [augment_text(t, self.aug, stable_seed(self.seed, "text", "e", epoch, int(r)))
                      for t, r in zip(texts, rows)]
         tok = self.tower.tokenize(texts)
         return self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()})

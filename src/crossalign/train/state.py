@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from crossalign._io import atomic_write_json, sha256_file
-from crossalign.train.checkpoint import CheckpointError, load_tensors, read_json, save_tensors
+from crossalign.errors import CheckpointError
+from crossalign.runs import load_tensors, read_json
+from crossalign.train.checkpoint import save_tensors
 
 __all__ = ["save_resume_point", "load_resume_point", "has_resume_point"]
 
@@ -92,11 +94,16 @@ def load_resume_point(run: Path) -> dict:
     tag, meta_path = latest.get("tag"), folder / f"state-{latest.get('tag')}.json"
     if not isinstance(tag, str) or not meta_path.is_file():
         raise CheckpointError(f"{folder / 'latest.json'}: names no resume point in {folder} (damaged)")
-    if "sha256" in latest and sha256_file(meta_path) != latest["sha256"]:
+    if not isinstance(latest.get("sha256"), str):
+        raise CheckpointError(f"{folder / 'latest.json'}: records no checksum of {meta_path.name}; "
+                              f"refusing to resume from a point that cannot be checked")
+    if sha256_file(meta_path) != latest["sha256"]:
         raise CheckpointError(f"{meta_path}: does not match the checksum recorded in latest.json "
                               f"(damaged or replaced); refusing to resume from it")
     meta = read_json(meta_path)
-    sums = meta.get("sha256", {})
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{meta_path}: records no checksums of its weights; refusing to resume")
     tensors = load_tensors(folder / f"state-{tag}.safetensors", sums.get("state"), meta_path)
     return {
         "model": load_tensors(folder / f"model-{tag}.safetensors", sums.get("model"), meta_path),

@@ -12,23 +12,19 @@ from __future__ import annotations
 import csv
 import io
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from crossalign.data.splits import normalize_split
-from crossalign.errors import CrossalignError
+from crossalign.errors import DataError
 from crossalign.data.table import PairTable
 
-__all__ = ["DataError", "IMAGE_EXTS", "RowBuilder", "read_text", "has_bad_bytes", "clean_caption",
-           "find_image_root", "list_images", "column", "resolve_separator", "csv_rows", "add_csv_rows"]
+__all__ = ["RowBuilder", "read_text", "has_bad_bytes", "clean_caption",
+           "find_image_root", "column", "resolve_separator", "csv_rows", "add_csv_rows"]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8
-
-
-class DataError(CrossalignError, ValueError):
-    """Input data that cannot be read; the message names the file (and row)."""
 
 
 def read_text(path: Path) -> str:
@@ -65,11 +61,6 @@ def resolve_separator(option: str, first_line: str) -> str:
     if option:
         return aliases.get(option.lower(), option)
     return "\t" if "\t" in first_line else ","
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
 def find_image_root(candidates: Iterable[Path], sample: list[str]) -> Path:
@@ -117,21 +108,34 @@ class RowBuilder:
         return self.table
 
 
-def csv_rows(path: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
-    """``(first line number, fields)`` per CSV record; quoted newlines stay inside a field."""
-    # the csv module refuses fields over 128 KiB by default; a long synopsis is not an error
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
+@contextmanager
+def _field_limit(limit: int) -> Iterator[None]:
+    """The csv module's field size limit (a process-wide setting) raised while a file is read."""
+    old = csv.field_size_limit(max(csv.field_size_limit(), limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def csv_rows(path: Path, sep: str) -> list[tuple[int, list[str]]]:
+    """``(first line number, fields)`` per CSV record; quoted newlines stay inside a field.
+
+    The csv module refuses fields over 128 KiB by default; a long synopsis is not an error,
+    so the limit is 16 MiB while this file is read, and back as it was after.
+    """
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=sep)
-    prev = 0
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:  # an unclosed quote, a field over the csv module's size limit
-            raise DataError(f"{path}:{prev + 1}: cannot parse CSV ({e})") from None
-        yield prev + 1, row
-        prev = reader.line_num
+    rows, prev = [], 0
+    with _field_limit(1 << 24):
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as e:  # an unclosed quote, a field over the size limit
+                raise DataError(f"{path}:{prev + 1}: cannot parse CSV ({e})") from None
+            rows.append((prev + 1, row))
+            prev = reader.line_num
 
 
 def add_csv_rows(out: RowBuilder, rows, header: list[str], cols_ic: tuple[int, int], sep: str, path: Path,

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 
 from crossalign.config import DataConfig
-from crossalign.data.readers._base import DataError, RowBuilder, find_image_root, read_text
+from crossalign.data.readers._base import RowBuilder, find_image_root, read_text
+from crossalign.errors import DataError
 from crossalign.data.splits import split_from_name
 from crossalign.data.table import PairTable
 

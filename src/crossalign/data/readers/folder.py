@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from crossalign.config import DataConfig
-from crossalign.data.readers._base import (IMAGE_EXTS, DataError, RowBuilder, add_csv_rows, column,
-                                           csv_rows, list_images, read_text, resolve_separator)
+from crossalign.data.readers._base import (RowBuilder, add_csv_rows, column, csv_rows, read_text, resolve_separator)
+from crossalign.data.transforms import IMAGE_EXTS, list_images
+from crossalign.errors import DataError
 from crossalign.data.splits import normalize_split, read_split_files
 from crossalign.data.table import PairTable
 
@@ -41,7 +42,7 @@ def read_canonical(root: str | Path, cfg: DataConfig | None = None) -> PairTable
         raise DataError(f"{cap_path}: captions file not found")
     img_dir = canonical_image_dir(root, cfg)
     sep = resolve_separator(cfg.separator, read_text(cap_path).split("\n", 1)[0])
-    rows = csv_rows(cap_path, sep)
+    rows = iter(csv_rows(cap_path, sep))
     _, header = next(rows, (0, None))
     if not header:
         raise DataError(f"{cap_path}: file is empty")

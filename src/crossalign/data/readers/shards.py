@@ -14,13 +14,12 @@ image member is written once into a content-addressed folder,
 or ``extracted/`` in the feature cache folder (:func:`crossalign.config.default_cache_dir`).
 An image already there is not written again, so reading the shards a second time costs
 only the stream, and because the file is named by its content,
-:func:`crossalign.features.file_key` and :func:`crossalign.data.transforms.load_image`
+:func:`crossalign._io.sha256_file` and :func:`crossalign.data.transforms.load_image`
 work on it unchanged. A damaged shard costs the samples after the damage, not the run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import tarfile
@@ -28,9 +27,11 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from crossalign._io import atomic_path
+from crossalign._io import atomic_path, sha256_bytes
 from crossalign.config import CacheConfig, DataConfig, default_cache_dir
-from crossalign.data.readers._base import IMAGE_EXTS, DataError, RowBuilder
+from crossalign.data.readers._base import RowBuilder
+from crossalign.data.transforms import IMAGE_EXTS
+from crossalign.errors import DataError
 from crossalign.data.splits import normalize_split, split_from_name
 from crossalign.data.table import PairTable
 
@@ -61,7 +62,7 @@ def _key_ext(name: str) -> tuple[str, str]:
 
 def _store(data: bytes, ext: str, dest: Path) -> Path:
     """Write ``data`` to its content-addressed path (once) and return that path."""
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    digest = sha256_bytes(data)
     path = dest / digest[:2] / f"{digest}.{ext}"
     if not path.is_file():
         try:

@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 
 from crossalign.config import DataConfig
-from crossalign.data.readers._base import (DataError, RowBuilder, add_csv_rows, column, csv_rows,
-                                           list_images, read_text, resolve_separator)
+from crossalign.data.readers._base import (RowBuilder, add_csv_rows, column, csv_rows, read_text, resolve_separator)
+from crossalign.data.transforms import list_images
+from crossalign.errors import DataError
 from crossalign.data.splits import read_split_files, split_from_name
 from crossalign.data.table import PairTable
 
@@ -42,7 +43,7 @@ def table_files(root: Path, exts: tuple[str, ...]) -> list[Path]:
 
 def _header(path: Path, cfg: DataConfig) -> tuple[str, list[str], object]:
     sep = resolve_separator(cfg.separator, read_text(path).split("\n", 1)[0])
-    rows = csv_rows(path, sep)
+    rows = iter(csv_rows(path, sep))
     _, header = next(rows, (0, []))
     return sep, header, rows
 
