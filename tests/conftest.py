@@ -10,9 +10,11 @@ with a reason when it is missing::
         ...
 
 On a developer's machine such a test skips (``-rs`` prints why). Under CI (``CI`` set to
-``true``, ``1`` or ``yes``, as ``.ci/run`` does) the skip of a ``needs`` test is turned
-into a failure that names what was missing, so CI cannot pass with a check switched off.
-A skip in a fixture counts too, and so does ``pytest.importorskip``.
+``true``, ``1`` or ``yes``, as ``.ci/run`` does) every skip is turned into a failure, so CI
+cannot pass with a check switched off: the skip of a ``needs`` test names what was missing,
+and a skip without a ``needs`` marker says that a skip under CI must name what it needs.
+A skip in a fixture counts too, and so do ``pytest.importorskip``, ``skip``/``skipif``
+markers and a module skipped as it is collected. An expected failure (``xfail``) stays one.
 """
 
 from __future__ import annotations
@@ -42,15 +44,35 @@ def _skip_reason(report) -> str:
     return reason.removeprefix("Skipped: ")
 
 
+UNNAMED = ("a skip under CI must name what it needs with a needs marker "
+           '(@pytest.mark.needs("chromium"), ...)')
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    if not (report.skipped and under_ci()) or hasattr(report, "wasxfail"):
+        return report
     marker = item.get_closest_marker("needs")
-    if marker is not None and report.skipped and under_ci() and not hasattr(report, "wasxfail"):
+    report.outcome = "failed"
+    if marker is None:
+        report.longrepr = (f"{item.nodeid} was skipped under CI=true without a needs marker "
+                           f"({_skip_reason(report)}): {UNNAMED}")
+    else:
         what = ", ".join(map(str, marker.args)) or "an external dependency"
-        report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} needs {what} and was skipped under CI=true: "
                            f"{_skip_reason(report)}")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A module that skips itself as it is collected skips every test in it: under CI, an error."""
+    report = yield
+    if report.skipped and under_ci():
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.nodeid} was skipped as it was collected under CI=true "
+                           f"({_skip_reason(report)}): {UNNAMED}, so skip inside the test")
     return report
 
 
