@@ -16,7 +16,10 @@ On the ``call``-th call (counted in this process) the action runs:
 - ``enospc``: raise ``OSError(ENOSPC)``, as a full disk would, before it runs;
 - ``rendezvous``: create the file ``mine`` and wait (up to a minute) for ``other``, so two
   processes reach the same point before either goes on;
-- ``erofs``: raise ``OSError(EROFS)``, as a read-only folder would.
+- ``erofs``: raise ``OSError(EROFS)``, as a read-only folder would;
+- ``record``: no fault: save the call's positional arguments (arrays) to
+  ``{out}.NNNN.npz``, NNNN the call's number, then run the function (read back with
+  :func:`recorded`; with ``"every": true`` every call, e.g. each validation of a training).
 
 With ``"path": TEXT`` only calls whose first argument is a path holding TEXT are counted
 (a file descriptor counts as the path it is open on); with ``"every": true`` the action
@@ -109,6 +112,25 @@ def _act(fault: dict) -> None:
         raise SystemExit(f"kill runner: unknown action {action!r}")
 
 
+def _record(out: str, n: int, args: tuple) -> None:
+    import numpy as np
+
+    np.savez(f"{out}.{n:04d}.npz", *[np.asarray(a) for a in args])
+
+
+def recorded(out: str | Path) -> list[tuple]:
+    """The arguments the ``record`` action saved under ``out``, call by call."""
+    import numpy as np
+
+    out = Path(out)
+    files = sorted(out.parent.glob(f"{out.name}.[0-9][0-9][0-9][0-9].npz"))
+    loaded = []
+    for f in files:
+        with np.load(f) as z:
+            loaded.append(tuple(z[f"arr_{i}"] for i in range(len(z.files))))
+    return loaded
+
+
 def _path_of(arg) -> str:
     """The path a call is about: a path given as such, or the file a descriptor is open on."""
     if isinstance(arg, int):
@@ -128,7 +150,10 @@ def _patch(fault: dict) -> None:
         if "path" not in fault or (args and fault["path"] in _path_of(args[0])):
             calls["n"] += 1
             if calls["n"] == fault["call"] or (fault.get("every") and calls["n"] > fault["call"]):
-                _act(fault)
+                if fault["action"] == "record":
+                    _record(fault["out"], calls["n"], args)
+                else:
+                    _act(fault)
         return real(*args, **kwargs)
 
     setattr(owner, name, wrapper)

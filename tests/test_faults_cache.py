@@ -19,8 +19,10 @@ import torch
 
 from crossalign import embed
 from crossalign.features import FeatureCache, tower_fingerprint
+from crossalign.runs import embed_split, open_run, select_split
 
-from _kill_runner import TINY, cli, command, env, rows, sets
+from _kill_runner import TINY, cli, command, env, recorded, rows, sets
+from _ties import assert_recalls_within, assert_same_retrieval, recall_slack
 from _tiny import CountingTower
 
 
@@ -103,8 +105,21 @@ def test_image_features_after_shard_damage_equal_a_clean_run(tmp_path, shapes_di
     np.testing.assert_array_equal(again.feats, first.feats)
 
 
+# Features of a shared cache equal those of a private one up to rounding, not bit for bit: the
+# process that comes second computes only what is still missing, so its items sit in other
+# batches, and a tower's output for an item changes in the last bits when the batch around it
+# does (the kernel a matrix product runs may depend on its shape: on some CPUs a product of a
+# few rows rounds unlike one of many, and the last steps of a packed LSTM run only a batch's
+# longest captions). The trainings on them then differ in the last bits as well.
+FEATURE_TOL = dict(rtol=1e-5, atol=1e-6)
+# how far a validation score (cosine) may move with them; measured differences are at most
+# about 1e-7, and none at all where the kernels do not depend on the batch
+SCORE_TOL = 1e-5
+
+
 def entries(root: Path) -> dict[str, np.ndarray]:
-    """key -> vector over every tower folder of a cache; a key stored twice must agree."""
+    """key -> vector over every tower folder of a cache; a key stored twice must agree (up
+    to rounding: both processes computed it, in batches of other items)."""
     out: dict[str, np.ndarray] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         index = json.loads((folder / "index.json").read_text())["shards"]
@@ -113,32 +128,42 @@ def entries(root: Path) -> dict[str, np.ndarray]:
                 for k, v in zip(z["keys"].tolist(), z["feats"]):
                     key = f"{folder.name}/{k}"
                     if key in out:
-                        np.testing.assert_array_equal(out[key], v)
+                        np.testing.assert_allclose(out[key], v, **FEATURE_TOL)
                     out[key] = v
     return out
 
 
-def _same_training(shared_rows: list[dict], solo_rows: list[dict], name: str) -> None:
-    """The same training up to float rounding: losses, learning rates and temperatures agree
-    closely, and validation recalls within one query. Two processes running side by side can
-    round the last bits differently from a run alone, and on the tiny validation set a
-    near-tie between two images can then swap one caption's rank."""
+def _last_model_on_val(run: Path, data: Path):
+    """The validation split embedded by a run's last weights, the way evaluation opens a run."""
+    rd = open_run(run, data, which="last", quiet=True)
+    emb = embed_split(rd, select_split(rd.table, "val"), progress=False)
+    return (emb.image_emb, emb.text_emb), emb.text_to_image
+
+
+def _same_training(shared: Path, solo: Path, validations: list, data: Path) -> None:
+    """The same training up to float rounding (see FEATURE_TOL): losses, learning rates and
+    temperatures agree closely; recalls within what the queries near-tied in the solo run's
+    ``validations`` can move; the last weights score the validation pairs alike."""
+    shared_rows, solo_rows = rows(shared / "metrics.csv"), rows(solo / "metrics.csv")
     assert [r.keys() for r in shared_rows] == [r.keys() for r in solo_rows]
-    for got, want in zip(shared_rows, solo_rows):
+    assert len(solo_rows) == len(validations) == 2
+    for got, want, (img, txt, t2i) in zip(shared_rows, solo_rows, validations):
         g, w = {k: float(v) for k, v in got.items()}, {k: float(v) for k, v in want.items()}
         exact = ("epoch", "step", "train_loss", "lr", "temperature", "val_n_images", "val_n_captions")
-        assert {k: g[k] for k in exact} == pytest.approx({k: w[k] for k in exact}, rel=1e-5), name
-        one_query = 100.0 / w["val_n_images"] + 1e-9  # one image query, the coarser step
-        for k in w:
-            if "_R@" in k or k.endswith("_top1"):
-                assert abs(g[k] - w[k]) <= one_query, (name, k, g[k], w[k])
+        assert {k: g[k] for k in exact} == pytest.approx({k: w[k] for k in exact}, rel=1e-5), shared
+        assert_recalls_within(g, w, recall_slack((img, txt), t2i, SCORE_TOL, prefix="val_"), shared)
+    (got, t2i), (want, t2i_solo) = (_last_model_on_val(r, data) for r in (shared, solo))
+    np.testing.assert_array_equal(t2i, t2i_solo)
+    assert_same_retrieval(got, want, t2i, SCORE_TOL, min_clear=0.8)
 
 
 def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
     """Both reach their first cache write before either makes it; both finish as if alone."""
     shared = tmp_path / "shared"
     configs = {"a": ["train.lr=0.0002"], "b": ["train.lr=0.001", "model.head_dropout=0.0"]}
-    base = TINY + ["train.epochs=2"]
+    # pretrained image features: a random frozen small_cnn's outputs are about 1e-5 long, so
+    # behind a head (its bias) every image embeds alike and each caption query is a tie
+    base = TINY + ["train.epochs=2", "model.image.tower=efficientnet_lite0", "model.image.image_size=64"]
     procs = {}
     for name, extra in configs.items():
         other = "b" if name == "a" else "a"
@@ -153,14 +178,17 @@ def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
         assert proc.returncode == 0, err
     for name, extra in configs.items():  # each alone, with a cache of its own
         solo = tmp_path / f"{name}-alone"
-        alone = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(solo),
+        record = {"target": "crossalign.train.engine:retrieval_metrics", "call": 1, "every": True,
+                  "action": "record", "out": str(tmp_path / f"{name}-val")}
+        alone = cli({"shard": 16, "faults": [record]}, "train", "--data", str(shapes_dir),
+                    "--out", str(solo),
                     *sets(base + extra + [f"cache.dir={tmp_path / f'cache-{name}'}"]))
         assert alone.returncode == 0, alone.stderr
-        _same_training(rows(tmp_path / name / "metrics.csv"), rows(solo / "metrics.csv"), name)
+        _same_training(tmp_path / name, solo, recorded(tmp_path / f"{name}-val"), shapes_dir)
     mine, alone = entries(shared), entries(tmp_path / "cache-a")
     assert mine.keys() == alone.keys()
     for key, vec in alone.items():
-        np.testing.assert_array_equal(mine[key], vec)
+        np.testing.assert_allclose(mine[key], vec, **FEATURE_TOL)
     # both processes wrote shards, and the index kept every one of them
     folder = next(p for p in shared.iterdir() if p.is_dir() and len(list(p.glob("shard-*.npz"))) > 1)
     listed = json.loads((folder / "index.json").read_text())["shards"]

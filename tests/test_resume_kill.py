@@ -98,9 +98,12 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "summary.json").read_text())["resumed"] is True
 
-    ref = tmp_path / "ref"  # features in the same batches of 16: float sums come out the same
+    # the uninterrupted run trains on the features the kills left behind: from the same
+    # features, a resumed training is the same bits as one never stopped (every state it
+    # depends on is restored exactly), on any CPU
+    ref = tmp_path / "ref"
     p = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(ref),
-            *sets(TINY + [f"cache.dir={tmp_path / 'ref_cache'}"]))
+            *sets(TINY + [f"cache.dir={cache}"]))
     assert p.returncode == 0, p.stderr
     assert rows(run / "metrics.csv") == rows(ref / "metrics.csv")
     assert len(rows(run / "metrics.csv")) == 4
@@ -108,11 +111,18 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir)
     best, want = (json.loads((r / "summary.json").read_text())["best_val"] for r in (run, ref))
     assert {k: v for k, v in best.items() if k not in TIMING} == \
         {k: v for k, v in want.items() if k not in TIMING}
-    # the cache the kills left behind holds exactly what an undisturbed one holds
-    mine, theirs = cache_entries(cache), cache_entries(tmp_path / "ref_cache")
+    # the cache the kills left behind holds what an undisturbed one holds, every entry once
+    # (nothing computed twice, by the resumed runs or the reference); equal up to rounding,
+    # not bit for bit: the items left after the first kill were computed in other batches than
+    # one pass uses, and a tower's output changes in the last bits with the batch around it
+    # where the kernel a matrix product runs depends on its shape
+    p = cli({"shard": 16}, "train", "--data", str(shapes_dir), "--out", str(tmp_path / "fresh"),
+            *sets(TINY + ["train.epochs=1", f"cache.dir={tmp_path / 'fresh_cache'}"]))
+    assert p.returncode == 0, p.stderr
+    mine, theirs = cache_entries(cache), cache_entries(tmp_path / "fresh_cache")
     assert mine.keys() == theirs.keys()
     for key, vec in theirs.items():
-        np.testing.assert_array_equal(mine[key], vec)
+        np.testing.assert_allclose(mine[key], vec, rtol=1e-5, atol=1e-6)
 
 
 def _test_images(run: Path) -> int:
@@ -140,6 +150,8 @@ def test_sigkill_from_outside_then_resume(tmp_path, shapes_dir):
     assert done.returncode == 0, done.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed"] is True
+    # the features were all extracted before the kill, into the cache the reference reads too:
+    # the same features, so the same bits
     ref = cli(None, "train", "--data", str(shapes_dir), "--out", str(tmp_path / "ref"), *sets(over))
     assert ref.returncode == 0, ref.stderr
     assert rows(run / "metrics.csv") == rows(tmp_path / "ref" / "metrics.csv")

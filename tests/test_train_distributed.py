@@ -1,6 +1,15 @@
 """Training with two processes (gloo on the CPU) equals one process on the global batch:
 frozen towers with linear heads (through ``--nproc``), batch norm synced over processes, a
-trainable batch-norm tower with MLP heads, and feature extraction shared out into one cache."""
+trainable batch-norm tower with MLP heads, and feature extraction shared out into one cache.
+
+"Equals" up to float rounding, never bit for bit: two processes each sum the gradient of
+their half of the batch and all-reduce adds the halves, where one process sums all rows in
+one matrix product (and the contrastive loss is taken over ``[16, 32]`` logits per process
+instead of ``[32, 32]``), so the weights, and then every score, differ in the last bits; a
+shared-out extraction also encodes each item in another batch (see the test's comment).
+Validation is therefore compared as ``tests/_ties.py`` describes: scores within a tolerance,
+the ranks of the queries clear of near-ties, recalls within what the near-tied ones can move.
+"""
 
 import csv
 import json
@@ -15,9 +24,12 @@ from safetensors.torch import load_file
 
 from crossalign.api import train
 from crossalign._io import sha256_file
+from crossalign.runs import embed_split, open_run, select_split
 from crossalign.features import FeatureCache, text_key
 from crossalign.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from crossalign.train.distributed import CpuSyncBatchNorm, sync_batch_norm
+
+from _ties import assert_recalls_within, assert_same_retrieval, recall_slack, recorded_validation
 
 # feature dropout draws its masks per process (statistically the same training, not the same bits),
 # so the tests of exact equality between N processes and one turn it off
@@ -26,9 +38,44 @@ SETS = ["train.epochs=2", "train.tensorboard=false", "train.early_stopping=false
         *NO_DROPOUT]
 
 
+# how far a score (a cosine similarity) of two processes may be from one process's: measured
+# differences are about 1e-7 (the weights' last bits, see the docstring); the room above that
+# is for CPUs whose kernels round differently
+SCORE_TOL = 1e-5
+
+
 def _rows(run):
     with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def _last_model_on_val(run, data):
+    """The validation split embedded by a run's last weights, the way evaluation opens a run."""
+    rd = open_run(run, data, which="last", quiet=True)
+    emb = embed_split(rd, select_split(rd.table, "val"), progress=False)
+    return (emb.image_emb, emb.text_emb), emb.text_to_image
+
+
+def _assert_same_epochs(ddp_run, one_run, validations, loss_tol: float,
+                        tol: float = SCORE_TOL) -> list[dict]:
+    """Per epoch: the same steps, losses within ``loss_tol``, recalls within what the queries
+    near-tied (at ``tol``) in the one-process run's ``validations`` can move; the slacks."""
+    ddp, single = _rows(ddp_run), _rows(one_run)
+    assert len(ddp) == len(single) == len(validations) == 2
+    slacks = []
+    for x, y, (img, txt, t2i) in zip(ddp, single, validations):
+        assert int(x["step"]) == int(y["step"])  # same number of global steps
+        assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), abs=loss_tol)
+        slacks.append(recall_slack((img, txt), t2i, tol, prefix="val_"))
+        assert_recalls_within(x, y, slacks[-1], f"epoch {x['epoch']}")
+    return slacks
+
+
+def _assert_same_best_epoch(ddp_best: int, one_best: int, one_run, slacks: list[dict]) -> None:
+    """The best epoch (the larger R-sum) is the same, unless rounding could swap the two."""
+    rsum = [float(r["val_rsum"]) for r in _rows(one_run)]
+    if abs(rsum[0] - rsum[1]) > slacks[0]["val_rsum"] + slacks[1]["val_rsum"]:
+        assert ddp_best == one_best
 
 
 def test_two_processes_match_one_process(tmp_path, shapes_dir):
@@ -40,16 +87,15 @@ def test_two_processes_match_one_process(tmp_path, shapes_dir):
                            "--data", str(shapes_dir), "--out", str(tmp_path / "ddp"), *args],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = train(shapes_dir, tmp_path / "one", overrides=SETS + ["train.batch_size=32"], progress=False)
-    ddp, single = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
-    assert len(ddp) == len(single) == 2
-    for a, b in zip(ddp, single):
-        assert int(a["step"]) == int(b["step"])  # same number of global steps
-        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
-        assert float(a["val_rsum"]) == pytest.approx(float(b["val_rsum"]), abs=1e-6)
+    with recorded_validation() as validations:
+        one = train(shapes_dir, tmp_path / "one", overrides=SETS + ["train.batch_size=32"], progress=False)
+    slacks = _assert_same_epochs(tmp_path / "ddp", tmp_path / "one", validations, loss_tol=1e-4)
+    (got, t2i), (want, t2i_one) = (_last_model_on_val(tmp_path / r, shapes_dir) for r in ("ddp", "one"))
+    np.testing.assert_array_equal(t2i, t2i_one)
+    assert_same_retrieval(got, want, t2i, SCORE_TOL, min_clear=0.8)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert one.best_epoch == summary["best_epoch"]
+    _assert_same_best_epoch(summary["best_epoch"], one.best_epoch, tmp_path / "one", slacks)
 
 
 # ---- batch norm over the global batch ------------------------------------------------------
@@ -146,7 +192,7 @@ TINY = ["model.image.tower=small_cnn", "model.image.width=16", "model.image.imag
         "model.text.tower=lstm", "model.text.width=16", "model.text.vocab_size=64",
         "train.epochs=2", "train.tensorboard=false", "train.early_stopping=false", "train.lr=1e-3",
         *NO_DROPOUT]
-COUNTED = ("SmallCNN", "LSTMTextTower")
+COUNTED = ("ImageTower", "LSTMTextTower")  # the frozen towers of the sharded extraction below
 
 
 def _count_rows(counts: dict):
@@ -158,24 +204,27 @@ def _count_rows(counts: dict):
     return torch.nn.modules.module.register_module_forward_hook(hook)
 
 
-def _train_worker(rank: int, init_file: str, data: str, out: str, sets: list, counts_file: str) -> None:
+def _train_worker(rank: int, init_file: str, data: str, out: str, sets: list, seen_file: str) -> None:
     torch.set_num_threads(1)
     dist = init_distributed("gloo", DistInfo(rank, WORLD, rank), init_method=f"file://{init_file}")
     counts: dict = {}
     handle = _count_rows(counts)
     try:
-        train(data, out, overrides=sets, progress=False, dist=dist)
-        torch.save(counts, f"{counts_file}.{rank}")
+        with recorded_validation() as validations:
+            train(data, out, overrides=sets, progress=False, dist=dist)
+        torch.save({"counts": counts, "validations": validations}, f"{seen_file}.{rank}")
     finally:
         handle.remove()
         cleanup_distributed()
 
 
-def _spawn_run(tmp_path, data, name: str, sets: list) -> list[dict]:
+def _spawn_run(tmp_path, data, name: str, sets: list) -> tuple[list[dict], list]:
+    """Rows each process's towers encoded, and the validations of rank 0 (the one that logs)."""
     args = (str(tmp_path / f"{name}.init"), str(data), str(tmp_path / name), sets,
-            str(tmp_path / f"{name}.counts"))
+            str(tmp_path / f"{name}.seen"))
     mp.start_processes(_train_worker, args=args, nprocs=WORLD, join=True, start_method="spawn")
-    return [torch.load(f"{tmp_path / name}.counts.{r}") for r in range(WORLD)]
+    seen = [torch.load(f"{tmp_path / name}.seen.{r}", weights_only=False) for r in range(WORLD)]
+    return [s["counts"] for s in seen], seen[0]["validations"]
 
 
 @pytest.fixture()
@@ -187,21 +236,25 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def _assert_same_epochs(a, b) -> None:
-    ddp, single = _rows(a), _rows(b)
-    assert len(ddp) == len(single) == 2
-    for x, y in zip(ddp, single):
-        assert int(x["step"]) == int(y["step"])
-        assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), abs=2e-4)
-        for key in ("val_t2i_R@1", "val_i2t_R@1", "val_rsum"):
-            assert float(x[key]) == pytest.approx(float(y[key]), abs=1e-6), key
+def _assert_same_validations(ddp: list, one: list, tol: float, min_clear: float) -> None:
+    """Every epoch's validation: the same pairs, scores within ``tol``, clear ranks equal."""
+    assert len(ddp) == len(one) == 2
+    for (img, txt, t2i), (img1, txt1, t2i1) in zip(ddp, one):
+        np.testing.assert_array_equal(t2i, t2i1)
+        assert_same_retrieval((img, txt), (img1, txt1), t2i, tol, min_clear=min_clear)
 
 
 def test_trainable_batch_norm_tower_with_mlp_heads_matches_one_process(tmp_path, shapes_dir, one_thread):
     sets = TINY + ["model.head=mlp", "model.head_dropout=0", "model.head_hidden=32"]
-    _spawn_run(tmp_path, shapes_dir, "ddp", sets + ["train.batch_size=16"])
-    train(shapes_dir, tmp_path / "one", overrides=sets + ["train.batch_size=32"], progress=False)
-    _assert_same_epochs(tmp_path / "ddp", tmp_path / "one")
+    _, ddp_validations = _spawn_run(tmp_path, shapes_dir, "ddp", sets + ["train.batch_size=16"])
+    with recorded_validation() as validations:
+        train(shapes_dir, tmp_path / "one", overrides=sets + ["train.batch_size=32"], progress=False)
+    # towers trained from scratch for one epoch still score many items alike (about half the
+    # caption queries are within 2e-6 of a competitor), so the tolerance is the tight one these
+    # runs allow: scores differ by about 5e-8 (the gradient's summation order, see the docstring)
+    tol = 1e-6
+    _assert_same_epochs(tmp_path / "ddp", tmp_path / "one", validations, loss_tol=2e-4, tol=tol)
+    _assert_same_validations(ddp_validations, validations, tol, min_clear=0.4)
     weights = [load_file(tmp_path / run / "model_last.safetensors") for run in ("ddp", "one")]
     bn = [k for k in weights[1] if k.startswith("image_tower.") and k.endswith("running_mean")]
     assert bn and weights[0].keys() == weights[1].keys()
@@ -225,23 +278,27 @@ def _cache_contents(root, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
 
 
 def test_sharded_feature_extraction_fills_one_cold_cache(tmp_path, shapes_dir, one_thread):
-    # a constant rate: random frozen towers give near-tied validation scores, which a decaying
-    # rate's last-bit differences between one process and two can reorder
-    sets = TINY + ["model.image.freeze=frozen", "model.text.freeze=frozen", "model.head=linear",
-                   "train.scheduler=none", "train.batch_size=16"]
-    counts = _spawn_run(tmp_path, shapes_dir, "ddp", sets + [f"cache.dir={tmp_path / 'cache2'}"])
+    # pretrained image features: a random frozen small_cnn's outputs are about 1e-5 long, so
+    # behind a linear head (its bias) every image embeds alike and each caption query is a
+    # tie between all images, decided by the last bits
+    sets = TINY + ["model.image.tower=efficientnet_lite0", "model.image.image_size=64",
+                   "model.image.freeze=frozen", "model.text.freeze=frozen", "model.head=linear",
+                   "train.batch_size=16"]
+    counts, ddp_validations = _spawn_run(tmp_path, shapes_dir, "ddp",
+                                         sets + [f"cache.dir={tmp_path / 'cache2'}"])
     single: dict = {}
     handle = _count_rows(single)
     try:
-        train(shapes_dir, tmp_path / "one", progress=False,
-              overrides=sets[:-1] + ["train.batch_size=32", f"cache.dir={tmp_path / 'cache1'}"])
+        with recorded_validation() as validations:
+            train(shapes_dir, tmp_path / "one", progress=False,
+                  overrides=sets[:-1] + ["train.batch_size=32", f"cache.dir={tmp_path / 'cache1'}"])
     finally:
         handle.remove()
     images = _split_images(tmp_path / "one")
     assert images == _split_images(tmp_path / "ddp")
     with open(shapes_dir / "captions.txt", newline="") as f:
         captions = sorted({r["caption"] for r in csv.DictReader(f) if r["image"] in set(images)})
-    n = {"SmallCNN": len(images), "LSTMTextTower": len(captions)}
+    n = {"ImageTower": len(images), "LSTMTextTower": len(captions)}
     for tower, total in n.items():
         assert single[tower] == total  # one process encodes each item once
         shares = sorted(c[tower] for c in counts)
@@ -252,7 +309,11 @@ def test_sharded_feature_extraction_fills_one_cold_cache(tmp_path, shapes_dir, o
     assert merged.keys() == alone.keys() and len(merged) == 2  # same towers: one image, one text
     assert sorted(len(v) for v in merged.values()) == sorted(n.values())  # complete
     for fp, feats in merged.items():
+        # each process encodes its share in batches of other items than one process's batches:
+        # a tower's output for an item is the same only up to rounding when the matrix shapes
+        # (the batch) change, as the kernel a matrix product runs may depend on them
         assert feats.keys() == alone[fp].keys()
         for k, v in feats.items():
             np.testing.assert_allclose(v, alone[fp][k], rtol=1e-5, atol=1e-6)
-    _assert_same_epochs(tmp_path / "ddp", tmp_path / "one")
+    _assert_same_epochs(tmp_path / "ddp", tmp_path / "one", validations, loss_tol=2e-4)
+    _assert_same_validations(ddp_validations, validations, SCORE_TOL, min_clear=0.8)
