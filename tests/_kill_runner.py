@@ -14,8 +14,9 @@ On the ``call``-th call (counted in this process) the action runs:
 
 - ``kill``: ``os.kill(os.getpid(), SIGKILL)`` before the real function runs;
 - ``enospc``: raise ``OSError(ENOSPC)``, as a full disk would, before it runs;
-- ``rendezvous``: create the file ``mine`` and wait (up to a minute) for ``other``, so two
-  processes reach the same point before either goes on;
+- ``rendezvous``: create the file ``mine`` and wait for ``other``, so two processes reach
+  the same point before either goes on; when ``other`` has not appeared after ``timeout``
+  seconds (default 60), the process stops with an error naming it (exit 1);
 - ``erofs``: raise ``OSError(EROFS)``, as a read-only folder would;
 - ``record``: no fault: save the call's positional arguments (arrays) to
   ``{out}.NNNN.npz``, NNNN the call's number, then run the function (read back with
@@ -105,8 +106,12 @@ def _act(fault: dict) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     elif action == "rendezvous":
         Path(fault["mine"]).touch()
-        deadline = time.time() + 60
-        while not Path(fault["other"]).exists() and time.time() < deadline:
+        wait = float(fault.get("timeout", 60))
+        deadline = time.monotonic() + wait
+        while not Path(fault["other"]).exists():
+            if time.monotonic() > deadline:  # going on alone would test nothing shared
+                raise SystemExit(f"kill runner: rendezvous: {fault['other']} did not appear "
+                                 f"within {wait:g} s; the other process never reached this point")
             time.sleep(0.01)
     else:
         raise SystemExit(f"kill runner: unknown action {action!r}")

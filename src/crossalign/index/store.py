@@ -40,7 +40,7 @@ from typing import Iterable
 
 import numpy as np
 
-from crossalign._io import atomic_path, atomic_write_text
+from crossalign._io import atomic_path, atomic_write_bytes, atomic_write_text
 from crossalign.errors import ConfigError, InputNotFound
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "write_version", "resolve_index_type",
@@ -138,8 +138,9 @@ def _build_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
 def _write_faiss(index, path: Path) -> None:
     import faiss
 
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+    # written by Python, not faiss.write_index: that one only prints an error from its final
+    # flush, so a full disk would leave a truncated index behind and the build would go on
+    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -148,25 +149,30 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRecord]) -> None:
-    """The metadata of one version, in one transaction; rows follow the order of ``images``."""
-    with atomic_path(path) as tmp:
-        con = sqlite3.connect(tmp)
-        try:
-            with con:
-                con.executescript(_SCHEMA)
-                con.executemany("INSERT INTO info VALUES (?, ?)",
-                                [(k, json.dumps(v)) for k, v in info.items()])
-                con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
-                                [(k, s["kind"], s["path"], s.get("split", ""), s.get("format", ""))
-                                 for k, s in enumerate(sources)])
-                con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                [(im.id, r, im.source, im.path, im.name, im.content_hash, im.split,
-                                  json.dumps(im.labels, default=str)) for r, im in enumerate(images)])
-                caps = [c for im in images for c in im.captions]
-                con.executemany("INSERT INTO captions VALUES (?, ?, ?, ?, ?)",
-                                [(c.id, r, c.image, c.text, c.origin) for r, c in enumerate(caps)])
-        finally:
-            con.close()
+    """The metadata of one version, in one transaction; rows follow the order of ``images``.
+
+    The database is built in memory and written by Python, so a full or read-only disk is
+    a :class:`~crossalign.errors.WriteError` naming the file, as for every other file.
+    """
+    con = sqlite3.connect(":memory:")
+    try:
+        with con:
+            con.executescript(_SCHEMA)
+            con.executemany("INSERT INTO info VALUES (?, ?)",
+                            [(k, json.dumps(v)) for k, v in info.items()])
+            con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
+                            [(k, s["kind"], s["path"], s.get("split", ""), s.get("format", ""))
+                             for k, s in enumerate(sources)])
+            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(im.id, r, im.source, im.path, im.name, im.content_hash, im.split,
+                              json.dumps(im.labels, default=str)) for r, im in enumerate(images)])
+            caps = [c for im in images for c in im.captions]
+            con.executemany("INSERT INTO captions VALUES (?, ?, ?, ?, ?)",
+                            [(c.id, r, c.image, c.text, c.origin) for r, c in enumerate(caps)])
+        data = con.serialize()
+    finally:
+        con.close()
+    atomic_write_bytes(path, data)
 
 
 def write_version(root: str | Path, info: dict, sources: list[dict], images: list[ImageRecord],
@@ -215,19 +221,30 @@ class IndexStore:
     """
 
     def __init__(self, root: str | Path) -> None:
-        import faiss
-
         self.root = Path(root)
         if not is_index(self.root):
             raise InputNotFound(f"{self.root}: not an index (no CURRENT file); build one with "
                                 f"'crossalign index RUN --images FOLDER --out {self.root}'")
-        self.version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
-        vdir = self.root / self.version
+        self._lock = threading.Lock()
+        while True:
+            self.version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+            try:
+                return self._open(self.root / self.version)
+            except (OSError, RuntimeError, sqlite3.Error):
+                if hasattr(self, "_con"):
+                    self._con.close()
+                # a build switched CURRENT and removed this version while it was being opened:
+                # open the one named now; the version still named failing is a damaged index
+                if (self.root / "CURRENT").read_text(encoding="utf-8").strip() == self.version:
+                    raise
+
+    def _open(self, vdir: Path) -> None:
+        import faiss
+
         if not (vdir / "meta.sqlite").is_file():
             raise InputNotFound(f"{vdir}: the index version named by CURRENT is missing")
         self._con = sqlite3.connect(f"{(vdir / 'meta.sqlite').resolve().as_uri()}?mode=ro", uri=True,
                                     check_same_thread=False)
-        self._lock = threading.Lock()
         self.info = {k: json.loads(v) for k, v in self._rows("SELECT key, value FROM info")}
         self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
                         for r in self._rows("SELECT * FROM sources ORDER BY id")]

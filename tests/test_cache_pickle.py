@@ -1,0 +1,115 @@
+"""A pickle in a feature-cache shard is refused even when its checksum is right.
+
+The checksum in ``index.json`` proves a shard is the file that was listed, not that it is
+safe: whoever can write the cache folder can rewrite the index too. So the shard is read
+with ``np.load(..., allow_pickle=False)``: an object array (which NumPy stores as a
+pickle) is refused unread and its entries are computed again. The payload below creates a
+file when it is unpickled, so its absence proves nothing was run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossalign import embed
+from crossalign._io import sha256_bytes
+from crossalign.features import FeatureCache, tower_fingerprint
+
+from _tiny import CountingTower
+
+
+class Trap:
+    """Unpickling this creates ``path``: the proof that a pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def object_array(marker: Path) -> np.ndarray:
+    return np.array([Trap(marker)], dtype=object)
+
+
+def npz_with_pickled_keys(marker: Path, rows: int) -> bytes:
+    """A shard as the cache writes one, but its ``keys`` member an object array."""
+    buf = io.BytesIO()
+    np.savez(buf, keys=object_array(marker), feats=np.zeros((rows, 3), np.float32))
+    return buf.getvalue()
+
+
+def npy_of_objects(marker: Path, rows: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, object_array(marker), allow_pickle=True)
+    return buf.getvalue()
+
+
+def plain_pickle(marker: Path, rows: int) -> bytes:
+    return pickle.dumps({"keys": object_array(marker), "feats": np.zeros((rows, 3), np.float32)})
+
+
+PAYLOADS = [npz_with_pickled_keys, npy_of_objects, plain_pickle]
+
+
+def payload_is_live(data: bytes, marker: Path) -> None:
+    """The payload does run when loaded the unsafe way (so its absence below means something)."""
+    if data[:2] == b"PK":
+        with np.load(io.BytesIO(data), allow_pickle=True) as z:
+            z["keys"]
+    else:
+        np.load(io.BytesIO(data), allow_pickle=True)
+    assert marker.exists()
+    marker.unlink()
+
+
+def relist(folder: Path, name: str, data: bytes) -> None:
+    """Put ``data`` in place of shard ``name`` and give the index its true checksum."""
+    (folder / name).write_bytes(data)
+    index = json.loads((folder / "index.json").read_text())
+    index["shards"][name]["sha256"] = sha256_bytes(data)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("make", PAYLOADS, ids=[p.__name__ for p in PAYLOADS])
+def test_pickled_shard_with_a_valid_checksum_is_refused_unread(tmp_path, make, caplog):
+    keys = [f"k{i}" for i in range(5)]
+    feats = np.arange(15, dtype=np.float32).reshape(5, 3)
+    cache = FeatureCache(tmp_path / "cache", "tower")
+    cache.put(keys[:3], feats[:3])
+    cache.put(keys[3:], feats[3:])
+    folder = tmp_path / "cache" / "tower"
+    index = json.loads((folder / "index.json").read_text())["shards"]
+    small = next(n for n, e in index.items() if e["rows"] == 2)
+    marker = tmp_path / "pickle-was-executed"
+    data = make(marker, 2)
+    payload_is_live(data, marker)
+    relist(folder, small, data)
+
+    fresh = FeatureCache(tmp_path / "cache", "tower")
+    with caplog.at_level(logging.WARNING, logger="crossalign.features"):
+        assert fresh.missing(keys) == keys[3:]  # the checksum matched; the pickle was refused
+    assert not marker.exists()
+    assert str(folder / small) in caplog.text and "computed again" in caplog.text
+    np.testing.assert_array_equal(fresh.get(keys[:3]), feats[:3])
+
+
+def test_extraction_recomputes_a_pickled_shard_with_a_valid_checksum(tmp_path, shapes_dir):
+    paths = sorted(str(p) for p in (shapes_dir / "images").glob("*.png"))[:6]
+    tower = CountingTower()
+    first = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    folder = tmp_path / "cache" / tower_fingerprint(tower, tower.data_config)
+    (shard,) = folder.glob("shard-*.npz")
+    marker = tmp_path / "pickle-was-executed"
+    relist(folder, shard.name, npz_with_pickled_keys(marker, 6))
+    again = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    assert not marker.exists()
+    assert tower.calls == 12  # every image encoded again, none taken from the pickle
+    np.testing.assert_array_equal(again.feats, first.feats)
