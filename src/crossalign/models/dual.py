@@ -18,8 +18,8 @@ from crossalign.config import ModelConfig
 
 log = logging.getLogger("crossalign.models")
 
-__all__ = ["DualEncoder", "make_head", "apply_freeze", "lock_frozen_modules", "build_model", "is_frozen",
-           "n_last_blocks"]
+__all__ = ["DualEncoder", "make_head", "apply_freeze", "lock_frozen_modules", "build_model", "build_towers",
+           "wrap_towers", "is_frozen", "n_last_blocks"]
 
 
 def make_head(in_dim: int, cfg: ModelConfig) -> nn.Module:
@@ -172,6 +172,37 @@ def _resolve_freeze(cfg: ModelConfig) -> None:
                          "use trainable or frozen")
 
 
+def wrap_towers(image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig, loss=None) -> DualEncoder:
+    """Heads and logit scale around two built towers; SigLIP (``loss``) adds a logit bias and
+    starts from its own scale. Several models may share frozen towers (recipe search)."""
+    import dataclasses
+
+    bias = None
+    if loss is not None and loss.name == "siglip":
+        cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
+        bias = getattr(loss, "siglip_bias_init", -10.0)
+    return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)
+
+
+def build_towers(cfg: ModelConfig, pretrained: dict[str, bool] | None = None) -> tuple[nn.Module, nn.Module]:
+    """The image and text towers of ``cfg`` from the registry (``freeze: auto`` resolved in place)."""
+    from crossalign.models.registry import create
+
+    _resolve_freeze(cfg)
+    load = {"image": True, "text": True, **(pretrained or {})}
+    img, txt = cfg.image, cfg.text
+    img_kw = {"pretrained": img.pretrained and load["image"], "checkpoint": img.checkpoint if load["image"] else "",
+              "image_size": img.image_size, "width": img.width}
+    txt_kw = {"pretrained": txt.pretrained and load["text"], "checkpoint": txt.checkpoint if load["text"] else "",
+              "pooling": txt.pooling, "max_tokens": txt.max_tokens, "chunk_long": txt.chunk_long,
+              "vocab_size": txt.vocab_size, "width": txt.width, "layers": txt.layers}
+    from crossalign.models.image import apply_channels_last
+
+    image_tower = apply_channels_last(create(cfg.image.tower, **img_kw), img.channels_last)
+    text_tower = create(cfg.text.tower, **txt_kw)
+    return image_tower, text_tower
+
+
 def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None = None) -> DualEncoder:
     """Create both towers from the registry and wrap them.
 
@@ -184,24 +215,4 @@ def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None 
         pretrained: side ("image" / "text") -> False skips loading pretrained weights that a
             checkpoint will overwrite anyway.
     """
-    import dataclasses
-
-    from crossalign.models.registry import create
-
-    _resolve_freeze(cfg)
-    bias = None
-    if loss is not None and loss.name == "siglip":
-        cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
-        bias = getattr(loss, "siglip_bias_init", -10.0)
-    load = {"image": True, "text": True, **(pretrained or {})}
-    img, txt = cfg.image, cfg.text
-    img_kw = {"pretrained": img.pretrained and load["image"], "checkpoint": img.checkpoint if load["image"] else "",
-              "image_size": img.image_size, "width": img.width}
-    txt_kw = {"pretrained": txt.pretrained and load["text"], "checkpoint": txt.checkpoint if load["text"] else "",
-              "pooling": txt.pooling, "max_tokens": txt.max_tokens, "chunk_long": txt.chunk_long,
-              "vocab_size": txt.vocab_size, "width": txt.width, "layers": txt.layers}
-    from crossalign.models.image import apply_channels_last
-
-    image_tower = apply_channels_last(create(cfg.image.tower, **img_kw), img.channels_last)
-    text_tower = create(cfg.text.tower, **txt_kw)
-    return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)
+    return wrap_towers(*build_towers(cfg, pretrained), cfg, loss)

@@ -121,9 +121,15 @@ class Engine:
         self.val = used.select("val")
         self.rows = np.array([self.texts.index[o] for o in used.select("train").origin])
         self.t2i = np.array([self.images.index[i] for i in self.texts.image_ids])
+        self._start_training()
+
+    def _start_training(self) -> None:
+        """Loss, optimizer, schedule, order generator and position, once model, sides, ``rows``
+        and ``t2i`` are set (the recipe search sets those itself, over cached features)."""
         from crossalign.losses import make_loss
 
-        self.loss_fn = make_loss(cfg.loss, dist)
+        cfg = self.cfg
+        self.loss_fn = make_loss(cfg.loss, self.dist)
         self._sync_batch_norm()
         self.step_module = _Step(self.model, self.images, self.texts)
         self.wrapped = self._wrap_ddp()
