@@ -1,0 +1,159 @@
+"""The recipe search space: what is cheap to try once a frozen tower's features are cached.
+
+A point of the space is a dict of the parameters below; :func:`recipe` turns it into a whole
+:class:`~crossalign.config.RunConfig` on top of the user's base config, and :func:`base_params`
+gives the base config as a point (the search tries it first, so the recipe it chooses scores
+at least as well on the held-out data as the one the user would have trained anyway).
+
+==============  ====================================================  ==========================
+parameter       range                                                 config key
+==============  ====================================================  ==========================
+tower           the towers listed (``--auto-towers``)                 model.image.tower
+image_dropout   0 - 0.7                                               model.image.dropout
+text_dropout    0 - 0.5                                               model.text.dropout
+lr              1e-4 - 1e-2 (log)                                     train.lr
+weight_decay    1e-3 - 0.5 (log)                                      train.weight_decay
+batch_size      128, 256, 512, 1024, 2048, 4096                       train.batch_size
+scheduler       cosine, none                                          train.scheduler
+epochs          min_epochs - max_epochs (log)                         train.epochs
+scale_init      5 - 50 (log): the initial 1 / temperature             model.logit_scale_init (clip)
+                                                                      or loss.siglip_scale_init
+learn_scale     true, false                                           model.learn_logit_scale
+head            linear, mlp                                           model.head
+loss            clip (InfoNCE), siglip                                loss.name
+ranking         plain, qbnorm                                         evaluate.ranking
+qb_beta         5 - 50 (log), with qbnorm only                        evaluate.qb_beta
+==============  ====================================================  ==========================
+
+A value of the base config outside a categorical list joins the list; a parameter the search is
+told to keep (``--keep ranking,loss``) takes the base config's value in every trial. The plateau schedule
+is left out: its steps follow the validation score, which differs between folds and the final
+fit. The recipe trains for exactly ``epochs`` epochs (``train.early_stopping`` off), since the
+epoch count is part of what is chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+from crossalign.config import RunConfig
+
+__all__ = ["PARAMS", "suggest", "recipe", "base_params"]
+
+PARAMS = ("tower", "image_dropout", "text_dropout", "lr", "weight_decay", "batch_size", "scheduler",
+          "epochs", "scale_init", "learn_scale", "head", "loss", "ranking", "qb_beta")
+
+_FLOATS = {  # name -> (low, high, log)
+    "image_dropout": (0.0, 0.7, False),
+    "text_dropout": (0.0, 0.5, False),
+    "lr": (1e-4, 1e-2, True),
+    "weight_decay": (1e-3, 0.5, True),
+    "scale_init": (5.0, 50.0, True),
+    "qb_beta": (5.0, 50.0, True),
+}
+_CHOICES = {
+    "batch_size": [128, 256, 512, 1024, 2048, 4096],
+    "scheduler": ["cosine", "none"],
+    "learn_scale": [True, False],
+    "head": ["linear", "mlp"],
+    "loss": ["clip", "siglip"],
+    "ranking": ["plain", "qbnorm"],
+}
+
+
+def _current(base: RunConfig) -> dict[str, Any]:
+    """The base config's value of every parameter."""
+    siglip = base.loss.name == "siglip"
+    return {
+        "tower": base.model.image.tower, "image_dropout": base.model.image.dropout,
+        "text_dropout": base.model.text.dropout, "lr": base.train.lr, "weight_decay": base.train.weight_decay,
+        "batch_size": base.train.batch_size, "scheduler": base.train.scheduler, "epochs": base.train.epochs,
+        "scale_init": base.loss.siglip_scale_init if siglip else base.model.logit_scale_init,
+        "learn_scale": base.model.learn_logit_scale, "head": base.model.head, "loss": base.loss.name,
+        "ranking": base.evaluate.ranking, "qb_beta": base.evaluate.qb_beta,
+    }
+
+
+def _choices(name: str, base: RunConfig) -> list:
+    options = list(_CHOICES[name])
+    value = _current(base)[name]
+    if name == "scheduler" and value == "plateau":
+        return options
+    return options if value in options else options + [value]
+
+
+def _ranked_by(p: dict[str, Any], base: RunConfig) -> str:
+    return p.get("ranking", base.evaluate.ranking)
+
+
+def suggest(trial, base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
+            keep: Sequence[str] = ()) -> dict[str, Any]:
+    """Draw one point from an optuna ``trial``, always in the same order (a seeded search repeats).
+
+    Parameters named in ``keep`` are not searched: the recipe keeps the base config's value.
+    """
+    p: dict[str, Any] = {}
+    if len(towers) > 1:
+        p["tower"] = trial.suggest_categorical("tower", list(towers))
+    for name in PARAMS[1:]:
+        if name in keep or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
+            continue
+        if name == "epochs":
+            p[name] = trial.suggest_int(name, min_epochs, max_epochs, log=True)
+        elif name in _FLOATS:
+            low, high, log = _FLOATS[name]
+            p[name] = trial.suggest_float(name, low, high, log=log)
+        else:
+            p[name] = trial.suggest_categorical(name, _choices(name, base))
+    return p
+
+
+def base_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
+                keep: Sequence[str] = ()) -> dict[str, Any]:
+    """The base config as a point of the space (values clipped into the ranges)."""
+    cur = _current(base)
+    p: dict[str, Any] = {}
+    if len(towers) > 1:
+        p["tower"] = cur["tower"] if cur["tower"] in towers else towers[0]
+    for name in PARAMS[1:]:
+        if name in keep or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
+            continue
+        value = cur[name]
+        if name == "epochs":
+            value = min(max(int(value), min_epochs), max_epochs)
+        elif name in _FLOATS:
+            low, high, _ = _FLOATS[name]
+            value = min(max(float(value), low), high)
+        elif name == "scheduler" and value not in _CHOICES["scheduler"]:
+            value = "cosine"
+        p[name] = value
+    return p
+
+
+def recipe(base: RunConfig, params: dict[str, Any]) -> RunConfig:
+    """The whole run config of a point: the base config with the point's values set."""
+    cfg = copy.deepcopy(base)
+    p = {**_current(base), **params}
+    cfg.model.image.tower = str(p["tower"])
+    cfg.model.image.dropout = float(p["image_dropout"])
+    cfg.model.text.dropout = float(p["text_dropout"])
+    cfg.train.lr = float(p["lr"])
+    cfg.train.weight_decay = float(p["weight_decay"])
+    cfg.train.batch_size = int(p["batch_size"])
+    cfg.train.scheduler = str(p["scheduler"])
+    cfg.train.epochs = int(p["epochs"])
+    cfg.train.early_stopping = False
+    cfg.model.learn_logit_scale = bool(p["learn_scale"])
+    cfg.model.head = str(p["head"])
+    cfg.loss.name = str(p["loss"])
+    if cfg.loss.name == "siglip":
+        cfg.loss.siglip_scale_init = float(p["scale_init"])
+    else:
+        cfg.model.logit_scale_init = float(p["scale_init"])
+    cfg.evaluate.ranking = str(p["ranking"])
+    cfg.evaluate.qb_beta = float(p["qb_beta"])
+    if not math.isfinite(cfg.train.lr) or cfg.train.epochs < 1:
+        raise ValueError(f"recipe: not a point of the space: {params}")
+    return cfg
