@@ -9,7 +9,7 @@ Heavy imports wait until first use.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load", "__version__"]
+__all__ = ["load", "tune", "__version__"]
 
 
 def load(run, which: str = "best", device: str = "cpu"):
@@ -17,3 +17,10 @@ def load(run, which: str = "best", device: str = "cpu"):
     from crossalign.api import load as _load
 
     return _load(run, which, device)
+
+
+def tune(data, out, config=None, overrides=(), **settings):
+    """Search the recipe on your own data (no final fit); see :func:`crossalign.api.tune`."""
+    from crossalign.api import tune as _tune
+
+    return _tune(data, out, config, overrides, **settings)

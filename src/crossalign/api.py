@@ -8,11 +8,28 @@ from typing import Sequence
 import numpy as np
 from crossalign.config import RunConfig, load_config
 
-__all__ = ["train", "resume", "load", "Aligner"]
+__all__ = ["train", "resume", "tune", "load", "Aligner"]
+
+
+def _config(config: str | Path | RunConfig | None, overrides: Sequence[str]) -> RunConfig:
+    from crossalign.config import apply_overrides
+
+    if isinstance(config, RunConfig):
+        return apply_overrides(config, list(overrides))
+    return load_config(config, list(overrides))
+
+
+def _search_config(auto, dist):
+    from crossalign.errors import ConfigError
+    from crossalign.train.search import SearchConfig
+
+    if dist is not None and dist.world_size > 1:
+        raise ConfigError("--auto searches in one process; start it without --nproc or torchrun")
+    return auto if isinstance(auto, SearchConfig) else SearchConfig()
 
 
 def train(data: str | Path, out: str | Path, config: str | Path | RunConfig | None = None,
-          overrides: Sequence[str] = (), progress: bool = True, dist=None):
+          overrides: Sequence[str] = (), progress: bool = True, dist=None, auto=False):
     """Train on ``data`` into the run folder ``out``; returns a :class:`TrainResult`.
 
     Args:
@@ -20,22 +37,67 @@ def train(data: str | Path, out: str | Path, config: str | Path | RunConfig | No
         out: run folder to create.
         config: a YAML path or a :class:`RunConfig` (defaults otherwise).
         overrides: ``key=value`` strings, as ``--set`` takes.
+        auto: True, or a :class:`~crossalign.train.search.SearchConfig`: search the recipe on
+            held-out training data first (see :func:`tune`; ``config`` is the base recipe), then
+            train the chosen one; the run folder also holds the search's records.
     """
-    from crossalign.config import apply_overrides
     from crossalign.train.loop import train as _train
 
-    if isinstance(config, RunConfig):
-        cfg = apply_overrides(config, list(overrides))
-    else:
-        cfg = load_config(config, list(overrides))
+    cfg = _config(config, overrides)
+    if auto:
+        from crossalign.train.search import auto_train
+
+        return auto_train(data, out, cfg, _search_config(auto, dist), progress)[1]
     return _train(data, out, cfg, progress=progress, dist=dist)
 
 
-def resume(run: str | Path, progress: bool = True, dist=None):
-    """Continue a stopped run from its latest resume point; returns a :class:`TrainResult`."""
+def resume(run: str | Path, progress: bool = True, dist=None, auto=False):
+    """Continue a stopped run from its latest resume point; returns a :class:`TrainResult`.
+
+    With ``auto`` (a run of ``train(..., auto=...)``) the search continues first, to the trial
+    count or budget of the given SearchConfig when set, then the fit resumes or starts.
+    """
     from crossalign.train.loop import resume as _resume
 
+    if auto:
+        from crossalign.train.search import auto_train
+
+        return auto_train(None, run, None, _search_config(auto, dist), progress, resume=True)[1]
     return _resume(run, progress=progress, dist=dist)
+
+
+def tune(data: str | Path | None, out: str | Path, config: str | Path | RunConfig | None = None,
+         overrides: Sequence[str] = (), search=None, progress: bool = True, resume: bool = False,
+         **settings):
+    """Search the recipe for ``data`` into ``out`` without the final fit (``crossalign tune``).
+
+    Frozen towers' features are extracted once; each trial trains only the heads. Trials are
+    scored on the val split, or by K-fold cross-validation over train + val when the val split
+    is small; never on test. Returns a :class:`~crossalign.train.search.TuneResult`; the folder
+    holds ``study.journal``, ``trials.csv``, ``search.json`` and the chosen ``config.yaml``.
+
+    Args:
+        data: data folder (None with ``resume``: the one the search used).
+        out: the search folder.
+        config: the base recipe, a YAML path or a :class:`RunConfig` (defaults otherwise).
+        overrides: ``key=value`` strings for the base recipe.
+        search: a :class:`~crossalign.train.search.SearchConfig`; or give its fields as keywords
+            (``trials=40``, ``budget="10m"``, ``towers=["lite0", "lite0+lite2"]``, ``folds=5``, ...).
+        resume: continue the search stored in ``out``; ``trials`` and ``budget`` may be given anew.
+    """
+    import dataclasses
+
+    from crossalign.train import search as _search
+
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if "budget" in settings:
+        settings["budget"] = _search.parse_budget(settings["budget"])
+    if "towers" in settings:
+        settings["towers"] = tuple(settings["towers"])
+    if resume:
+        return _search.resume_search(out, settings.get("trials"), settings.get("budget"), progress)
+    chosen = dataclasses.replace(search or _search.SearchConfig(), **settings)
+    return _search.tune(data, out, _config(config, overrides), chosen, progress)
 
 
 class Aligner:

@@ -17,6 +17,7 @@ __all__ = ["main", "COMMANDS"]
 # command name -> module under crossalign.cli that defines add_parser(sub) and run(args)
 COMMANDS = {
     "train": "train",
+    "tune": "tune",
     "evaluate": "evaluate",
     "zeroshot": "zeroshot",
     "data": "data",

@@ -25,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override one setting, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--nproc", type=int, default=0,
                    help="start N processes on this machine through torchrun (DDP; gloo on CPU, NCCL on GPU)")
+    p.add_argument("--auto", action="store_true",
+                   help="search the recipe on held-out training data first (as crossalign tune), then train "
+                        "the chosen one; with --resume, continue the search, then the fit")
+    from crossalign.cli.tune import add_search_arguments
+
+    add_search_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -50,6 +56,8 @@ def _relaunch(nproc: int) -> int:
 def run(args: argparse.Namespace) -> int:
     from crossalign.errors import ConfigError
 
+    if args.auto and args.nproc > 1:
+        raise ConfigError("--auto searches in one process; drop --nproc")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args.nproc)
     if not args.resume and not (args.data and args.out):
@@ -58,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
     dist = init_distributed()
     try:
-        if args.resume:
+        if args.auto:
+            from crossalign.cli.tune import run_auto
+
+            result = run_auto(args, dist)
+        elif args.resume:
             from crossalign.train.loop import resume
 
             result = resume(args.resume, progress=not args.quiet, dist=dist)
