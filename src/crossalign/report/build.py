@@ -16,6 +16,7 @@ from crossalign.errors import ConfigError
 from crossalign.report import plots
 from crossalign.report.collect import RunReport, collect_run, describe_config
 from crossalign.report.samples import Thumbnails, draw_samples, image_queries, shorten, text_queries
+from crossalign.report.trials import trials_section
 
 __all__ = ["report", "ReportResult", "metric_columns"]
 
@@ -174,12 +175,17 @@ def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: 
                "n_images": d.seen["n_images"], "n_captions": d.seen["n_captions"]}
         written.append(gap_png)
     written += [p for p in (curves, heat["png"], ranks) if p is not None]
+    trials = trials_section(d.path, png("trials"))  # a run of train --auto: its recipe search
+    if trials is not None:
+        written.append(trials["png"])
+        trials["uri"] = _png_uri(trials["png"])
     section = {
         "id": f"run-{index}", "name": d.name, "path": str(d.path), "split": d.split,
         "n_images": len(d.emb.image_ids), "n_captions": len(d.emb.text_to_image),
         "curves": _png_uri(curves) if curves else None, "heatmap": {**heat, "uri": _png_uri(heat["png"])},
         "text_queries": gal["text_queries"], "image_queries": gal["image_queries"], "top": top,
         "ranks": _png_uri(ranks), "gap": gap, "skipped": sum(p.level == "error" for p in d.problems),
+        "trials": trials,
     }
     return section, written
 
