@@ -91,3 +91,12 @@ def test_bad_requests_exit_2_with_a_message(run, shapes_dir, tmp_path, capsys, m
     assert main(base + ["--matrix", str(tmp_path / "x.npy")]) == 2
     assert "distance-matrix limit" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_data_defaults_to_the_one_the_run_trained_on(run, shapes_dir, tmp_path):
+    given = _evaluate(run, shapes_dir, tmp_path, "--split", "test")
+    out = tmp_path / "default.json"
+    assert main(["-q", "evaluate", str(run), "--split", "test", "--json", str(out)]) == 0
+    recorded = json.loads(out.read_text())
+    for key in KEYS:  # the same data, model and split: the same computation, bit for bit
+        assert recorded[key] == given[key], key

@@ -1,4 +1,4 @@
-"""``crossalign evaluate RUN --data DIR [--split test|all] [--gap] [--json FILE] [--matrix FILE.npy]``"""
+"""``crossalign evaluate RUN [--data DIR] [--split test|all] [--gap] [--json FILE] [--matrix FILE.npy]``"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Recall@K, median and mean rank, MRR, top-1 and R-sum in both directions, "
                                    "from embeddings, with the chance level beside each number.")
     p.add_argument("run", help="run folder written by 'crossalign train'")
-    p.add_argument("--data", required=True, help="data folder")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on, from its run.json)")
     p.add_argument("--split", default="test", help="train, val, test, several joined by commas, or all (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")

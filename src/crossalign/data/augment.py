@@ -36,12 +36,9 @@ from crossalign.errors import ConfigError, WordNetMissing
 __all__ = [
     "augment_image",
     "augment_text",
-    "ImageAugmenter",
-    "TextAugmenter",
     "check_augment",
     "describe",
     "load_wordnet",
-    "WordNetMissing",
 ]
 
 # Per-operation stream ids for stable_seed(seed, op): fixed forever, or old seeds change meaning.
@@ -268,28 +265,7 @@ def augment_text(text: str, cfg: AugmentConfig, seed: int, wordnet: WordNet | No
     return " ".join(tokens)
 
 
-# ----------------------------------------------------------------------- callables and checking
-
-
-class ImageAugmenter:
-    """``augmenter(img, seed)``: :func:`augment_image` with a fixed config (picklable for workers)."""
-
-    def __init__(self, cfg: AugmentConfig, short_side: int | None = None) -> None:
-        self.cfg = cfg
-        self.short_side = short_side
-
-    def __call__(self, img: Image.Image, seed: int) -> Image.Image:
-        return augment_image(img, self.cfg, seed, self.short_side)
-
-
-class TextAugmenter:
-    """``augmenter(text, seed)``: :func:`augment_text` with a fixed config (picklable for workers)."""
-
-    def __init__(self, cfg: AugmentConfig) -> None:
-        self.cfg = cfg
-
-    def __call__(self, text: str, seed: int) -> str:
-        return augment_text(text, self.cfg, seed)
+# ----------------------------------------------------------------------------------- checking
 
 
 def check_augment(cfg: AugmentConfig) -> None:
