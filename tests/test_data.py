@@ -1,5 +1,6 @@
 """The canonical reader, the seeded split, and bad input named by file and row."""
 
+import json
 import shutil
 
 import pytest
@@ -82,3 +83,17 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, shapes_dir, capsys):
     assert "captions.txt:4" in err and "Traceback" not in err
     code = main(["-q", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
     assert code == 2 and "data folder not found" in capsys.readouterr().err
+
+
+def test_data_check_writes_a_report_only_when_asked(tmp_path, shapes_dir, monkeypatch, capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["-q", "data", "check", str(shapes_dir), "--no-images"]) == 0
+    out = capsys.readouterr().out
+    assert list(cwd.iterdir()) == [] and "report written" not in out  # nothing left in the cwd
+    report = tmp_path / "reports" / "check.json"
+    report.parent.mkdir()
+    assert main(["-q", "data", "check", str(shapes_dir), "--no-images", "--json", str(report)]) == 0
+    assert f"report written to {report}" in capsys.readouterr().out
+    assert json.loads(report.read_text())["images"] == 60 and list(cwd.iterdir()) == []

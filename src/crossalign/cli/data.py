@@ -26,11 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = dsub.add_parser("check", help="report everything wrong with a data set",
                         description="Counts, splits, captions per image, and every bad row or image, "
-                                    "named by file and row. Writes the report as JSON too.")
+                                    "named by file and row. --json PATH writes the report as JSON too.")
     c.add_argument("data", help="data folder or file, any supported layout")
     _add_reading_options(c)
-    c.add_argument("--json", default="data_check.json", help="where to write the JSON report "
-                                                             "(default data_check.json; '-' for none)")
+    c.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH "
+                                                  "(default: none; nothing is written unless asked)")
     c.add_argument("--strict", action="store_true", help="exit with an error if any row would be skipped")
     c.add_argument("--no-images", action="store_true", help="do not decode images (only check they exist)")
     c.add_argument("--workers", type=int, default=0, help="processes for decoding images (0 = all cores)")
@@ -73,7 +73,7 @@ def run_check(args: argparse.Namespace) -> int:
     report = check_data(args.data, cfg.data, cfg.model.text.max_tokens, lambda: token_counter(cfg.model.text),
                         images=not args.no_images, workers=args.workers)
     print(format_report(report))
-    if args.json != "-":
+    if args.json and args.json != "-":  # '-' also means none
         atomic_write_json(args.json, report)
         print(f"report written to {args.json}")
     if args.strict and not report["ok"]:
