@@ -61,6 +61,31 @@ def test_matrix_and_lists_agree_with_the_metrics(run, shapes_dir, tmp_path):
     assert z["t2i_topk"].shape == (300, 3) and z["i2t_topk"].shape == (60, 3)
     assert m["i2t_mean_rank"] == pytest.approx(z["i2t_ranks"].mean())
     np.testing.assert_array_equal(z["t2i_topk"][:, 0], sim.argmax(0))
+    # --split all leaves no training query outside for a bank: ranked by plain cosine, and so labelled
+    assert str(z["ranking"]) == "plain" and str(z["score_kind"]) == "cosine similarity"
+    np.testing.assert_array_equal(z["t2i_topk_scores"], z["t2i_topk_cosine"])
+
+
+@pytest.mark.parametrize("ranking", ["qbnorm", "plain"])
+def test_lists_say_what_their_scores_are(run, shapes_dir, tmp_path, ranking):
+    mat, lists = tmp_path / "d.npy", tmp_path / "l.npz"
+    m = _evaluate(run, shapes_dir, tmp_path, "--split", "test", "--matrix", str(mat), "--lists", str(lists),
+                  "--lists-k", "4", "--ranking", ranking, "--qb-beta", "15")
+    z = np.load(lists)  # allow_pickle=False: every field, the labels too, is a plain array
+    assert str(z["ranking"]) == ranking == m["ranking"]["name"]
+    described = json.loads(str(z["ranking_json"]))
+    assert described == json.loads(json.dumps(m["ranking"], sort_keys=True))
+    sim = 1 - np.load(mat).astype(np.float64)  # [images, captions] cosine
+    for d, cos in (("t2i", sim.T), ("i2t", sim)):
+        np.testing.assert_allclose(z[f"{d}_topk_cosine"], np.take_along_axis(cos, z[f"{d}_topk"], 1),
+                                   atol=1e-3)
+    if ranking == "qbnorm":
+        assert described["beta"] == 15 and described["k"] == 1 and described["bank"]["images"] == 48
+        assert "not a cosine" in str(z["score_kind"])
+        assert np.abs(z["t2i_topk_scores"] - z["t2i_topk_cosine"]).max() > 1.0
+    else:
+        assert str(z["score_kind"]) == "cosine similarity"
+        np.testing.assert_array_equal(z["i2t_topk_scores"], z["i2t_topk_cosine"])
 
 
 def test_gap_scores_seen_and_unseen_apart(run, shapes_dir, tmp_path, capsys):

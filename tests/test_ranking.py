@@ -98,6 +98,22 @@ def test_ranks_under_qbnorm_match_a_brute_force_reference():
     np.testing.assert_array_equal(top.indices, res.t2i.indices)
 
 
+def test_top_lists_say_which_ranking_made_their_scores_and_keep_the_cosine():
+    rng = np.random.default_rng(8)
+    img, txt, bank = _unit(rng, 15), _unit(rng, 40), _unit(rng, 60)
+    sim = txt @ img.T  # [captions, images]
+    normed = topk(txt, img, 5, max_bytes=300, scores=fit_bank(img, bank, QBNormParams(20.0, 1)))
+    assert normed.ranking == "qbnorm"
+    cos = np.take_along_axis(sim, normed.indices, axis=1)  # the true cosine of each listed pair
+    np.testing.assert_allclose(normed.cosine, cos, atol=1e-5)
+    assert np.abs(normed.scores - cos).max() > 1.0  # qbnorm scores are not cosines
+    plain = topk(txt, img, 5, max_bytes=300)
+    assert plain.ranking == "plain"
+    np.testing.assert_allclose(plain.cosine, np.take_along_axis(sim, plain.indices, axis=1), atol=1e-5)
+    np.testing.assert_array_equal(plain.scores, plain.cosine)
+    assert topk(txt, img, 2, scores=lambda s: s * 2).ranking == "custom"
+
+
 def test_a_hub_is_pushed_down():
     """A gallery item close to every bank query stops winning queries that belong elsewhere."""
     rng = np.random.default_rng(7)

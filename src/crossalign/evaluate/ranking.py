@@ -24,7 +24,7 @@ and works in blocks of bank rows and query rows, so memory stays bounded at any 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ class BankNorm:
     log_norm: torch.Tensor
     active: torch.Tensor
     beta: float
+    ranking: ClassVar[str] = "qbnorm"  # the name top-K lists carry for the scores it makes
 
     def __call__(self, sim: torch.Tensor) -> torch.Tensor:
         """Normalise a ``[rows, n_gallery]`` block of cosine similarities, in place; returns it."""

@@ -30,7 +30,7 @@ from crossalign.errors import ConfigError
 
 __all__ = ["retrieval_metrics", "metrics_from_ranks", "ranks_t2i", "ranks_i2t", "rank_summary", "TopK", "Retrieval",
            "retrieve", "topk", "block_rows", "write_distance_matrix", "MATRIX_MAX_CELLS",
-           "BLOCK_BYTES", "ScoreFn"]
+           "BLOCK_BYTES", "ScoreFn", "ranking_name"]
 
 BLOCK_BYTES = 256 * 2**20  # one block of scores and its masks; the peak is about this plus the inputs
 # bytes per cell of a block: float32 scores, a bool mask, and for the matrix file a float32
@@ -41,10 +41,17 @@ MATRIX_MAX_CELLS = 20_000 * 100_000  # above this, keep top-K lists and ranks in
 
 @dataclass
 class TopK:
-    """The ``k`` best gallery items per query, best first (order among equal scores unspecified)."""
+    """The ``k`` best gallery items per query, best first (order among equal scores unspecified).
+
+    ``scores`` are what the ranking ordered by: cosine similarity under ``plain``, and under
+    ``qbnorm`` a query-bank-normalised log score (not a cosine, see
+    :mod:`crossalign.evaluate.ranking`). ``cosine`` is always the cosine similarity of the pair.
+    """
 
     indices: np.ndarray  # [n_queries, k] gallery rows
-    scores: np.ndarray  # [n_queries, k] cosine similarity
+    scores: np.ndarray  # [n_queries, k] the ranking's scores
+    cosine: np.ndarray  # [n_queries, k] cosine similarity (the same array as scores under plain)
+    ranking: str = "plain"  # which ranking produced scores: plain, qbnorm, or custom
 
 
 @dataclass
@@ -87,8 +94,27 @@ def block_rows(n_gallery: int, max_bytes: int = BLOCK_BYTES) -> int:
     return max(1, int(max_bytes) // (max(1, n_gallery) * _BYTES_PER_CELL))
 
 
-# turns a [rows, n_gallery] block of cosine similarities into the scores ranked (may work in place)
+# turns a [rows, n_gallery] block of cosine similarities into the scores ranked (may work in
+# place); its ``ranking`` attribute, where it has one, names it in TopK
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def ranking_name(scores: ScoreFn | None) -> str:
+    """``plain`` for cosine (None), else the score function's ``ranking`` name (or ``custom``)."""
+    return "plain" if scores is None else str(getattr(scores, "ranking", "custom"))
+
+
+def _pair_cosine(queries: torch.Tensor, gallery: torch.Tensor, indices: np.ndarray,
+                 max_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """Cosine similarity ``[n, k]`` of each query with its listed gallery rows, in bounded blocks."""
+    n, k = indices.shape
+    out = np.zeros((n, k), np.float32)
+    rows = max(1, max_bytes // max(1, k * queries.shape[1] * 4))  # a [rows, k, dim] gather fits
+    idx = torch.from_numpy(indices)
+    for s in range(0, n, rows):
+        picked = gallery[idx[s:s + rows]]  # [rows, k, dim]
+        out[s:s + rows] = torch.einsum("rd,rkd->rk", queries[s:s + rows], picked).numpy()
+    return out
 
 
 def _blocks(queries: torch.Tensor, gallery: torch.Tensor, rows: int,
@@ -149,7 +175,11 @@ def _scan(queries: torch.Tensor, gallery: torch.Tensor, k: int, rows: int,
     # outputs are allocated once, up front: small results kept from each block would sit
     # between the freed blocks on the heap and stop the allocator giving them back
     ranks = np.zeros(n, dtype=np.int64) if rank_block is not None else None
-    top = TopK(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32)) if k > 0 else None
+    top = None
+    if k > 0:
+        top_scores = np.zeros((n, k), np.float32)
+        cosine = top_scores if scores is None else np.zeros((n, k), np.float32)
+        top = TopK(np.zeros((n, k), np.int64), top_scores, cosine, ranking_name(scores))
     for s, e, sim in _blocks(queries, gallery, rows, scores):
         if ranks is not None:
             ranks[s:e] = rank_block(s, e, sim).numpy()
@@ -158,6 +188,8 @@ def _scan(queries: torch.Tensor, gallery: torch.Tensor, k: int, rows: int,
             top.indices[s:e], top.scores[s:e] = i.numpy(), v.numpy()
             del v, i
         del sim  # free this block before the next one is computed
+    if top is not None and scores is not None:  # the score block was transformed: cosines anew
+        top.cosine[:] = _pair_cosine(queries, gallery, top.indices)
     return ranks, top
 
 

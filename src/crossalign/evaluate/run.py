@@ -119,8 +119,16 @@ def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], 
 
 
 def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float16: bool,
-            lists: str | Path | None) -> None:
-    """The distance matrix (small sets) and per-query ranks and top-K lists (any size)."""
+            lists: str | Path | None, ranking: dict | None = None) -> None:
+    """The distance matrix (small sets) and per-query ranks and top-K lists (any size).
+
+    The lists file says what its ``*_topk_scores`` are: ``ranking`` (``plain`` or ``qbnorm``),
+    ``score_kind`` (cosine similarity, or a query-bank-normalised score that is not one) and
+    ``ranking_json`` (the ranking's description of the metrics JSON, its parameters included);
+    ``*_topk_cosine`` hold the cosine similarity of the same pairs under any ranking.
+    """
+    import json
+
     from crossalign._io import atomic_path, atomic_write_json
 
     if matrix:
@@ -130,11 +138,17 @@ def _export(emb: EmbeddedTable, res: Retrieval, matrix: str | Path | None, float
             "image_ids": emb.image_ids, "caption_image": emb.text_to_image.tolist(),
             "caption_origin": list(emb.table.origin)})
     if lists:
+        ranking = ranking or {"name": res.t2i.ranking}
+        kind = ranking.get("scores", "cosine similarity" if ranking["name"] == "plain" else "")
         with atomic_path(lists) as tmp, open(tmp, "wb") as f:
             np.savez(f, image_ids=np.array(emb.image_ids), caption_image=emb.text_to_image,
                      t2i_ranks=res.t2i_ranks, i2t_ranks=res.i2t_ranks,
                      t2i_topk=res.t2i.indices, t2i_topk_scores=res.t2i.scores,
-                     i2t_topk=res.i2t.indices, i2t_topk_scores=res.i2t.scores)
+                     t2i_topk_cosine=res.t2i.cosine,
+                     i2t_topk=res.i2t.indices, i2t_topk_scores=res.i2t.scores,
+                     i2t_topk_cosine=res.i2t.cosine,
+                     ranking=np.array(ranking["name"]), score_kind=np.array(kind),
+                     ranking_json=np.array(json.dumps(ranking, sort_keys=True)))
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test", ks: Sequence[int] = (1, 5, 10),
@@ -184,7 +198,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     metrics["tta_flip"] = tta_flip(rd.model)  # image vectors average the image and its mirror
     metrics["skipped_rows"] = sum(p.level == "error" for p in problems)
     metrics["skipped"] = count_skipped(problems)
-    _export(emb, res, matrix, float16, lists)
+    _export(emb, res, matrix, float16, lists, metrics["ranking"])
     if gap:
         metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
     if protocol == "seed":
