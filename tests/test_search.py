@@ -192,7 +192,7 @@ def test_trials_csv_and_saved_config_repeat_the_chosen_score(tmp_path, shapes_di
     row = next(r for r in _rows(run) if r["trial"] == str(res.best_trial))
     assert float(row["score"]) == res.best_score
     cfg = load_config(run / "config.yaml")
-    assert cfg.train.epochs == int(row["epochs"]) and cfg.train.early_stopping is False
+    assert cfg.train.epochs == int(row["epochs"]) and cfg.train.early_stopping is False and cfg.train.keep == "last"
     assert cfg.train.lr == float(row["lr"]) and cfg.evaluate.ranking == "plain"
     with recorded_validation() as seen:
         again = rescore(run)
@@ -250,6 +250,8 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
     assert cfg.train.epochs == info["best"]["epochs"]
     with open(run / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == cfg.train.epochs  # the chosen epoch count, no early stop
+    summary = json.loads((run / "summary.json").read_text())
+    assert cfg.train.keep == "last" and summary["best_epoch"] == cfg.train.epochs  # model_best is that epoch
     from crossalign.report import report
 
     html = report(run, shapes_dir, tmp_path / "report.html", k=4).html.read_text()

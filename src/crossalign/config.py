@@ -133,6 +133,9 @@ class TrainConfig:
     early_stopping: bool = True
     patience: int = 4
     monitor: str = "rsum"  # validation metric to maximise
+    # which epoch model_best keeps: best (by the monitor) or last (the epoch count itself was
+    # chosen, as a recipe search chooses it on held-out data)
+    keep: str = "best"
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from crossalign.errors import RunError
+from crossalign.errors import ConfigError, RunError
 from crossalign._io import atomic_write_json
 from crossalign.config import RunConfig, load_config, save_config, to_dict
 from crossalign.data.prepare import prepare_table
@@ -74,7 +74,7 @@ def _finish_epoch(engine: Engine, logger: RunLogger, train_loss: float, t_epoch:
            "samples_per_s": getattr(engine, "samples_per_s", 0.0),
            "epoch_seconds": time.perf_counter() - t_epoch, **{f"val_{k}": v for k, v in val.items()}}
     logger.epoch(row)
-    improved = val[cfg.monitor] > pos.best
+    improved = val[cfg.monitor] > pos.best or cfg.keep == "last"
     if improved:
         pos.best, pos.best_epoch, pos.bad_epochs = val[cfg.monitor], pos.epoch, 0
     else:
@@ -108,6 +108,8 @@ def _fit(engine: Engine, logger: RunLogger, gen_state: torch.Tensor | None) -> N
 
 def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: bool, fresh: bool) -> TrainResult:
     t_start = time.perf_counter()
+    if cfg.train.keep not in ("best", "last"):
+        raise ConfigError(f"train.keep must be best or last, got {cfg.train.keep!r}")
     seed_everything(cfg.train.seed + dist.rank)
     table, problems = _prepare(data, run, cfg, dist, fresh)
     engine = Engine(run, cfg, table, problems, dist, progress)

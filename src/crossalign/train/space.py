@@ -28,8 +28,9 @@ qb_beta         5 - 50 (log), with qbnorm only                        evaluate.q
 A value of the base config outside a categorical list joins the list; a parameter the search is
 told to keep (``--keep ranking,loss``) takes the base config's value in every trial. The plateau schedule
 is left out: its steps follow the validation score, which differs between folds and the final
-fit. The recipe trains for exactly ``epochs`` epochs (``train.early_stopping`` off), since the
-epoch count is part of what is chosen.
+fit. The recipe trains for exactly ``epochs`` epochs (``train.early_stopping`` off) and keeps the
+last of them as ``model_best`` (``train.keep: last``), since the epoch count is part of what is
+chosen.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def recipe(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     cfg.train.scheduler = str(p["scheduler"])
     cfg.train.epochs = int(p["epochs"])
     cfg.train.early_stopping = False
+    cfg.train.keep = "last"  # model_best is the epoch count that was scored
     cfg.model.learn_logit_scale = bool(p["learn_scale"])
     cfg.model.head = str(p["head"])
     cfg.loss.name = str(p["loss"])
