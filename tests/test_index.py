@@ -91,6 +91,9 @@ def test_exact_search_equals_brute_force(index, shapes_dir):
     assert [h.id for h in res.hits] == ids.tolist()
     np.testing.assert_allclose([h.score for h in res.hits], scores, atol=1e-5)
     assert [h.rank for h in res.hits] == list(range(1, 8))
+    # search ranks by plain cosine, and says so: the score is the cosine, both are given
+    assert res.ranking == "plain" and res.score_kind == "cosine similarity"
+    np.testing.assert_allclose([h.cosine for h in res.hits], scores, atol=1e-5)
     # image -> captions
     photo = shapes_dir / "images" / "scene_00004.png"
     qi = index.embedder.picture(photo)[0]
@@ -136,11 +139,14 @@ def test_search_command(built, capsys):
     assert main(["-q", "search", str(built), "a blue square", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count(".png") >= 3 and "3 images in" in out
+    assert out.splitlines()[0].startswith("  1  cos ")  # every score says what it is
+    assert "(ranking plain: cos is cosine similarity)" in out
     assert main(["-q", "search", str(built), "a blue square", "--minus", "grass", "--target", "captions",
                  "-k", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["target"] == "captions" and len(data["hits"]) == 4
-    assert all(h["kind"] == "caption" for h in data["hits"])
+    assert data["ranking"] == "plain" and data["score_kind"] == "cosine similarity"
+    assert all(h["kind"] == "caption" and h["cosine"] == h["score"] for h in data["hits"])
     assert main(["-q", "search", str(built / "nope"), "x"]) == 2
     assert "not an index" in capsys.readouterr().err
     assert main(["-q", "search", str(built), "x", "--weights", "a,b"]) == 2

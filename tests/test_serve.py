@@ -10,7 +10,9 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -75,6 +77,9 @@ def test_health_and_text_search(client, index):
     direct = index.search(text="a red circle", k=5)
     assert [x["id"] for x in body["hits"]] == [x.id for x in direct.hits]
     np.testing.assert_allclose([x["score"] for x in body["hits"]], [x.score for x in direct.hits], atol=1e-6)
+    # the scores say what they are: plain ranking, cosine similarity, given as both
+    assert body["ranking"] == "plain" and body["score_kind"] == "cosine similarity"
+    assert all(x["cosine"] == x["score"] for x in body["hits"])
     assert body["seconds"] > 0 and len(body["hits"][0]["captions"]) == 5
     thumb = client.get(body["hits"][0]["thumb_url"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
@@ -96,6 +101,76 @@ def test_captions_like_items_and_upload(client, index, shapes_dir):
     up = client.post("/search/image", params={"k": 3}, files={"file": ("p.png", photo, "image/png")})
     assert up.status_code == 200
     assert [h["id"] for h in up.json()["hits"]] == [h.id for h in index.search(image=photo, k=3).hits]
+
+
+def test_config_gives_the_limits_and_k_never_exceeds_them(index, client):
+    assert client.get("/config").json()["k"] == 24  # the page's k, under a limit of 50
+    small = TestClient(create_app(index, ServiceLimits(max_k=5, max_query_chars=200)),
+                       raise_server_exceptions=False)
+    c = small.get("/config").json()
+    assert c["k"] == 5 and c["max_k"] == 5 and c["default_k"] == 5 and c["max_query_chars"] == 200
+    assert c["ranking"] == "plain" and c["score_kind"] == "cosine similarity"
+    assert len(small.get("/search", params={"q": "a red circle"}).json()["hits"]) == 5  # no k: within
+    assert small.get("/search", params={"q": "a red circle", "k": 6}).status_code == 422
+    photo = _png()
+    up = small.post("/search/image", files={"file": ("p.png", photo, "image/png")})
+    assert up.status_code == 200 and len(up.json()["hits"]) == 5
+
+
+@pytest.fixture()
+def breakable(index_dir, tmp_path):
+    """A copy of the index served by an app of its own, to break under it."""
+    root = tmp_path / "idx"
+    shutil.copytree(index_dir, root)
+    ix = open_index(root, model=False)
+    yield root, ix, TestClient(create_app(ix), raise_server_exceptions=False)
+    ix.close()
+
+
+def _unhealthy(c: TestClient) -> str:
+    r = c.get("/health")
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["status"] == "unavailable" and body["problems"]
+    return body["detail"]
+
+
+def test_health_looks_at_the_index(breakable, monkeypatch):
+    root, ix, c = breakable
+    r = c.get("/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["version"] == ix.store.version
+    vdir = root / ix.store.version
+    vectors = vdir / "images.npy"
+    saved = vectors.read_bytes()
+
+    def replace(data: bytes) -> None:  # a new file, as a copy or a rebuild by hand would leave
+        (vdir / "new.npy").write_bytes(data)
+        (vdir / "new.npy").replace(vectors)
+
+    short = io.BytesIO()
+    np.save(short, np.load(vectors)[:-1])
+    replace(short.getvalue())  # one vector short of the metadata
+    detail = _unhealthy(c)
+    assert "images counts disagree" in detail and "metadata 60" in detail and "images.npy 59" in detail
+    replace(saved[:200])  # cut short: the header promises more than the file holds
+    assert "images cannot be read" in _unhealthy(c)
+    vectors.unlink()
+    assert "images.npy missing" in _unhealthy(c)
+    replace(saved)
+    assert c.get("/health").status_code == 200
+    current = root / "CURRENT"
+    current.write_text("v-gone\n")  # names a version that is not the one served
+    assert "CURRENT names v-gone" in _unhealthy(c)
+    current.unlink()
+    assert "CURRENT: not readable" in _unhealthy(c)
+    current.write_text(ix.store.version + "\n")
+    assert c.get("/health").status_code == 200
+
+    def broken(*a, **k):
+        raise RuntimeError("faiss said no")
+
+    monkeypatch.setattr(ix.store.faiss["captions"], "search", broken)
+    assert "a search of the captions fails: RuntimeError: faiss said no" in _unhealthy(c)
 
 
 BAD_GETS = [
@@ -198,7 +273,7 @@ def test_binds_loopback_by_default():
 
 def test_openapi_and_docs(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/health", "/search", "/search/image", "/items/{item_id}", "/images/{item_id}"):
+    for path in ("/health", "/config", "/search", "/search/image", "/items/{item_id}", "/images/{item_id}"):
         assert path in spec["paths"], path
     assert client.get("/docs").status_code == 200
 
@@ -210,7 +285,7 @@ def test_fuzzing_from_the_openapi_finds_no_server_error(app, mode):
     statuses: dict[str, list[int]] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
-        if mode == "negative" and operation.path == "/health":
+        if mode == "negative" and operation.path in ("/health", "/config"):
             continue  # no parameters: nothing to make invalid
 
         @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -220,7 +295,7 @@ def test_fuzzing_from_the_openapi_finds_no_server_error(app, mode):
             statuses.setdefault(operation.label, []).append(response.status_code)
 
         fuzz()
-    assert len(statuses) == (5 if mode == "positive" else 4)  # every operation of the spec was tried
+    assert len(statuses) == (6 if mode == "positive" else 4)  # every operation of the spec was tried
     statuses = [s for codes in statuses.values() for s in codes]
     assert statuses and max(statuses) < 500
     if mode == "negative":
@@ -235,9 +310,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def live_url(app):
-    """The service on a free loopback port, in a thread."""
+@contextmanager
+def _serving(app):
+    """The service on a free loopback port, in a thread; yields its URL."""
     import uvicorn
 
     port = _free_port()
@@ -248,9 +323,17 @@ def live_url(app):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture()
+def live_url(app):
+    with _serving(app) as url:
+        yield url
 
 
 def _wait_for_results(page, status_text: str) -> None:
@@ -270,7 +353,9 @@ def test_page_in_a_real_browser(live_url, shapes_dir, tmp_path):
         page.press("#query", "Enter")
         _wait_for_results(page, "for “a red circle” in")
         assert page.locator(".card").count() == 24
-        assert page.locator(".card .score").first.inner_text().startswith("0.")
+        assert page.locator(".card .score").first.inner_text().startswith("cos 0.")
+        assert page.locator(".card .score").first.get_attribute("title") == \
+            "cosine similarity (ranking: plain)"
         page.screenshot(path=str(tmp_path / "text.png"))
         page.set_input_files("#file", str(shapes_dir / "images" / "scene_00003.png"))
         _wait_for_results(page, "for scene_00003.png in")
@@ -286,3 +371,26 @@ def test_page_in_a_real_browser(live_url, shapes_dir, tmp_path):
     assert errors == [] and foreign == []
     with Image.open(tmp_path / "shot.png") as im:
         assert im.width == 1200 and im.height >= 900
+
+
+@pytest.mark.needs("chromium")
+def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
+    """Under a limit of 5 results the page asks for 5, by text, by image and for more like this."""
+    app = create_app(index, ServiceLimits(max_k=5, max_query_chars=40))
+    errors, asked = [], []
+    with _serving(app) as url, browser_page(errors) as page:
+        page.on("request", lambda r: asked.append(r.url) if "/search" in r.url else None)
+        page.goto(url + "/", wait_until="load")
+        page.fill("#query", "a red circle")
+        page.press("#query", "Enter")
+        _wait_for_results(page, "for “a red circle” in")
+        assert page.locator(".card").count() == 5
+        assert page.locator("#query").get_attribute("maxlength") == "40"
+        page.set_input_files("#file", str(shapes_dir / "images" / "scene_00003.png"))
+        _wait_for_results(page, "for scene_00003.png in")
+        assert page.locator(".card").count() == 5
+        page.locator(".card button.like").first.click()
+        _wait_for_results(page, "images like #")
+        assert page.locator(".card").count() == 5
+    assert errors == [] and len(asked) == 3
+    assert all(parse_qs(urlsplit(u).query)["k"] == ["5"] for u in asked), asked

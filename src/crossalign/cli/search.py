@@ -42,12 +42,14 @@ def _weights(text: str | None) -> list[float] | None:
 
 
 def _print(result) -> None:
+    label = "cos" if result.score_kind == "cosine similarity" else result.ranking
     for h in result.hits:
-        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
+        print(f"{h.rank:>3}  {label} {h.score:.4f}  {h.path}")
         if h.captions:
             more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
             print(f"       {h.captions[0]}{more}")
-    print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms")
+    print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms "
+          f"(ranking {result.ranking}: {label} is {result.score_kind})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         index.close()
     if args.json:
         print(json.dumps({"target": result.target, "seconds": result.seconds,
+                          "ranking": result.ranking, "score_kind": result.score_kind,
                           "hits": [h.to_dict() for h in result.hits]}, indent=2))
     else:
         _print(result)

@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                  "built the index)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest image upload (default 10 MB)")
+    p.add_argument("--max-k", type=int, default=100,
+                   help="the most results one query may ask for (default 100; the page asks for "
+                        "24, or this many if fewer)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -28,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from crossalign.serve import serve
 
     serve(args.index, host=args.host, port=args.port, run=args.run, device=args.device,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_k=args.max_k,
           log_level="warning" if args.quiet else "info")
     return 0

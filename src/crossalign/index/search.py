@@ -5,6 +5,10 @@ image term adds ``weight * vector``, each term to push away (``minus``) subtract
 vector, and the sum is normalised again. Exact (flat) indexes return the exact inner
 products; approximate ones fetch more candidates and score those exactly against the stored
 vectors, so every score printed is a true cosine similarity.
+
+Search ranks by plain cosine (``evaluate``'s query-bank normalisation needs a bank of
+training queries, which an index does not keep), and every result says so: a hit carries
+``score`` (what ranked it) and ``cosine``, and a result its ``ranking`` and ``score_kind``.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import numpy as np
 from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index.store import IndexStore
 
-__all__ = ["Index", "Hit", "SearchResult", "open_index", "TARGETS"]
+__all__ = ["Index", "Hit", "SearchResult", "open_index", "TARGETS", "RANKING", "SCORE_KIND"]
 
 TARGETS = ("images", "captions")
+RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
 RERANK = 4  # approximate indexes: candidates fetched per result, scored exactly
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
@@ -33,7 +38,8 @@ class Hit:
     """One result: an image (with its captions), or a caption (with its image)."""
 
     rank: int
-    score: float  # cosine similarity to the query
+    score: float  # what the ranking ordered by (plain ranking: the cosine similarity)
+    cosine: float  # cosine similarity to the query
     kind: str  # "image" or "caption"
     id: int  # id of the image or caption
     image_id: int
@@ -48,11 +54,13 @@ class Hit:
 
 @dataclass
 class SearchResult:
-    """The hits of one query, best first, and how long the search took."""
+    """The hits of one query, best first, how they were ranked, and how long the search took."""
 
     hits: list[Hit]
     target: str
     seconds: float
+    ranking: str = RANKING  # which ranking produced the hits' scores
+    score_kind: str = SCORE_KIND  # what those scores are
 
 
 def _as_list(x) -> list:
@@ -179,13 +187,34 @@ class Index:
         if target == "captions":
             caps = self.store.captions(ids)
             images = self.store.images({c.image for c in caps.values()})
-            return [Hit(rank, float(s), "caption", cid, caps[cid].image, images[caps[cid].image].path,
-                        images[caps[cid].image].name, [caps[cid].text], images[caps[cid].image].labels)
+            return [Hit(rank, float(s), float(s), "caption", cid, caps[cid].image,
+                        images[caps[cid].image].path, images[caps[cid].image].name, [caps[cid].text],
+                        images[caps[cid].image].labels)
                     for rank, (cid, s) in enumerate(zip(ids, scores), 1)]
         images = self.store.images(ids)
-        return [Hit(rank, float(s), "image", i, i, images[i].path, images[i].name,
+        return [Hit(rank, float(s), float(s), "image", i, i, images[i].path, images[i].name,
                     [c.text for c in images[i].captions], images[i].labels)
                 for rank, (i, s) in enumerate(zip(ids, scores), 1)]
+
+    def problems(self) -> list[str]:
+        """What makes the index unusable now (empty when nothing): its files and counts (see
+        :meth:`IndexStore.problems`), then a one-result search of each target by a stored vector,
+        which must find an item of the index."""
+        out = self.store.problems()
+        if out:
+            return out
+        for target in TARGETS:
+            if len(self.store.row_ids[target]) == 0:
+                continue
+            try:
+                q = np.array(self.store.vectors[target][0], np.float32)  # [dim]
+                hits = self.search_vector(q, 1, target).hits
+            except Exception as e:  # noqa: BLE001 - any failure here is what the check reports
+                out.append(f"a search of the {target} fails: {type(e).__name__}: {e}")
+                continue
+            if len(hits) != 1 or not np.isfinite(hits[0].score):
+                out.append(f"a search of the {target} finds no item")
+        return out
 
     def image(self, image_id: int):
         """The record of an indexed image; raises :class:`UnknownItem`."""

@@ -261,6 +261,42 @@ class IndexStore:
     def close(self) -> None:
         self._con.close()
 
+    def problems(self) -> list[str]:
+        """What makes the served version unusable now, looked up on disk; empty when nothing.
+
+        ``CURRENT`` must be readable and still name the served version, its files must be
+        there, and every count must agree: the metadata's, the SQLite rows, the FAISS indexes,
+        the vectors in memory and those in the files on disk.
+        """
+        current = self.root / "CURRENT"
+        try:
+            named = current.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            return [f"{current}: not readable ({e})"]
+        if named != self.version:
+            return [f"{current} names {named or 'nothing'}, and the service has {self.version} "
+                    f"open; restart it to serve the index on disk"]
+        vdir = self.root / self.version
+        files = ["meta.sqlite"] + [f"{t}.{ext}" for t in ("images", "captions")
+                                   for ext in ("npy", "faiss")]
+        gone = [name for name in files if not (vdir / name).is_file()]
+        if gone:
+            return [f"{vdir}: {', '.join(gone)} missing"]
+        out = []
+        for t in ("images", "captions"):
+            try:
+                on_disk = np.load(vdir / f"{t}.npy", mmap_mode="r").shape[0]  # reads the header only
+                rows = self._rows(f"SELECT count(*) FROM {t}")[0][0]
+            except (OSError, ValueError, sqlite3.Error) as e:
+                out.append(f"{vdir}: the {t} cannot be read ({e})")
+                continue
+            counts = {"metadata": self.info[f"n_{t}"], "SQLite rows": rows, f"{t}.npy": on_disk,
+                      "vectors open": self.vectors[t].shape[0], "FAISS": self.faiss[t].ntotal}
+            if len(set(counts.values())) > 1:
+                out.append(f"{vdir}: the {t} counts disagree: "
+                           + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return out
+
     def __len__(self) -> int:
         return len(self.row_ids["images"])
 

@@ -19,8 +19,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from crossalign.errors import CrossalignError
-from crossalign.index.search import Index, SearchResult
+from crossalign.errors import ConfigError, CrossalignError
+from crossalign.index.search import RANKING, SCORE_KIND, Index, SearchResult
 from crossalign.errors import UnknownItem
 
 __all__ = ["create_app", "ServiceLimits"]
@@ -40,12 +40,19 @@ class ServiceLimits:
         max_upload_bytes: the largest request body of an image upload (refused before it is
             read whole).
         max_thumb: the largest thumbnail side.
+        page_k: the results the web page asks for (at most ``max_k``).
     """
 
     def __init__(self, max_k: int = 100, max_query_chars: int = 500,
-                 max_upload_bytes: int = 10 * 1024 * 1024, max_thumb: int = 1024) -> None:
+                 max_upload_bytes: int = 10 * 1024 * 1024, max_thumb: int = 1024,
+                 page_k: int = 24) -> None:
+        if max_k < 1 or page_k < 1:
+            raise ConfigError(f"the most results per query (--max-k) and the page's k must be "
+                              f"positive, got {max_k} and {page_k}")
         self.max_k, self.max_query_chars = max_k, max_query_chars
         self.max_upload_bytes, self.max_thumb = max_upload_bytes, max_thumb
+        self.page_k = min(page_k, max_k)
+        self.default_k = min(10, max_k)  # k of a request that names none
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -103,6 +110,7 @@ def _hit_json(hit) -> dict:
 
 def _result_json(result: SearchResult, query: dict) -> dict:
     return {"query": query, "target": result.target, "seconds": result.seconds,
+            "ranking": result.ranking, "score_kind": result.score_kind,
             "hits": [_hit_json(h) for h in result.hits]}
 
 
@@ -131,7 +139,7 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> Non
     @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
     def search(q: str | None = Query(None, max_length=limits.max_query_chars,
                                      description="text query"),
-               k: int = Query(10, ge=1, le=limits.max_k), target: Target = "images",
+               k: int = Query(limits.default_k, ge=1, le=limits.max_k), target: Target = "images",
                minus: str | None = Query(None, max_length=limits.max_query_chars,
                                          description="a text to push away"),
                like: int | None = Query(None, ge=0, le=MAX_ID,
@@ -146,7 +154,8 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> Non
 
     @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
     def search_image(file: UploadFile = File(..., description="an image file"),
-                     k: int = Query(10, ge=1, le=limits.max_k), target: Target = "images"):
+                     k: int = Query(limits.default_k, ge=1, le=limits.max_k),
+                     target: Target = "images"):
         data = file.file.read()
         result = index.search(image=data, k=k, target=target)
         return _result_json(result, {"image": file.filename or "upload", "k": k})
@@ -187,11 +196,25 @@ def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
                   description="Search an image collection by text or by image.")
     _install_errors(app)
 
-    @app.get("/health", summary="Liveness and what the index holds")
+    @app.get("/health", summary="Whether the index is usable (503 with the reasons if not), "
+                                "and what it holds")
     def health():
         info = index.info
-        return {"status": "ok", "images": info["n_images"], "captions": info["n_captions"],
-                "index": info["factory"], "model": info["weights_hash"][:12]}
+        about = {"images": info["n_images"], "captions": info["n_captions"],
+                 "index": info["factory"], "model": info["weights_hash"][:12],
+                 "version": index.store.version}
+        problems = index.problems()
+        if problems:
+            return JSONResponse({"status": "unavailable", "detail": "; ".join(problems),
+                                 "problems": problems, **about}, status_code=503)
+        return {"status": "ok", **about}
+
+    @app.get("/config", summary="What a request may ask for, and what the page asks for")
+    def config():
+        return {"k": limits.page_k, "default_k": limits.default_k, "max_k": limits.max_k,
+                "max_query_chars": limits.max_query_chars,
+                "max_upload_bytes": limits.max_upload_bytes, "max_thumb": limits.max_thumb,
+                "ranking": RANKING, "score_kind": SCORE_KIND}
 
     _add_search_routes(app, index, limits)
     _add_item_routes(app, index, limits)
