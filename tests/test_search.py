@@ -13,6 +13,7 @@ from crossalign.data.table import PairTable
 from crossalign.train import search as search_mod
 from crossalign.train.folds import fold_of_images, kfold, plan_folds
 from crossalign.train.search import SearchConfig, expand_tower, parse_budget, rescore, resume_search, tune
+from crossalign.train.space import ANCHORS, anchor_params, base_params
 from crossalign.train.trial import FeatureSet, score_recipe
 from tests._ties import assert_recalls_within, assert_same_retrieval, recall_slack, recorded_validation
 
@@ -99,6 +100,40 @@ def test_holdout_trial_trains_as_the_training_loop(tmp_path, shapes_dir):
         assert_recalls_within({"val_rsum": score}, row, {"val_rsum": slack["val_rsum"]}, "trial vs loop")
 
 
+def test_anchors_follow_the_base_and_respect_keep():
+    base = load_config(None, FAST)
+    first = base_params(base, ["efficientnet_lite0"], 2, 30)
+    points = anchor_params(base, ["efficientnet_lite0"], 2, 30)
+    assert len(points) == len(ANCHORS) == 2
+    assert points[0] == {**first, "image_dropout": 0.0, "text_dropout": 0.0, "scheduler": "none", "epochs": 30}
+    assert points[1] == {**first, "batch_size": 4096, "lr": 2e-3, "weight_decay": 0.1, "scheduler": "cosine"}
+    kept = anchor_params(base, ["efficientnet_lite0"], 2, 30, keep=("scheduler", "batch_size", "lr"))
+    assert all("scheduler" not in p and "batch_size" not in p for p in kept)
+    assert kept[0]["image_dropout"] == 0.0 and kept[1]["weight_decay"] == 0.1
+    # an anchor equal to the base is not tried twice
+    same = load_config(None, FAST + ["train.batch_size=4096", "train.lr=2e-3", "train.weight_decay=0.1"])
+    assert len(anchor_params(same, ["efficientnet_lite0"], 2, 30)) == 1
+
+
+def test_unscheduled_recipe_is_scored_at_its_best_epoch(shapes_dir):
+    """With no schedule the first e epochs are a run of e epochs: the score is the best epoch's,
+    and that recipe trained for that many epochs scores it again."""
+    sets = FAST + ["train.scheduler=none", "train.epochs=5", "evaluate.ranking=plain", "train.lr=3e-3",
+                   "model.image.dropout=0", "model.text.dropout=0"]
+    cfg = load_config(None, sets)
+    table, _ = prepare_table(shapes_dir, cfg.data, quiet=True)
+    fs = FeatureSet(cfg, table.select(["train", "val"]), progress=False)
+    plan = plan_folds(fs.pool, min_val_images=1)
+    got = score_recipe(cfg, fs, plan, "rsum")
+    assert got.epochs_run == 5 and len(got.curve) == 5
+    assert got.score == max(got.curve) == got.curve[got.epochs - 1]
+    assert got.epochs == got.curve.index(max(got.curve)) + 1  # the earliest of equal epochs
+    short = score_recipe(load_config(None, sets + [f"train.epochs={got.epochs}"]), fs, plan, "rsum")
+    assert np.allclose(short.curve, got.curve[:got.epochs], atol=1e-9) and short.epochs == got.epochs
+    cosine = score_recipe(load_config(None, sets + ["train.scheduler=cosine", "train.epochs=3"]), fs, plan)
+    assert cosine.epochs == 3 and cosine.score == cosine.curve[-1]  # a schedule: the last epoch
+
+
 def _poisoned_copy(shapes_dir, tmp_path):
     """The shapes data with every test caption marked and every test image replaced by junk bytes."""
     data = tmp_path / "data"
@@ -162,10 +197,13 @@ def test_resumed_search_continues_the_same_study(tmp_path, shapes_dir, caplog):
 
     run = tmp_path / "search"
     base = load_config(None, FAST)
-    tune(shapes_dir, run, base, _search(trials=2), progress=False)
+    tune(shapes_dir, run, base, _search(trials=3), progress=False)
     first = _rows(run)
-    assert [r["trial"] for r in first] == ["0", "1"]
+    assert [r["trial"] for r in first] == ["0", "1", "2"]  # the base and the two anchors
     assert first[0]["lr"] == "0.0002" and first[0]["batch_size"] == "32"  # trial 0 is the base recipe
+    # trial 1 the first anchor: no feature dropout, no schedule, scored at its best epoch
+    assert (first[1]["image_dropout"], first[1]["scheduler"], first[1]["epochs"]) == ("0.0", "none", "3")
+    assert 1 <= int(first[1]["score_epoch"]) <= int(first[1]["epochs_run"])
     # a trial cut off by a kill stays RUNNING in the study: make one, with trial 1's recipe
     study = optuna.load_study(study_name="crossalign",
                               storage=JournalStorage(JournalFileBackend(str(run / "study.journal"))))
@@ -176,13 +214,13 @@ def test_resumed_search_continues_the_same_study(tmp_path, shapes_dir, caplog):
     assert cut.params == params
     with pytest.raises(Exception, match="already holds a search"):
         tune(shapes_dir, run, base, _search(trials=2), progress=False)
-    res = resume_search(run, trials=4, progress=False)
+    res = resume_search(run, trials=5, progress=False)
     rows = _rows(run)
-    assert [r["trial"] for r in rows] == ["0", "1", "2", "3", "4"]
-    assert rows[:2] == first  # earlier trials kept as they were
-    assert rows[2]["state"] == "fail" and "cut off" in caplog.text
-    assert {k: rows[3][k] for k in params} == {k: first[1][k] for k in params}  # the cut-off recipe again
-    assert sum(r["state"] in ("complete", "pruned") for r in rows) == 4 and len(res.trials) == 5
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert rows[:3] == first  # earlier trials kept as they were
+    assert rows[3]["state"] == "fail" and "cut off" in caplog.text
+    assert {k: rows[4][k] for k in params} == {k: first[1][k] for k in params}  # the cut-off recipe again
+    assert sum(r["state"] in ("complete", "pruned") for r in rows) == 5 and len(res.trials) == 6
 
 
 def test_trials_csv_and_saved_config_repeat_the_chosen_score(tmp_path, shapes_dir):
@@ -192,7 +230,8 @@ def test_trials_csv_and_saved_config_repeat_the_chosen_score(tmp_path, shapes_di
     row = next(r for r in _rows(run) if r["trial"] == str(res.best_trial))
     assert float(row["score"]) == res.best_score
     cfg = load_config(run / "config.yaml")
-    assert cfg.train.epochs == int(row["epochs"]) and cfg.train.early_stopping is False and cfg.train.keep == "last"
+    assert cfg.train.epochs == int(row["score_epoch"]) and cfg.train.early_stopping is False
+    assert cfg.train.keep == "last"
     assert cfg.train.lr == float(row["lr"]) and cfg.evaluate.ranking == "plain"
     with recorded_validation() as seen:
         again = rescore(run)
@@ -208,12 +247,16 @@ def test_a_seeded_search_proposes_the_same_recipes(tmp_path, shapes_dir):
     base = load_config(None, FAST)
     a = tune(shapes_dir, tmp_path / "a", base, _search(trials=3, max_epochs=2), progress=False)
     b = tune(shapes_dir, tmp_path / "b", base, _search(trials=3, max_epochs=2), progress=False)
-    params = [k for k in a.trials[0] if k not in ("score", "seconds", "state") and not k.startswith("fold_")
-              and k != "epochs_run"]
+    # the epoch an unscheduled trial scored best at may fall on a near-tie: left out
+    params = [k for k in a.trials[0] if k not in ("score", "seconds", "state", "epochs_run", "score_epoch")
+              and not k.startswith("fold_")]
     # trials before the sampler's startup count are drawn from its seed alone
     assert [{k: r[k] for k in params} for r in a.trials] == [{k: r[k] for k in params} for r in b.trials]
-    c = tune(shapes_dir, tmp_path / "c", base, _search(trials=3, max_epochs=2, seed=1), progress=False)
-    assert [r["lr"] for r in c.trials[1:]] != [r["lr"] for r in a.trials[1:]]
+    c = tune(shapes_dir, tmp_path / "c", base, _search(trials=4, max_epochs=2, seed=1), progress=False)
+    n = 1 + len(anchor_params(base, [base.model.image.tower], 2, 2))  # the base and the anchors come first
+    assert n == 3 and len(a.trials) == 3
+    a4 = resume_search(tmp_path / "a", trials=4, progress=False)
+    assert [r["lr"] for r in c.trials[n:]] != [r["lr"] for r in a4.trials[n:]]
 
 
 def test_each_listed_tower_is_extracted_once(tmp_path, shapes_dir, monkeypatch):

@@ -77,7 +77,7 @@ class _Shards:
 
 
 def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache | None,
-            width: int, desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
+            desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
     """Features by key for ``inputs`` (identified by ``keys``), computing only what the cache
     lacks; keys whose input failed are absent from the result.
 
@@ -265,7 +265,7 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     if cache is not None:  # a hit skips decoding, not the pixel limit of this run
         failed.update(_over_limit([p for p in path_key if path_key[p] in cache], max_pixels))
     ok_paths = [p for p in path_key if p not in failed]
-    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, batches, cache, tower.width,
+    by_key = _cached([path_key[p] for p in ok_paths], ok_paths, batches, cache,
                      "image features", progress, dist)
     for p in ok_paths:  # failed in another process: decode here to name the reason
         if path_key[p] not in by_key and p not in failed:
@@ -301,7 +301,7 @@ def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str 
     cache = FeatureCache(cache_root, fp) if cache_root else None
     # sort by length so each batch pads little
     ordered = sorted(dict.fromkeys(texts), key=len)
-    by_key = _cached([text_key(t) for t in ordered], ordered, batches, cache, tower.width,
+    by_key = _cached([text_key(t) for t in ordered], ordered, batches, cache,
                      "text features", progress, dist)
     return np.stack([by_key[text_key(t)] for t in texts]).astype(np.float32, copy=False)
 

@@ -6,7 +6,11 @@ tried on the data at hand: :mod:`crossalign.train.space` says which settings, an
 proposes recipes, a median pruner stops those whose mean validation score after an epoch falls
 below the median of earlier trials at that epoch, and the study lives in the run folder, so
 ``--resume`` continues it (trial numbers go on; a trial cut off by a kill is marked failed and
-tried again). The first trial is the base config itself.
+tried again). The first trial is the base config itself, the next ones the anchors of
+:mod:`crossalign.train.space` (the fixed recipes that won on some measured data set), so the
+recipe chosen scores on the held-out data at least as well as each of them. A recipe with no
+schedule is scored at its best epoch, which becomes its epoch count (see
+:func:`~crossalign.train.trial.score_recipe`).
 
 Trials are scored on held-out parts of the user's training data only, never the test split
 (:mod:`crossalign.train.folds`: the val split when it has at least ``min_val_images`` images,
@@ -17,8 +21,8 @@ the recipe ranks (plain cosine or qbnorm), after the recipe's last epoch.
 The run folder gains:
 
 - ``study.journal``: optuna's journal storage, every trial of the study;
-- ``trials.csv``: one row per trial: number, state, score, each fold's score, epochs run,
-  seconds, and every parameter;
+- ``trials.csv``: one row per trial: number, state, score, each fold's score, epochs run, the
+  epoch the score is from, seconds, and every parameter;
 - ``search.json``: the data, the base config, the search settings, how trials were scored
   (holdout or K-fold, in words too), the chosen trial and its score, the time spent;
 - ``config.yaml``: the chosen recipe, so ``crossalign train --config RUN/config.yaml`` repeats
@@ -42,7 +46,7 @@ from crossalign.data.prepare import prepare_table
 from crossalign.errors import ConfigError, DataError, RunError
 from crossalign.runs import read_json
 from crossalign.train.folds import plan_folds
-from crossalign.train.space import PARAMS, base_params, recipe, suggest
+from crossalign.train.space import PARAMS, anchor_params, base_params, recipe, suggest
 from crossalign.train.trial import OBJECTIVES, FeatureSet, RecipeScore, score_recipe
 
 __all__ = ["SearchConfig", "TuneResult", "tune", "resume_search", "auto_train", "rescore",
@@ -168,6 +172,7 @@ class _Search:
         res = score_recipe(cfg, fs, self.plan, s.objective, on_epoch)
         trial.set_user_attr("fold_scores", res.fold_scores)
         trial.set_user_attr("epochs_run", res.epochs_run)
+        trial.set_user_attr("score_epoch", res.epochs)
         trial.set_user_attr("curve", res.curve)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         if res.stopped:
@@ -196,6 +201,15 @@ def _open_study(run: Path, search: SearchConfig):
     return study
 
 
+def chosen_params(trial) -> dict:
+    """A finished trial's point with the epoch count its score belongs to (the best epoch of an
+    unscheduled recipe; else the epochs it was given)."""
+    params = dict(trial.params)
+    if trial.user_attrs.get("score_epoch"):
+        params["epochs"] = int(trial.user_attrs["score_epoch"])
+    return params
+
+
 def _rows(study, folds: int, tower: str) -> list[dict]:
     rows = []
     for t in sorted(study.trials, key=lambda t: t.number):
@@ -205,14 +219,16 @@ def _rows(study, folds: int, tower: str) -> list[dict]:
         row = {"trial": t.number, "state": t.state.name.lower(), "score": t.value if t.value is not None else ""}
         scores = a.get("fold_scores", [])
         row.update({f"fold_{k + 1}": scores[k] if k < len(scores) else "" for k in range(folds)})
-        row.update({"epochs_run": a.get("epochs_run", ""), "seconds": a.get("seconds", "")})
+        row.update({"epochs_run": a.get("epochs_run", ""), "score_epoch": a.get("score_epoch", ""),
+                    "seconds": a.get("seconds", "")})
         row.update({p: t.params.get(p, tower if p == "tower" else "") for p in PARAMS})
         rows.append(row)
     return rows
 
 
 def _write_trials(path: Path, rows: list[dict], folds: int) -> None:
-    names = ["trial", "state", "score", *[f"fold_{k + 1}" for k in range(folds)], "epochs_run", "seconds",
+    names = ["trial", "state", "score", *[f"fold_{k + 1}" for k in range(folds)], "epochs_run", "score_epoch",
+             "seconds",
              *PARAMS]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=names)
@@ -233,8 +249,10 @@ def _log_trial(study, trial) -> None:
     folds = " ".join(f"{s:.1f}" for s in a.get("fold_scores", []))
     value = f"{trial.value:.2f}" if trial.value is not None else "-"
     best = study.best_trial.number if any(t.state.name == "COMPLETE" for t in study.trials) else None
-    log.info("trial %d %s: %s (folds %s), %s epochs, %.1f s%s", trial.number, trial.state.name.lower(), value,
-             folds, a.get("epochs_run", "?"), a.get("seconds", 0.0), " *" if best == trial.number else "")
+    ran, at = a.get("epochs_run", "?"), a.get("score_epoch")
+    epochs = f"{ran} epochs" + (f" (scored at epoch {at})" if at and at != ran else "")
+    log.info("trial %d %s: %s (folds %s), %s, %.1f s%s", trial.number, trial.state.name.lower(), value,
+             folds, epochs, a.get("seconds", 0.0), " *" if best == trial.number else "")
 
 
 def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progress: bool,
@@ -246,8 +264,10 @@ def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progres
     info["validation"] = s.plan.to_dict()
     log.info("search: scoring trials by %s", s.plan.describe())
     study = _open_study(run, search)
-    if not study.trials:
-        study.enqueue_trial(base_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep))
+    if not study.trials:  # the base recipe first, then the anchors, then the sampler's own
+        for point in [base_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep),
+                      *anchor_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep)]:
+            study.enqueue_trial(point, skip_if_exists=True)
     spent = lambda: prior_seconds + time.perf_counter() - t_start  # noqa: E731
 
     def after_trial(study, trial) -> None:
@@ -272,7 +292,7 @@ def _conclude(run: Path, study, s: _Search, info: dict, seconds: float) -> TuneR
         raise DataError(f"{run}: the search finished no trial (every trial was pruned or cut off); "
                         f"give more --trials or --budget")
     best = study.best_trial
-    chosen = recipe(s.base, best.params)
+    chosen = recipe(s.base, chosen_params(best))
     save_config(chosen, run / "config.yaml")
     rows = _rows(study, len(s.plan.folds), s.towers[0])
     _write_trials(run / TRIALS, rows, len(s.plan.folds))

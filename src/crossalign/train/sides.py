@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from crossalign.data.splits import stable_seed
 from crossalign.data.table import PairTable
@@ -246,13 +247,18 @@ class ImageSide(_Side):
         self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
         n = len(self.paths)
         chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-        for view in [None] + list(range(self.n_views)):
+        views = [None] + list(range(self.n_views))
+        bar = tqdm(total=n * len(views), desc="image prefix", unit="item", disable=not progress or n == 0,
+                   leave=False, dynamic_ncols=True)
+        for view in views:
             plan = [self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]
             items: list[dict] = []
             for batch in self._decode(plan):
                 pixels = _stack(batch).to(self.device)  # [batch, 3, H, W]
                 items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
+                bar.update(len(pixels))
             self.prefix.append(items)
+        bar.close()
 
     @torch.no_grad()
     def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 from crossalign.config import RunConfig
 
-__all__ = ["PARAMS", "suggest", "recipe", "base_params"]
+__all__ = ["PARAMS", "ANCHORS", "suggest", "recipe", "base_params", "anchor_params"]
 
 PARAMS = ("tower", "image_dropout", "text_dropout", "lr", "weight_decay", "batch_size", "scheduler",
           "epochs", "scale_init", "learn_scale", "head", "loss", "ranking", "qb_beta")
@@ -131,6 +131,33 @@ def base_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_epo
             value = "cosine"
         p[name] = value
     return p
+
+
+# Recipes tried right after the base config, before the sampler proposes its own: the fixed
+# recipes that won on some of the data sets measured (bench/RESULTS.md, "Recipes on data of
+# several sizes"), so the search always weighs them on the user's own held-out data.
+ANCHORS = (
+    # no feature dropout and no schedule, stopped at the best epoch: small data with one caption
+    {"image_dropout": 0.0, "text_dropout": 0.0, "scheduler": "none"},
+    # many negatives: batch 4096 at a ten times higher rate (Flickr8k's best head recipe)
+    {"batch_size": 4096, "lr": 2e-3, "weight_decay": 0.1, "scheduler": "cosine"},
+)
+
+
+def anchor_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
+                  keep: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The :data:`ANCHORS` as points on top of the base config; a kept parameter keeps the
+    base value, and an anchor that comes out equal to the base (or another anchor) is dropped.
+    An unscheduled anchor runs up to ``max_epochs`` and is scored at its best epoch."""
+    first = base_params(base, towers, min_epochs, max_epochs, keep)
+    out: list[dict[str, Any]] = []
+    for anchor in ANCHORS:
+        point = {**first, **{k: v for k, v in anchor.items() if k in first}}
+        if point.get("scheduler") == "none" and "epochs" in point:
+            point["epochs"] = max_epochs
+        if point != first and point not in out:
+            out.append(point)
+    return out
 
 
 def recipe(base: RunConfig, params: dict[str, Any]) -> RunConfig:

@@ -176,32 +176,39 @@ def _known(table: PairTable, index: dict) -> PairTable:
 class RecipeScore:
     """What one recipe scored on a fold plan."""
 
-    score: float  # mean over the folds of the objective after the last epoch trained
+    score: float  # mean over the folds of the objective after epoch ``epochs``
     fold_scores: list[float]  # each fold's objective after that epoch
     curve: list[float] = field(default_factory=list)  # the mean after each epoch
     epochs_run: int = 0
+    epochs: int = 0  # the epoch count the score belongs to: the last trained, or with no schedule the best
     stopped: bool = False  # ``on_epoch`` asked to stop (a pruned trial)
     seconds: float = 0.0
 
 
 def score_recipe(cfg: RunConfig, fs: FeatureSet, plan: FoldPlan, objective: str = "rsum",
                  on_epoch: Callable[[int, float], bool] | None = None) -> RecipeScore:
-    """Train ``cfg``'s heads for ``train.epochs`` epochs on every fold and score each epoch.
+    """Train ``cfg``'s heads for up to ``train.epochs`` epochs on every fold and score each epoch.
 
-    Early stopping is not applied: the score is that of the last epoch, so the recipe's epoch
-    count is what was scored. ``on_epoch(epoch, mean)`` is called after each epoch; returning
-    True stops the recipe there.
+    Early stopping is not applied. With a schedule (cosine, whose rate depends on the epoch
+    count) the score is that of the last epoch, so the recipe's epoch count is what was scored.
+    With no schedule the first ``e`` epochs of a longer run are exactly a run of ``e`` epochs, so
+    the score is that of the best epoch (the earliest of equal ones) and ``epochs`` says which:
+    the recipe trained for that many epochs scores it again. ``on_epoch(epoch, mean)`` is
+    called after each epoch; returning True stops the recipe there.
     """
     t0 = time.perf_counter()
     objective_value({"rsum": 0.0, "t2i_R@1": 0.0, "i2t_R@1": 0.0}, objective)  # a bad name fails first
     engines = [_FoldEngine(cfg, fs, fold) for fold in plan.folds]
+    prefix_exact = cfg.train.scheduler == "none"
     out = RecipeScore(float("nan"), [])
     for epoch in range(1, cfg.train.epochs + 1):
-        out.fold_scores = [objective_value(e.run_epoch(), objective) for e in engines]
-        out.score = float(np.mean(out.fold_scores))
-        out.curve.append(out.score)
+        fold_scores = [objective_value(e.run_epoch(), objective) for e in engines]
+        mean = float(np.mean(fold_scores))
+        out.curve.append(mean)
         out.epochs_run = epoch
-        if on_epoch is not None and on_epoch(epoch, out.score):
+        if not prefix_exact or not out.epochs or mean > out.score:
+            out.score, out.fold_scores, out.epochs = mean, fold_scores, epoch
+        if on_epoch is not None and on_epoch(epoch, mean):
             out.stopped = epoch < cfg.train.epochs
             break
     out.seconds = time.perf_counter() - t0
