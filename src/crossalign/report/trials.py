@@ -24,7 +24,8 @@ _STATE_STYLE = {  # state -> (colour, filled)
 # parameter columns, shortened for the table
 _SHORT = {"image_dropout": "img drop", "text_dropout": "txt drop", "weight_decay": "wd",
           "batch_size": "batch", "scheduler": "schedule", "scale_init": "1/T init",
-          "learn_scale": "learn T", "qb_beta": "qb β", "epochs_run": "epochs run"}
+          "learn_scale": "learn T", "qb_beta": "qb β", "epochs_run": "epochs run",
+          "score_epoch": "scored at"}
 
 
 def _float(value: str) -> float | None:
@@ -70,7 +71,7 @@ def trial_scores(rows: Sequence[Mapping], path: str | Path, chosen: int | None =
 
 def _cell(column: str, value: str) -> str:
     x = _float(value)
-    if x is None or column in ("trial", "epochs", "epochs_run", "batch_size"):
+    if x is None or column in ("trial", "epochs", "epochs_run", "score_epoch", "batch_size"):
         return value
     if column == "seconds":
         return f"{x:.1f}"
