@@ -128,6 +128,9 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 2e-4  # frozen-feature heads overfit within one epoch at 1e-3 on Flickr8k
     backbone_lr: float = 0.0  # learning rate of tower parameters that train; 0 = lr
+    # a run folder whose model_best starts this run (same towers and heads): the converged heads
+    # over frozen features, say, before the towers' last blocks train at a lower rate
+    init_from: str = ""
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     early_stopping: bool = True

@@ -32,7 +32,7 @@ from crossalign.embed import EmbeddedTable, embed_table, embed_texts
 from crossalign.errors import CheckpointError, ConfigError
 from crossalign.models.dual import DualEncoder, build_model, is_frozen
 
-__all__ = ["RunData", "open_run", "load_model", "load_tensors", "read_json", "is_run_folder",
+__all__ = ["RunData", "open_run", "load_model", "warm_start", "load_tensors", "read_json", "is_run_folder",
            "recorded_data", "embed_split", "encode_texts", "select_split", "rebuilt_tower_prefixes",
            "tower_fingerprints"]
 
@@ -157,6 +157,35 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
                               f"(missing {really_missing[:5]}, unexpected {unexpected[:5]})")
     _check_fingerprints(model, cfg, meta, weights, meta_path)
     return model.to(device).eval(), cfg
+
+
+def warm_start(model: DualEncoder, cfg: RunConfig, run: str | Path) -> list[str]:
+    """Copy the weights of ``run``'s ``model_best`` into ``model`` (of config ``cfg``); returns
+    the names copied.
+
+    Both runs must have the same towers and heads (the same tower names, head type and
+    embedding width); every tensor of the source goes in, heads and logit scale included, and a
+    partly trained tower's trained blocks too. What the source checkpoint left out (a frozen
+    pretrained tower) keeps its pretrained weights.
+
+    Raises:
+        CheckpointError: ``run`` cannot be loaded (see :func:`load_model`).
+        ConfigError: the two models differ.
+    """
+    src, src_cfg = load_model(run, "best")
+    for side in ("image", "text"):
+        ours, theirs = getattr(cfg.model, side).tower, getattr(src_cfg.model, side).tower
+        if ours != theirs:
+            raise ConfigError(f"train.init_from={run}: its {side} tower is {theirs}, this run's is {ours}")
+    own, given = model.state_dict(), src.state_dict()
+    differ = [k for k in own if k in given and own[k].shape != given[k].shape]
+    heads = [k for k in own if k.startswith(("image_head.", "text_head.")) and k not in given]
+    if differ or heads:
+        raise ConfigError(f"train.init_from={run}: its heads differ from this run's (model.head, "
+                          f"model.embed_dim, model.head_hidden): {(differ or heads)[:3]}")
+    copied = {k: v for k, v in given.items() if k in own}
+    model.load_state_dict(copied, strict=False)
+    return sorted(copied)
 
 
 def recorded_data(run: str | Path) -> str:

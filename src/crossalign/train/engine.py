@@ -96,7 +96,7 @@ class Engine:
     """Owns the model, optimizer, schedule, data sides and position of one run."""
 
     def __init__(self, run: Path, cfg: RunConfig, table: PairTable, problems: list[Problem],
-                 dist: DistInfo, progress: bool) -> None:
+                 dist: DistInfo, progress: bool, fresh: bool = True) -> None:
         self.run, self.cfg, self.dist, self.progress = run, cfg, dist, progress
         self.device = resolve_device(cfg.train.device, dist)
         from crossalign.data.augment import check_augment
@@ -107,6 +107,11 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
+        if fresh and cfg.train.init_from:  # a resumed run restores its own weights instead
+            from crossalign.runs import warm_start
+
+            names = warm_start(self.model, cfg, cfg.train.init_from)
+            log.info("started from %s (model_best): %d tensors", cfg.train.init_from, len(names))
         if hasattr(self.model.text_tower, "fit_vocabulary"):
             self.model.text_tower.fit_vocabulary(table.select("train").caption)
         cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
