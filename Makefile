@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(CLI) data synth --out demo/data --n 600 --seed 0
-	$(CLI) train --data demo/data --out demo/run
+	$(CLI) train --data demo/data --out demo/run --budget 1m
 	$(CLI) evaluate demo/run --data demo/data --split test --json demo/metrics.json
 
 test: $(STAMP)

@@ -289,6 +289,7 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
     for name in ("study.journal", "trials.csv", "search.json", "config.yaml", "model_best.safetensors"):
         assert (run / name).is_file(), name
     info = json.loads((run / "search.json").read_text())
+    assert info["search"]["count_extraction"] is True  # --auto's budget counts extraction
     cfg = load_config(run / "config.yaml")
     assert cfg.train.epochs == info["best"]["epochs"]
     with open(run / "metrics.csv") as f:
@@ -300,3 +301,48 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
     html = report(run, shapes_dir, tmp_path / "report.html", k=4).html.read_text()
     assert "Recipe search" in html and "trials" in html and "cross-validation" in html
     assert (tmp_path / "report_run_trials.png").is_file()
+
+
+def test_train_searches_by_default_only_when_no_recipe_is_named(tmp_path):
+    from crossalign.train.search import DEFAULT_SEARCH_MAX_CAPTIONS, default_search_reason
+
+    cfg = load_config(None, [])
+    assert default_search_reason(cfg, None, [], 3000) is None
+    # settings that are not the recipe leave the default search on
+    plain = ["data.strict=true", "cache.dir=/x", "train.device=cpu", "train.tensorboard=false"]
+    assert default_search_reason(load_config(None, plain), None, plain, 3000) is None
+    assert "lr" in default_search_reason(load_config(None, ["train.lr=1e-3"]), None, ["train.lr=1e-3"], 3000)
+    assert "epochs" in default_search_reason(cfg, None, ["train.patience=2"], 3000)
+    assert "ranking" in default_search_reason(cfg, None, ["evaluate.ranking=plain"], 3000)
+    (tmp_path / "c.yaml").write_text("train:\n  seed: 1\n")
+    assert "c.yaml" in default_search_reason(cfg, tmp_path / "c.yaml", [], 3000)
+    scratch = load_config(None, ["model.image.tower=small_cnn"])
+    assert "image tower trains" in default_search_reason(scratch, None, [], 3000)
+    trains = load_config(None, ["model.text.freeze=last:2"])
+    assert "text tower trains" in default_search_reason(trains, None, [], 3000)
+    assert "--auto searches anyway" in default_search_reason(cfg, None, [], DEFAULT_SEARCH_MAX_CAPTIONS + 1)
+    warm = load_config(None, ["train.init_from=runs/heads"])
+    assert "init_from" in default_search_reason(warm, None, ["train.init_from=runs/heads"], 3000)
+
+
+def test_train_with_no_recipe_searches_and_fixed_does_not(tmp_path, shapes_dir, monkeypatch, capsys):
+    from crossalign.cli.main import main
+
+    monkeypatch.setattr(search_mod, "DEFAULT_BUDGET", 3.0)  # a short default search
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(shapes_dir), "--out", str(run), "--set", "train.tensorboard=false"]) == 0
+    out = capsys.readouterr().out
+    assert "no recipe given: searching one" in out and "chosen: trial" in out
+    info = json.loads((run / "search.json").read_text())
+    assert info["search"]["budget"] == 3.0 and info["trials_finished"] >= 1
+    # the default search's budget starts once the features are cached; --auto --budget counts extraction
+    assert info["search"]["count_extraction"] is False and info["extraction_seconds"] >= 0
+    assert load_config(run / "config.yaml").train.keep == "last"
+    fixed = tmp_path / "fixed"
+    assert main(["-q", "train", "--fixed", "--data", str(shapes_dir), "--out", str(fixed),
+                 *sum((["--set", s] for s in FAST + ["train.epochs=1"]), [])]) == 0
+    assert not (fixed / "search.json").exists() and (fixed / "model_best.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["-q", "train", "--fixed", "--budget", "1m", "--data", str(shapes_dir), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--fixed" in capsys.readouterr().err

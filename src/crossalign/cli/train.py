@@ -8,9 +8,13 @@ this command; rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+log = logging.getLogger("crossalign.train")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start N processes on this machine through torchrun (DDP; gloo on CPU, NCCL on GPU)")
     p.add_argument("--auto", action="store_true",
                    help="search the recipe on held-out training data first (as crossalign tune), then train "
-                        "the chosen one; with --resume, continue the search, then the fit")
+                        "the chosen one; with --resume, continue the search, then the fit. Given no recipe "
+                        "(no --config, no --set of a searched setting) and frozen towers, train searches "
+                        "by default, for 5 minutes after feature extraction")
+    p.add_argument("--fixed", action="store_true",
+                   help="train the recipe as given (the fixed defaults without --config or --set), no search")
     from crossalign.cli.tune import add_search_arguments
 
     add_search_arguments(p)
@@ -53,15 +61,47 @@ def _relaunch(nproc: int) -> int:
     return subprocess.call(cmd)
 
 
+def _searches(args: argparse.Namespace) -> bool:
+    """Whether this command searches the recipe: --auto or a search option, else the default
+    (a search when no recipe is named and the towers are frozen; see default_search_reason)."""
+    from crossalign.errors import ConfigError
+
+    asked = args.auto or args.trials is not None or args.budget is not None or bool(args.auto_towers)
+    if asked and args.fixed:
+        raise ConfigError("--fixed trains the recipe as given; it does not combine with --auto or the "
+                          "search options (--trials, --budget, --auto-towers)")
+    if args.resume and not args.fixed and (Path(args.resume) / "search.json").is_file():
+        return True  # a run that searched (by default or --auto) continues its search, then its fit
+    if asked or args.fixed or args.resume or args.nproc > 1 or "WORLD_SIZE" in os.environ:
+        return asked
+    from crossalign.config import load_config
+    from crossalign.data.prepare import prepare_table
+    from crossalign.train.search import DEFAULT_BUDGET, default_search_reason
+
+    cfg = load_config(args.config, args.overrides)
+    table, _ = prepare_table(args.data, cfg.data, quiet=True)
+    reason = default_search_reason(cfg, args.config, args.overrides, len(table.select(["train", "val"]).caption))
+    if reason is not None:
+        log.info("training %s, no recipe search", reason)
+        return False
+    args.budget, args.count_extraction = f"{DEFAULT_BUDGET:g}s", False
+    if not args.quiet:
+        print(f"no recipe given: searching one on your training data for {DEFAULT_BUDGET / 60:g} minutes once "
+              f"the features are cached, then training it (--fixed trains the fixed defaults; --budget sets "
+              f"the time, extraction included)")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from crossalign.errors import ConfigError
 
+    if not args.resume and not (args.data and args.out):
+        raise ConfigError("give --data DIR and --out RUN (or --resume RUN)")
+    args.auto = _searches(args)
     if args.auto and args.nproc > 1:
         raise ConfigError("--auto searches in one process; drop --nproc")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args.nproc)
-    if not args.resume and not (args.data and args.out):
-        raise ConfigError("give --data DIR and --out RUN (or --resume RUN)")
     from crossalign.distributed import cleanup_distributed, init_distributed
 
     dist = init_distributed()

@@ -11,6 +11,7 @@ import logging
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
     """The search options, shared by ``tune`` and ``train --auto``."""
     g = p.add_argument_group("recipe search")
+    p.set_defaults(count_extraction=True)  # train's default search sets False: its budget starts after extraction
     g.add_argument("--trials", type=int, default=None,
                    help="trials in the study in all, resumes included (default 30 without --budget)")
     g.add_argument("--budget", default=None, metavar="TIME",
@@ -38,6 +39,7 @@ def search_config(args: argparse.Namespace):
                         towers=towers, seed=args.search_seed, folds=args.folds,
                         min_val_images=args.min_val_images, objective=args.objective,
                         max_epochs=args.max_epochs, prune=not args.no_prune,
+                        count_extraction=args.count_extraction,
                         keep=tuple(k.strip() for k in args.keep.split(",") if k.strip()))
 
 
@@ -50,11 +52,10 @@ def quiet_optuna() -> None:
 
 def print_search(result) -> None:
     """What the search chose, how it scored trials, and where its records are."""
-    best = next(r for r in result.trials if r["trial"] == result.best_trial)
     print(f"search: {len(result.trials)} trials in {result.seconds:.0f} s; scored by "
           f"{result.validation['description']}")
     print(f"chosen: trial {result.best_trial}, score {result.best_score:.2f}, "
-          f"{best['epochs_run']} epochs; recipe in {result.run_dir / 'config.yaml'}, "
+          f"{result.config.train.epochs} epochs; recipe in {result.run_dir / 'config.yaml'}, "
           f"every trial in {result.run_dir / 'trials.csv'}")
 
 

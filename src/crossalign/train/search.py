@@ -39,6 +39,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from crossalign._io import atomic_path, atomic_write_json
 from crossalign.config import RunConfig, from_dict, load_config, save_config, to_dict
@@ -46,11 +47,12 @@ from crossalign.data.prepare import prepare_table
 from crossalign.errors import ConfigError, DataError, RunError
 from crossalign.runs import read_json
 from crossalign.train.folds import plan_folds
-from crossalign.train.space import PARAMS, anchor_params, base_params, recipe, suggest
+from crossalign.train.space import PARAMS, anchor_params, base_params, params_named, recipe, suggest
 from crossalign.train.trial import OBJECTIVES, FeatureSet, RecipeScore, score_recipe
 
 __all__ = ["SearchConfig", "TuneResult", "tune", "resume_search", "auto_train", "rescore",
-           "parse_budget", "expand_tower", "DEFAULT_TRIALS"]
+           "parse_budget", "expand_tower", "default_search_reason", "DEFAULT_TRIALS", "DEFAULT_BUDGET",
+           "DEFAULT_SEARCH_MAX_CAPTIONS"]
 
 log = logging.getLogger("crossalign.train")
 
@@ -73,6 +75,7 @@ class SearchConfig:
     max_epochs: int = 40
     prune: bool = True
     keep: tuple[str, ...] = ()  # parameters of the space not searched: the base config's value
+    count_extraction: bool = True  # False: the budget starts once the first tower's features are cached
 
 
 @dataclass
@@ -86,6 +89,40 @@ class TuneResult:
     validation: dict  # how trials were scored (FoldPlan.to_dict())
     trials: list[dict] = field(default_factory=list)  # the rows of trials.csv
     seconds: float = 0.0  # spent searching, resumes included
+
+
+# ``crossalign train`` given no recipe searches one: this long once the features are cached, on data
+# up to this many train + val captions (a trial's cost grows with them; above it, the fixed
+# defaults, which the searches on Flickr8k-sized data came close to: bench/RESULTS.md)
+DEFAULT_BUDGET = 300.0
+DEFAULT_SEARCH_MAX_CAPTIONS = 100_000
+
+
+def default_search_reason(cfg: RunConfig, config_file: str | Path | None, overrides: Sequence[str],
+                          pool_captions: int) -> str | None:
+    """Why ``crossalign train`` trains the recipe as given rather than searching one; None: search.
+
+    The command searches by default when the user named no recipe: no config file and no
+    ``--set`` of a searched setting (``data.*``, ``cache.*``, ``train.device`` and the like do not
+    count), both towers frozen and the data no larger than DEFAULT_SEARCH_MAX_CAPTIONS.
+    """
+    from crossalign.models.registry import resolve_freeze
+
+    if config_file:
+        return f"the recipe of {config_file}"
+    if cfg.train.init_from:
+        return f"a run started from {cfg.train.init_from} (train.init_from)"
+    named = params_named(overrides)
+    if named:
+        return f"the recipe as set ({', '.join(named)} given)"
+    for side in ("image", "text"):
+        t = getattr(cfg.model, side)
+        if resolve_freeze(t.tower, t.freeze) != "frozen":
+            return f"the {side} tower trains (model.{side}.freeze), so trials would not be cheap"
+    if pool_captions > DEFAULT_SEARCH_MAX_CAPTIONS:
+        return (f"{pool_captions} train + val captions, more than the {DEFAULT_SEARCH_MAX_CAPTIONS} a "
+                f"default search covers (--auto searches anyway)")
+    return None
 
 
 def parse_budget(text: str | float | int) -> float:
@@ -261,6 +298,8 @@ def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progres
     t_start = time.perf_counter()
     info = {"data": data, "objective": search.objective, "search": _settings(search), "base": to_dict(base)}
     s = _Search(data, base, search, progress)
+    t_trials = time.perf_counter()
+    info["extraction_seconds"] = round(t_trials - t_start, 1)
     info["validation"] = s.plan.to_dict()
     log.info("search: scoring trials by %s", s.plan.describe())
     study = _open_study(run, search)
@@ -268,7 +307,8 @@ def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progres
         for point in [base_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep),
                       *anchor_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep)]:
             study.enqueue_trial(point, skip_if_exists=True)
-    spent = lambda: prior_seconds + time.perf_counter() - t_start  # noqa: E731
+    start = t_start if search.count_extraction else t_trials
+    spent = lambda: prior_seconds + time.perf_counter() - start  # noqa: E731
 
     def after_trial(study, trial) -> None:
         _log_trial(study, trial)

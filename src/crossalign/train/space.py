@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 from crossalign.config import RunConfig
 
-__all__ = ["PARAMS", "ANCHORS", "suggest", "recipe", "base_params", "anchor_params"]
+__all__ = ["PARAMS", "ANCHORS", "CONFIG_KEYS", "suggest", "recipe", "base_params", "anchor_params", "params_named"]
 
 PARAMS = ("tower", "image_dropout", "text_dropout", "lr", "weight_decay", "batch_size", "scheduler",
           "epochs", "scale_init", "learn_scale", "head", "loss", "ranking", "qb_beta")
@@ -158,6 +158,24 @@ def anchor_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_e
         if point != first and point not in out:
             out.append(point)
     return out
+
+
+# the config keys each parameter sets (recipe() sets train.early_stopping and train.keep too)
+CONFIG_KEYS = {
+    "tower": ("model.image.tower",), "image_dropout": ("model.image.dropout",),
+    "text_dropout": ("model.text.dropout",), "lr": ("train.lr",), "weight_decay": ("train.weight_decay",),
+    "batch_size": ("train.batch_size",), "scheduler": ("train.scheduler", "train.warmup_steps"),
+    "epochs": ("train.epochs", "train.early_stopping", "train.patience", "train.keep"),
+    "scale_init": ("model.logit_scale_init", "loss.siglip_scale_init"),
+    "learn_scale": ("model.learn_logit_scale",), "head": ("model.head",), "loss": ("loss.name",),
+    "ranking": ("evaluate.ranking",), "qb_beta": ("evaluate.qb_beta",),
+}
+
+
+def params_named(overrides: Sequence[str]) -> list[str]:
+    """The parameters of the space whose config keys ``--set KEY=VALUE`` overrides name."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    return [p for p in PARAMS if keys & set(CONFIG_KEYS[p])]
 
 
 def recipe(base: RunConfig, params: dict[str, Any]) -> RunConfig:
