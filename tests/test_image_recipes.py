@@ -43,10 +43,19 @@ def test_concat_tower_gives_each_part_its_own_preprocessing():
         for_a = F.interpolate((raw - 0.4) / 0.25, size=(16, 16), mode="bilinear", antialias=True,
                               align_corners=False)
         torch.testing.assert_close(got, torch.cat([a(for_a), b(x)], 1))
-    assert tower.forward_suffix(tower.forward_prefix(x, 0), 0).shape == (3, 16)
-    apply_freeze(tower, "last:1")  # a part is one block: the last part trains whole
-    assert not any(p.requires_grad for p in a.parameters())
-    assert all(p.requires_grad for p in b.parameters())
+    assert tower.supports_split and len(tower.blocks()) == len(a.blocks())
+    with torch.no_grad():
+        for n in (0, 1, 2, len(a.blocks())):
+            prefix = tower.forward_prefix(x, n)  # each part's own activations
+            assert set(prefix) == {"x0", "x1"} and prefix["x0"].shape[-1] != prefix["x1"].shape[-1]
+            torch.testing.assert_close(tower.forward_suffix(prefix, n), got, atol=1e-5, rtol=1e-4)
+    apply_freeze(tower, "last:1")  # the last block of every part trains, and nothing else
+    for part in (a, b):
+        assert all(p.requires_grad for p in part.blocks()[-1].parameters())
+        assert not any(p.requires_grad for blk in part.blocks()[:-1] for p in blk.parameters())
+        assert not any(p.requires_grad for p in part.stem.parameters())
+    with pytest.raises(ConfigError, match="shortest tower"):
+        apply_freeze(tower, f"last:{len(a.blocks()) + 1}")
 
 
 def test_concat_tower_by_name_and_what_it_refuses():
@@ -120,6 +129,31 @@ def test_mirror_view_draws_the_clean_or_the_cached_mirror_features(tmp_path, sha
     assert np.isfinite(eng.train_epoch(_NullLogger(), eng.gen.get_state()))
 
 
+def test_a_concatenated_tower_trains_its_last_blocks_over_cached_prefixes_and_their_mirror(tmp_path, shapes_dir):
+    sets = ["model.image.tower=small_cnn+small_cnn", "model.image.pretrained=false", "model.image.width=8",
+            "model.image.freeze=last:1", "augment.mirror=true", "model.text.tower=lstm",
+            "model.text.width=16", "model.text.pretrained=false", "train.batch_size=32",
+            "train.tensorboard=false", f"cache.dir={tmp_path / 'cache'}"]
+    cfg = load_config(None, sets)
+    table, problems = prepare_table(shapes_dir, cfg.data)
+    eng = Engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
+    side, tower = eng.images, eng.model.image_tower
+    assert side.mode == "prefix" and side.n_views == 2 and len(side.prefix) == 3
+    assert side.prefix[1] is side.prefix[0]  # view 0: the clean image, not held twice
+    pixels = torch.stack([side.data[r][1] for r in range(3)])  # [3, 3, H, W], clean
+    flipped = torch.flip(pixels, dims=[3])  # the mirror, as the decoder would have made it
+    with torch.no_grad():
+        want = tower.forward_prefix(flipped, 1)
+    for k in ("x0", "x1"):
+        got = torch.stack([side.prefix[2][r][k] for r in range(3)])
+        torch.testing.assert_close(got, want[k], atol=1e-4, rtol=1e-3)
+    assert {side._view(0, s) for s in range(40)} == {0, 1}
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    assert np.isfinite(eng.train_epoch(_NullLogger(), eng.gen.get_state()))
+    moved = {k for k, v in tower.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])}
+    assert moved and all(".stages.3." in k for k in moved), sorted(moved)[:5]
+
+
 def test_mirror_view_needs_a_frozen_tower(tmp_path, shapes_dir):
     sets = ["augment.mirror=true", "model.image.tower=small_cnn", "model.image.pretrained=false",
             "model.image.width=8", "model.text.tower=lstm", "model.text.width=16",
@@ -136,3 +170,27 @@ class _NullLogger:
 
     def flush_steps(self):
         pass
+
+
+def test_bn_stats_keep_holds_the_loaded_statistics_of_the_blocks_that_train():
+    def model(bn_stats: str):
+        cfg = ModelConfig()
+        cfg.image.tower, cfg.image.pretrained, cfg.image.width = "small_cnn", False, 16
+        cfg.image.freeze, cfg.image.bn_stats = "last:1", bn_stats
+        cfg.text.tower, cfg.text.pretrained, cfg.text.width = "lstm", False, 16
+        torch.manual_seed(0)
+        return build_model(cfg)
+
+    x = torch.rand(8, 3, 64, 64) * 3  # far from the initial running statistics
+    for bn_stats, moves in (("train", True), ("keep", False)):
+        m = model(bn_stats).train()
+        bns = [b for b in m.image_tower.stages[-1].modules() if isinstance(b, torch.nn.BatchNorm2d)]
+        before = [b.running_mean.clone() for b in bns]
+        out = m.image_tower(x)
+        assert any(p.requires_grad for b in bns for p in b.parameters())  # scale and shift train
+        changed = any(not torch.equal(b.running_mean, r) for b, r in zip(bns, before))
+        assert changed is moves, bn_stats
+        out.sum().backward()
+        assert all(b.weight.grad is not None for b in bns)
+    with pytest.raises(ConfigError, match="bn_stats"):
+        model("frozen")

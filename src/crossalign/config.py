@@ -74,6 +74,10 @@ class ImageTowerConfig:
     # convolutions in NHWC layout (faster on CPUs, same results): auto | true | false;
     # auto = the tower's own choice (timm towers yes, small_cnn no)
     channels_last: str = "auto"
+    # batch-norm statistics of the blocks that train: train (batch statistics, running means
+    # updated) | keep (the loaded running statistics, as in evaluation; scale and shift still
+    # train), so heads warm-started over frozen features see the features they were fitted to
+    bn_stats: str = "train"
 
 
 @dataclass
@@ -186,7 +190,7 @@ class AugmentConfig:
     cached_views: int = 4  # frozen image tower: augmented views per image kept in the feature cache
     # frozen image tower: each sample draws the clean or the mirrored image's cached features
     # (with augment.image: one of the augmented views or the mirror); the mirror's features
-    # are the ones model.image.tta_flip caches
+    # are the ones model.image.tta_flip caches. A last:N tower draws its cached prefix likewise
     mirror: bool = False
 
 

@@ -69,6 +69,13 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
         n = None
     if n is None:
         raise ConfigError(f"freeze must be frozen, trainable or last:N (or auto in the config), got {spec!r}")
+    if hasattr(tower, "parts"):  # towers side by side: the last N blocks of each
+        if not 0 <= n <= len(tower.blocks()):
+            raise ConfigError(f"last:{n} asks for more blocks than the shortest tower of {tower.name} "
+                              f"has ({len(tower.blocks())})")
+        for part in tower.parts:
+            apply_freeze(part, spec)
+        return
     blocks = tower.blocks()
     if not 0 <= n <= len(blocks):
         raise ConfigError(f"last:{n} asks for more blocks than the tower has ({len(blocks)})")
@@ -124,6 +131,8 @@ class DualEncoder(nn.Module):
             _resolve_freeze(cfg)
         apply_freeze(self.image_tower, cfg.image.freeze)
         apply_freeze(self.text_tower, cfg.text.freeze)
+        if cfg.image.bn_stats not in ("train", "keep"):
+            raise ConfigError(f"model.image.bn_stats must be train or keep, got {cfg.image.bn_stats!r}")
 
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
@@ -134,6 +143,10 @@ class DualEncoder(nn.Module):
                 tower.eval()
             elif mode:
                 lock_frozen_modules(tower)
+        if mode and self.cfg.image.bn_stats == "keep":
+            for m in self.image_tower.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def scale(self) -> torch.Tensor:

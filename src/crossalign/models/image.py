@@ -163,12 +163,12 @@ class ConcatTower(nn.Module):
     apart make errors apart, so a head over the concatenation ranks better than over either
     (Flickr8k, bench/RESULTS.md). The pipeline prepares pixels for the part with the largest
     input; each part gets them resized (antialiased) and renormalised to its own preprocessing.
-    ``frozen`` and ``trainable`` act on every part; ``last:N`` trains the last N parts whole (a
-    part is one block), with no cached prefix.
+    ``frozen``, ``trainable`` and ``last:N`` act on every part: ``last:N`` trains the last N
+    blocks of each, over a cached prefix of each (``{"x0": ..., "x1": ...}``) when every part
+    can be cut.
     """
 
     modality = "image"
-    supports_split = False
     family = ""
 
     def __init__(self, parts: list[nn.Module]) -> None:
@@ -181,6 +181,7 @@ class ConcatTower(nn.Module):
         largest = max(parts, key=lambda p: p.data_config["input_size"][-1] * p.data_config["input_size"][-2])
         self.data_config = dict(largest.data_config)
         self.channels_last = all(getattr(p, "channels_last", False) for p in parts)
+        self.supports_split = all(getattr(p, "supports_split", False) for p in parts)
 
     def _pixels_for(self, part: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         """The batch as ``part``'s own preprocessing would have made it."""
@@ -200,13 +201,25 @@ class ConcatTower(nn.Module):
         return torch.cat(feats, dim=1)  # [batch, width]
 
     def blocks(self) -> list[nn.Module]:
-        return list(self.parts)
+        """Block k from the end is the k-th last block of every part, so ``last:N`` is valid up
+        to the shortest part's depth (:func:`crossalign.models.dual.apply_freeze` freezes each
+        part on its own)."""
+        lists = [p.blocks() for p in self.parts]
+        n = min(len(b) for b in lists)
+        return [nn.ModuleList([b[len(b) - n + i] for b in lists]) for i in range(n)]
 
     def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
-        return {"x": pixels}  # no cut: the prefix is the input
+        """Each part's prefix of its own preprocessing of ``pixels``: ``{"x<i>": activations}``."""
+        if not self.supports_split:
+            return {"x": pixels}  # no cut: the prefix is the input
+        return {f"x{i}": part.forward_prefix(self._pixels_for(part, pixels), n_last)["x"]
+                for i, part in enumerate(self.parts)}
 
     def forward_suffix(self, prefix: dict[str, torch.Tensor], n_last: int) -> torch.Tensor:
-        return self(prefix["x"])
+        if not self.supports_split:
+            return self(prefix["x"])
+        feats = [part.forward_suffix({"x": prefix[f"x{i}"]}, n_last) for i, part in enumerate(self.parts)]
+        return torch.cat(feats, dim=1)  # [batch, width]
 
 
 @register_join

@@ -170,9 +170,10 @@ class ImageSide(_Side):
         """``augment.mirror``: a frozen tower's samples draw the clean or the mirrored image."""
         if cfg is None or not training or not cfg.augment.mirror:
             return False
-        if self.mode != "features":
-            raise ConfigError("augment.mirror draws cached mirror features of a frozen image tower; "
-                              "a training tower flips with augment.image=true and augment.flip_prob")
+        if self.mode == "raw":
+            raise ConfigError("augment.mirror draws the cached mirror (features, or a last:N tower's "
+                              "prefix) of a tower that is not run whole; a training tower flips with "
+                              "augment.image=true and augment.flip_prob")
         return True
 
     def _short_side(self) -> int:
@@ -248,16 +249,27 @@ class ImageSide(_Side):
         n = len(self.paths)
         chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         views = [None] + list(range(self.n_views))
-        bar = tqdm(total=n * len(views), desc="image prefix", unit="item", disable=not progress or n == 0,
-                   leave=False, dynamic_ncols=True)
-        for view in views:
-            plan = [self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]
+        bar = tqdm(total=n * (len(views) + self.mirror), desc="image prefix", unit="item",
+                   disable=not progress or n == 0, leave=False, dynamic_ncols=True)
+
+        def run(plan, data=None):
             items: list[dict] = []
-            for batch in self._decode(plan):
+            loader = self._decode(plan) if data is None else \
+                decode_loader(data, plan, self.workers, wants_channels_last(self.tower))
+            for batch in loader:
                 pixels = _stack(batch).to(self.device)  # [batch, 3, H, W]
                 items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
                 bar.update(len(pixels))
-            self.prefix.append(items)
+            return items
+
+        for view in views:
+            self.prefix.append(run([self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]))
+        if self.mirror:  # the mirror beside the clean image (or the augmented views), as features do
+            flipped = DecodeImages(self.paths, self.transform, self.max_pixels, mirror)
+            if not self.n_views:
+                self.prefix.append(self.prefix[0])  # the same tensors: samples draw clean or mirror
+            self.prefix.append(run([[(r, "flip") for r in c] for c in chunks], flipped))
+            self.n_views = len(self.prefix) - 1
         bar.close()
 
     @torch.no_grad()
