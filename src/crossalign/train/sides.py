@@ -229,8 +229,10 @@ class ImageSide(_Side):
         self._plan = deque(self._keys(rows, epoch, samples) for rows, samples in batches)
         self._loader = iter(self._decode(list(self._plan)))
 
-    def _decode(self, plan: list[list]):
-        return decode_loader(self.data, plan, self.workers, wants_channels_last(self.tower))
+    def _decode(self, plan: list[list], data: DecodeImages | None = None):
+        """Batches of ``plan`` decoded from ``data`` (default: this side's images)."""
+        data = self.data if data is None else data
+        return decode_loader(data, plan, self.workers, wants_channels_last(self.tower))
 
     def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None) -> torch.Tensor:
         keys = self._keys(rows, epoch, samples)
@@ -254,9 +256,7 @@ class ImageSide(_Side):
 
         def run(plan, data=None):
             items: list[dict] = []
-            loader = self._decode(plan) if data is None else \
-                decode_loader(data, plan, self.workers, wants_channels_last(self.tower))
-            for batch in loader:
+            for batch in self._decode(plan, data):
                 pixels = _stack(batch).to(self.device)  # [batch, 3, H, W]
                 items += _split_prefix(self.tower.forward_prefix(pixels, n_last=n_last))
                 bar.update(len(pixels))
