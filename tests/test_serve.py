@@ -86,7 +86,42 @@ def test_health_and_text_search(client, index):
     with Image.open(io.BytesIO(thumb.content)) as im:
         assert max(im.size) <= 256
     full = client.get(body["hits"][0]["image_url"])
-    assert full.status_code == 200 and full.content == Path(body["hits"][0]["path"]).read_bytes()
+    path = index.image(body["hits"][0]["image_id"]).path
+    assert full.status_code == 200 and full.content == Path(path).read_bytes()
+
+
+def test_no_answer_names_a_path_on_the_server(client, index, index_dir):
+    """Hits and items name an image by id and name; where the files lie stays on the server."""
+    folder = str(Path(index.image(index.store.row_ids["images"][0]).path).parent)
+    answers = [client.get("/search", params={"q": "a red circle", "k": 50}),
+               client.get("/search", params={"q": "a red circle", "target": "captions"}),
+               client.get("/search", params={"like": 0}),
+               client.get(f"/items/{int(index.store.row_ids['images'][0])}"),
+               client.get("/health"), client.get("/config")]
+    for r in answers:
+        assert r.status_code == 200
+        assert folder not in r.text and str(index_dir) not in r.text and "path" not in r.json()
+    hit = answers[0].json()["hits"][0]
+    assert set(hit) >= {"id", "name", "image_id", "split", "folder", "date", "image_url"}
+
+
+def test_filters_and_cut_off_through_the_api(client, index):
+    from crossalign.index import Filters
+
+    r = client.get("/search", params={"q": "a red circle", "k": 50, "split": "val"}).json()
+    direct = index.search(text="a red circle", k=50, filters=Filters(split="val"))
+    assert [h["id"] for h in r["hits"]] == [h.id for h in direct.hits]
+    assert r["hits"] and {h["split"] for h in r["hits"]} == {"val"} and r["query"]["split"] == "val"
+    cut = r["hits"][1]["score"]
+    kept = client.get("/search", params={"q": "a red circle", "k": 50, "split": "val",
+                                         "min_score": cut}).json()["hits"]
+    assert len(kept) >= 2 and all(h["score"] >= cut for h in kept)
+    none = client.get("/search", params={"q": "a red circle", "since": "2999-01-01"}).json()
+    assert none["hits"] == []
+    for bad in ({"label": "shape"}, {"label": "nosuch=x"}, {"since": "yesterday"},
+                {"min_score": 2}, {"label": ["a=b"] * 9}):
+        r = client.get("/search", params={"q": "a red circle", **bad})
+        assert 400 <= r.status_code < 500 and r.json()["detail"], bad
 
 
 def test_captions_like_items_and_upload(client, index, shapes_dir):
@@ -394,3 +429,39 @@ def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
         assert page.locator(".card").count() == 5
     assert errors == [] and len(asked) == 3
     assert all(parse_qs(urlsplit(u).query)["k"] == ["5"] for u in asked), asked
+
+
+@pytest.mark.needs("chromium")
+def test_page_state_lives_in_its_address(live_url, index):
+    """/?q=... opens that search with its filters; a new search goes into the address; back
+    returns to the one before."""
+    from crossalign.index import Filters
+
+    n_val = len(index.search(text="a red circle", k=50, filters=Filters(split="val")).hits)
+    errors, asked = [], []
+    with browser_page(errors) as page:
+        page.on("request", lambda r: asked.append(r.url) if "/search" in r.url else None)
+        page.goto(live_url + "/?q=a+red+circle&split=val", wait_until="load")
+        _wait_for_results(page, "for “a red circle” in")
+        assert page.locator("#query").input_value() == "a red circle"
+        assert page.locator("#f-split").input_value() == "val"
+        assert page.locator(".card").count() == min(n_val, 24)
+        assert parse_qs(urlsplit(asked[-1]).query)["split"] == ["val"]
+        page.fill("#query", "a blue square")
+        page.fill("#f-split", "")
+        page.fill("#f-min-score", "1")
+        page.press("#query", "Enter")
+        _wait_for_results(page, "for “a blue square” in")
+        assert parse_qs(urlsplit(page.url).query) == {"q": ["a blue square"], "target": ["images"],
+                                                      "min_score": ["1"]}
+        assert page.locator(".card").count() == 0
+        assert "nothing passes" in page.locator("#status").inner_text()
+        page.go_back()
+        _wait_for_results(page, "for “a red circle” in")
+        assert page.locator("#query").input_value() == "a red circle"
+        assert page.locator("#f-min-score").input_value() == ""
+        assert page.locator(".card").count() == min(n_val, 24)
+        page.locator(".card button.like").first.click()
+        _wait_for_results(page, "images like #")
+        assert "like=" in page.url and "split=val" in page.url
+    assert errors == []

@@ -23,6 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--target", default="images", choices=["images", "captions"],
                    help="search images (default) or captions")
+    p.add_argument("--min-score", type=float, metavar="S",
+                   help="leave out hits scored below S (a cosine similarity): fewer than k may remain")
+    p.add_argument("--split", help="only images of these splits (comma-separated: train,val)")
+    p.add_argument("--folder", help="only images in this folder of the collection (or below it)")
+    p.add_argument("--since", metavar="DATE", help="only pictures taken (EXIF date, else the "
+                                                   "file's date) on or after DATE (YYYY-MM-DD)")
+    p.add_argument("--until", metavar="DATE", help="only pictures taken on or before DATE")
+    p.add_argument("--label", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="only images with this label (repeatable; all must hold)")
     p.add_argument("--run", help="the run whose model embeds the query (default: the one that "
                                  "built the index)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -48,6 +57,8 @@ def _print(result) -> None:
         if h.captions:
             more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
             print(f"       {h.captions[0]}{more}")
+    if not result.hits:
+        print("nothing found (no item passes the filters and the cut-off)")
     print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms "
           f"(ranking {result.ranking}: {label} is {result.score_kind})")
 
@@ -56,13 +67,15 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
-    from crossalign.index import open_index
+    from crossalign.index import Filters, open_index
 
     weights = _weights(args.weights)
+    filters = Filters.of(args.split, args.folder, args.since, args.until, args.label)
     index = open_index(args.index, args.run, device=args.device)
     try:
         result = index.search(text=args.text, image=args.image, like=args.like, minus=args.minus,
-                              weights=weights, k=args.k, target=args.target)
+                              weights=weights, k=args.k, target=args.target, filters=filters,
+                              min_score=args.min_score)
     finally:
         index.close()
     if args.json:

@@ -29,7 +29,8 @@ from PIL import Image, ImageOps
 
 from crossalign.errors import ImageError
 
-__all__ = ["IMAGE_EXTS", "list_images", "thumbnail", "jpeg_bytes", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS"]
+__all__ = ["IMAGE_EXTS", "list_images", "thumbnail", "jpeg_bytes", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS",
+           "file_date"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # image files we read
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning threshold
@@ -137,6 +138,27 @@ def inspect_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> tuple[in
     checks (no conversion). Raises :class:`ImageError`."""
     with _decoded(source, max_pixels, draft=True) as (im, size):
         return size[0], size[1], im.mode
+
+
+def file_date(path: str | os.PathLike) -> str:
+    """When a picture was taken, ``YYYY-MM-DDTHH:MM:SS``: its EXIF ``DateTimeOriginal`` (else
+    EXIF ``DateTime``) as the camera wrote it, or else the file's modification time (UTC).
+    Reads only the file's header; a file without a readable date gives its mtime."""
+    import datetime
+
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            stamp = exif.get_ifd(0x8769).get(36867) or exif.get(306)  # DateTimeOriginal, DateTime
+        if isinstance(stamp, bytes):
+            stamp = stamp.decode("ascii", "replace")
+        if isinstance(stamp, str):
+            taken = datetime.datetime.strptime(stamp.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+            return taken.strftime("%Y-%m-%dT%H:%M:%S")
+    except Exception:  # no EXIF block, a broken one, or a date that does not parse
+        pass
+    mtime = os.stat(path).st_mtime
+    return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def eval_transform(data_config: dict) -> Callable:

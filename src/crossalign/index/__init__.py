@@ -2,10 +2,11 @@
 
 ``build_index(run, out, images=FOLDER)`` (or ``data=DIR``) embeds a collection with a
 trained run into an index folder, incrementally; ``open_index(out).search(text=...)``
-searches it by text, by image, or by both, with weights and terms pushed away.
+searches it by text, by image, or by both, with weights and terms pushed away, narrowed by
+``Filters`` (split, folder, date, labels) and a ``min_score`` cut-off.
 """
 
 from crossalign.index.build import BuildSummary, build_index
-from crossalign.index.search import Hit, Index, SearchResult, open_index
+from crossalign.index.search import Filters, Hit, Index, SearchResult, open_index
 
-__all__ = ["build_index", "open_index", "Index", "Hit", "SearchResult", "BuildSummary"]
+__all__ = ["build_index", "open_index", "Index", "Hit", "SearchResult", "BuildSummary", "Filters"]

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crossalign.data.transforms import list_images
+from crossalign.data.transforms import file_date, list_images
 from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign._io import sha256_file
@@ -60,21 +60,33 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
         leaving = outside_roots([str(p) for p in found], [str(path)])
         for message in leaving.values():
             log.warning("%s", message)
-        return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k)
+        return [ImageRecord(-1, str(p.resolve()), p.relative_to(path).as_posix(), "", k,
+                            folder=_folder_in(p, path))
                 for p in found if str(p) not in leaving]
     table = emb.read_table(path, src.get("format", ""), src["split"], quiet=quiet)
     by_id: dict[str, ImageRecord] = {}
     for r, iid in enumerate(table.image_id):
         if iid not in by_id:
             labels = {c: v[r] for c, v in table.labels.items() if v[r] is not None}
-            by_id[iid] = ImageRecord(-1, str(Path(table.image_path[r]).resolve()), iid, "", k,
-                                     table.split[r], labels)
+            file = Path(table.image_path[r]).resolve()
+            by_id[iid] = ImageRecord(-1, str(file), iid, "", k, table.split[r], labels,
+                                     folder=_folder_in(file, path.resolve()))
         by_id[iid].captions.append(CaptionRecord(-1, -1, table.caption[r], table.origin[r]))
     return list(by_id.values())
 
 
+def _folder_in(file: Path, root: Path) -> str:
+    """The folder of ``file`` relative to ``root`` ("" at its top, or for a file outside it)."""
+    try:
+        folder = file.parent.relative_to(root).as_posix()
+    except ValueError:
+        return ""
+    return "" if folder == "." else folder
+
+
 def _hash_all(images: list[ImageRecord]) -> tuple[list[ImageRecord], dict[str, str]]:
-    """Fill each content hash; a file that cannot be read is left out (path -> message)."""
+    """Fill each content hash and date; a file that cannot be read is left out (path ->
+    message)."""
     kept, failed, seen = [], {}, set()
     for im in images:
         if im.path in seen:  # the same file through two sources: the first one keeps it
@@ -82,6 +94,7 @@ def _hash_all(images: list[ImageRecord]) -> tuple[list[ImageRecord], dict[str, s
         seen.add(im.path)
         try:
             im.content_hash = sha256_file(im.path)
+            im.date = file_date(im.path)
             kept.append(im)
         except OSError as e:
             failed[im.path] = f"{im.path}: cannot read image file ({e.strerror or e})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,15 +23,18 @@ from typing import Sequence
 import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
-from crossalign.index.store import IndexStore
+from crossalign.index.store import Filters, IndexStore
 
-__all__ = ["Index", "Hit", "SearchResult", "open_index", "TARGETS", "RANKING", "SCORE_KIND"]
+__all__ = ["Index", "Hit", "SearchResult", "Filters", "open_index", "TARGETS", "RANKING",
+           "SCORE_KIND"]
 
 TARGETS = ("images", "captions")
 RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
 RERANK = 4  # approximate indexes: candidates fetched per result, scored exactly
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
+SUBSET_EXACT = 100_000  # a filter that keeps at most this many vectors is searched exactly
+QUERY_CACHE = 1024  # text queries whose vectors are kept, the most recent first
 
 
 @dataclass
@@ -47,6 +51,9 @@ class Hit:
     name: str
     captions: list[str] = field(default_factory=list)  # an image's captions; a caption hit: its text
     labels: dict = field(default_factory=dict)
+    split: str = ""
+    folder: str = ""  # the image's folder relative to its source
+    date: str = ""  # when the picture was taken (EXIF), else its file's mtime
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +88,7 @@ class Index:
                  nprobe: int = IVF_NPROBE) -> None:
         self.store, self.embedder = store, embedder
         self._lock = threading.Lock()  # one query at a time through the model
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
         for target in TARGETS:
             _set_search_params(store.faiss[target], ef_search, nprobe)
 
@@ -110,14 +118,9 @@ class Index:
         if len(weights) != n:
             raise ConfigError(f"{len(weights)} weights for {n} query terms (texts, then images, "
                               f"then items)")
-        vecs = []
+        tv = self._text_vectors([str(t) for t in texts + minus])  # [texts + minus, dim]
+        vecs, pushed = list(tv[:len(texts)]), list(tv[len(texts):])
         with self._lock:
-            if texts or minus:
-                tv = self._model().text(texts + minus)  # [texts + minus, dim]
-                vecs += list(tv[:len(texts)])
-                pushed = list(tv[len(texts):])
-            else:
-                pushed = []
             for im in images:
                 model = self._model()
                 v = model.picture(im, "upload")
@@ -133,11 +136,28 @@ class Index:
             raise ConfigError("the query terms cancel out (their weighted sum is zero)")
         return (q / norm).astype(np.float32)
 
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        """``[len(texts), dim]`` vectors of text terms; recent ones come from memory."""
+        if not texts:
+            return np.zeros((0, self.store.info["dim"]), np.float32)
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
+            if missing:
+                for t, v in zip(missing, self._model().text(missing)):
+                    self._texts[t] = v
+            for t in texts:
+                self._texts.move_to_end(t)
+            out = np.stack([self._texts[t] for t in texts])
+            while len(self._texts) > QUERY_CACHE:
+                self._texts.popitem(last=False)
+        return out
+
     def search(self, text: str | Sequence[str] | None = None,
                image: str | Path | bytes | Sequence | None = None, k: int = 10,
                target: str = "images", weights: Sequence[float] | None = None,
                minus: str | Sequence[str] | None = None,
-               like: int | Sequence[int] | None = None) -> SearchResult:
+               like: int | Sequence[int] | None = None, filters: Filters | None = None,
+               min_score: float | None = None) -> SearchResult:
         """The ``k`` images (or captions) nearest the query.
 
         Args:
@@ -148,6 +168,8 @@ class Index:
             weights: one weight per term, texts first, then images, then ``like`` items.
             minus: text terms to push away.
             like: ids of indexed images to search by ("more like this").
+            filters: which images may be returned (a caption: when its image may).
+            min_score: leave out hits scored below this (at most ``k`` remain).
         """
         t0 = time.perf_counter()
         if target not in TARGETS:
@@ -155,45 +177,52 @@ class Index:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
         q = self._terms(text, image, like, minus, weights)
-        rows, scores = self._nearest(q, int(k), target)
-        hits = self._hits(rows, scores, target)
-        return SearchResult(hits, target, time.perf_counter() - t0)
+        return self.search_vector(q, k, target, filters, min_score, t0)
 
-    def search_vector(self, q: np.ndarray, k: int = 10, target: str = "images") -> SearchResult:
+    def search_vector(self, q: np.ndarray, k: int = 10, target: str = "images",
+                      filters: Filters | None = None, min_score: float | None = None,
+                      started: float | None = None) -> SearchResult:
         """The ``k`` nearest items to a query vector ``[dim]`` (normalised by the caller)."""
-        t0 = time.perf_counter()
-        rows, scores = self._nearest(np.asarray(q, np.float32), int(k), target)
+        t0 = time.perf_counter() if started is None else started
+        rows, scores = self._nearest(np.asarray(q, np.float32), int(k), target, filters)
+        if min_score is not None:
+            keep = scores >= float(min_score)
+            rows, scores = rows[keep], scores[keep]
         return SearchResult(self._hits(rows, scores, target), target, time.perf_counter() - t0)
 
-    def _nearest(self, q: np.ndarray, k: int, target: str) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS rows and exact scores of the nearest ``k`` vectors, best first."""
+    def _nearest(self, q: np.ndarray, k: int, target: str,
+                 filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS rows and exact scores of the nearest ``k`` vectors that pass ``filters``, best
+        first. A filter that keeps few vectors is searched exactly over just those."""
         index, vecs = self.store.faiss[target], self.store.vectors[target]
-        n = index.ntotal
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         exact = self.store.info["factory"][target] == "Flat"
-        fetch = min(n, k if exact else k * RERANK)
-        scores, rows = index.search(q[None, :], fetch)  # [1, fetch]
-        rows = rows[0][rows[0] >= 0]
+        allowed = self.store.rows_matching(target, filters) if filters else None
+        if index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if allowed is not None and (exact or len(allowed) <= SUBSET_EXACT):
+            return _top(allowed, np.asarray(vecs[allowed] @ q), k)
+        fetch = min(index.ntotal, k if exact else k * RERANK)
+        if allowed is None:
+            scores, rows = index.search(q[None, :], fetch)  # [1, fetch]
+        else:
+            selector = _selector(allowed)
+            scores, rows = index.search(q[None, :], fetch, params=_params(index, selector))
+        keep = rows[0] >= 0
+        rows, scores = rows[0][keep], scores[0][keep]
         if exact:
-            return rows[:k], scores[0][:len(rows)][:k]
-        exact_scores = np.asarray(vecs[np.sort(rows)] @ q)  # re-score candidates exactly
+            return rows[:k], scores[:k]
         rows = np.sort(rows)
-        order = np.argsort(-exact_scores, kind="stable")[:k]
-        return rows[order], exact_scores[order]
+        return _top(rows, np.asarray(vecs[rows] @ q), k)  # re-scored exactly
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray, target: str) -> list[Hit]:
         ids = [int(self.store.row_ids[target][r]) for r in rows]
         if target == "captions":
             caps = self.store.captions(ids)
             images = self.store.images({c.image for c in caps.values()})
-            return [Hit(rank, float(s), float(s), "caption", cid, caps[cid].image,
-                        images[caps[cid].image].path, images[caps[cid].image].name, [caps[cid].text],
-                        images[caps[cid].image].labels)
+            return [_hit(rank, s, "caption", cid, images[caps[cid].image], [caps[cid].text])
                     for rank, (cid, s) in enumerate(zip(ids, scores), 1)]
         images = self.store.images(ids)
-        return [Hit(rank, float(s), float(s), "image", i, i, images[i].path, images[i].name,
-                    [c.text for c in images[i].captions], images[i].labels)
+        return [_hit(rank, s, "image", i, images[i], [c.text for c in images[i].captions])
                 for rank, (i, s) in enumerate(zip(ids, scores), 1)]
 
     def problems(self) -> list[str]:
@@ -225,6 +254,42 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _hit(rank: int, score, kind: str, item_id: int, im, captions: list[str]) -> Hit:
+    return Hit(rank, float(score), float(score), kind, item_id, im.id, im.path, im.name, captions,
+               im.labels, im.split, im.folder, im.date)
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of ``rows`` by ``scores``, best first (ties: the lower row first)."""
+    if len(rows) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        part = part[np.argsort(rows[part], kind="stable")]  # row order, so ties stay stable
+        order = part[np.argsort(-scores[part], kind="stable")]
+    else:
+        order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order].astype(np.float32)
+
+
+def _selector(rows: np.ndarray):
+    """A FAISS selector of these rows (sorted, int64)."""
+    import faiss
+
+    return faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(np.ascontiguousarray(rows, np.int64)))
+
+
+def _params(index, selector):
+    """Search parameters of ``index`` (its current efSearch / nprobe) restricted to ``selector``."""
+    import faiss
+
+    if hasattr(index, "hnsw"):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except (RuntimeError, TypeError, AttributeError):
+        return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
 
 
 def _set_search_params(index, ef_search: int, nprobe: int) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sqlite3
 import threading
@@ -43,7 +44,7 @@ import numpy as np
 from crossalign._io import atomic_path, atomic_write_bytes, atomic_write_text
 from crossalign.errors import ConfigError, InputNotFound
 
-__all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "write_version", "resolve_index_type",
+__all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index"]
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
@@ -58,7 +59,8 @@ CREATE TABLE sources (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT 
                       split TEXT NOT NULL, format TEXT NOT NULL);
 CREATE TABLE images (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL, source INTEGER NOT NULL,
                      path TEXT UNIQUE NOT NULL, name TEXT NOT NULL, content_hash TEXT NOT NULL,
-                     split TEXT NOT NULL, labels TEXT NOT NULL);
+                     split TEXT NOT NULL, labels TEXT NOT NULL, folder TEXT NOT NULL DEFAULT '',
+                     date TEXT NOT NULL DEFAULT '');
 CREATE TABLE captions (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL,
                        image INTEGER NOT NULL REFERENCES images(id), text TEXT NOT NULL,
                        origin TEXT NOT NULL);
@@ -88,6 +90,8 @@ class ImageRecord:
     split: str = ""
     labels: dict = field(default_factory=dict)
     captions: list[CaptionRecord] = field(default_factory=list)
+    folder: str = ""  # the file's folder relative to its source ("" at the source's top)
+    date: str = ""  # when the picture was taken (EXIF) or else its file's mtime, ISO 8601
 
 
 def is_index(root: str | Path) -> bool:
@@ -163,9 +167,10 @@ def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRec
             con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
                             [(k, s["kind"], s["path"], s.get("split", ""), s.get("format", ""))
                              for k, s in enumerate(sources)])
-            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(im.id, r, im.source, im.path, im.name, im.content_hash, im.split,
-                              json.dumps(im.labels, default=str)) for r, im in enumerate(images)])
+                              json.dumps(im.labels, default=str), im.folder, im.date)
+                             for r, im in enumerate(images)])
             caps = [c for im in images for c in im.captions]
             con.executemany("INSERT INTO captions VALUES (?, ?, ?, ?, ?)",
                             [(c.id, r, c.image, c.text, c.origin) for r, c in enumerate(caps)])
@@ -212,6 +217,81 @@ def _remove_old_versions(root: Path, keep: str) -> None:
         if p.is_dir() and p.name != keep and (p.name.startswith("v-") or p.name.startswith(".v-")):
             shutil.rmtree(p, ignore_errors=True)
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?$")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which images a search may return; a caption passes when its image does.
+
+    Every field left empty lets everything through; the fields given must all hold.
+
+    Args:
+        split: the image's split, or several separated by commas (``train,val``).
+        folder: the image's folder relative to its source, or any folder below it.
+        since: the picture's date (EXIF, else the file's mtime) is on or after this
+            (``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM:SS``).
+        until: ... on or before this (a bare date includes the whole day).
+        labels: ``(column, value)`` pairs: the image's value in that label column is the
+            value, or one of its classes (``drama|comedy`` holds both).
+    """
+
+    split: str = ""
+    folder: str = ""
+    since: str = ""
+    until: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value and not _DATE.match(value):
+                raise ConfigError(f"{name} must be a date like 2024-05-31 (or 2024-05-31T18:30:00), "
+                                  f"got {value!r}")
+        for column, value in self.labels:
+            if not column or not value:
+                raise ConfigError(f"a label filter needs a column and a value (COLUMN=VALUE), got "
+                                  f"{column!r}={value!r}")
+
+    @classmethod
+    def of(cls, split: str | None = None, folder: str | None = None, since: str | None = None,
+           until: str | None = None, labels: Iterable[str] = ()) -> "Filters":
+        """Filters from the strings a user types; each label filter is ``COLUMN=VALUE``."""
+        pairs = []
+        for text in labels or ():
+            column, eq, value = str(text).partition("=")
+            if not eq:
+                raise ConfigError(f"a label filter is COLUMN=VALUE (say genre=drama), got {text!r}")
+            pairs.append((column.strip(), value.strip()))
+        return cls((split or "").strip(), (folder or "").strip(), (since or "").strip(),
+                   (until or "").strip(), tuple(pairs))
+
+    def __bool__(self) -> bool:
+        return bool(self.split or self.folder or self.since or self.until or self.labels)
+
+    def where(self) -> tuple[str, list]:
+        """The SQL condition on ``images`` and its arguments ("1" when nothing is filtered)."""
+        parts, args = [], []
+        if self.split:
+            splits = [x.strip() for x in self.split.split(",") if x.strip()]
+            parts.append(f"split IN ({','.join('?' * len(splits))})")
+            args += splits
+        if self.folder:
+            folder = self.folder.strip("/")
+            parts.append("(folder = ? OR substr(folder, 1, ?) = ?)")
+            args += [folder, len(folder) + 1, folder + "/"]
+        if self.since:
+            parts.append("date != '' AND date >= ?")
+            args.append(self.since)
+        if self.until:
+            parts.append("date != '' AND date <= ?")
+            args.append(self.until if "T" in self.until else self.until + "T23:59:59")
+        for column, value in self.labels:
+            path = '$."' + column.replace('"', '\\"') + '"'
+            parts.append("instr('|' || CAST(json_extract(labels, ?) AS TEXT) || '|', ?) > 0")
+            args += [path, "|" + value + "|"]
+        return (" AND ".join(f"({p})" for p in parts) or "1"), args
+
 
 class IndexStore:
     """The live version of an index folder, opened read-only.
@@ -226,6 +306,7 @@ class IndexStore:
             raise InputNotFound(f"{self.root}: not an index (no CURRENT file); build one with "
                                 f"'crossalign index RUN --images FOLDER --out {self.root}'")
         self._lock = threading.Lock()
+        self._match_lock = threading.Lock()
         while True:
             self.version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
             try:
@@ -246,6 +327,11 @@ class IndexStore:
         self._con = sqlite3.connect(f"{(vdir / 'meta.sqlite').resolve().as_uri()}?mode=ro", uri=True,
                                     check_same_thread=False)
         self.info = {k: json.loads(v) for k, v in self._rows("SELECT key, value FROM info")}
+        have = {r[1] for r in self._rows("PRAGMA table_info(images)")}
+        # an index written before images had a folder and a date reads them as unknown
+        self._image_cols = ("id, row, source, path, name, content_hash, split, labels, " +
+                            ("folder, date" if {"folder", "date"} <= have else "'', ''"))
+        self._matching: dict = {}  # (target, Filters) -> FAISS rows, the latest few
         self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
                         for r in self._rows("SELECT * FROM sources ORDER BY id")]
         self.vectors = {t: np.load(vdir / f"{t}.npy", mmap_mode="r") for t in ("images", "captions")}
@@ -301,8 +387,9 @@ class IndexStore:
         return len(self.row_ids["images"])
 
     def _image(self, row: tuple, captions: list[CaptionRecord]) -> ImageRecord:
-        iid, _, source, path, name, chash, split, labels = row
-        return ImageRecord(iid, path, name, chash, source, split, json.loads(labels), captions)
+        iid, _, source, path, name, chash, split, labels, folder, date = row
+        return ImageRecord(iid, path, name, chash, source, split, json.loads(labels), captions,
+                           folder, date)
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """The records of these image ids (unknown ids are left out), captions included."""
@@ -314,7 +401,7 @@ class IndexStore:
         for cid, _, image, text, origin in self._rows(
                 f"SELECT * FROM captions WHERE image IN ({marks}) ORDER BY row", ids):
             caps.setdefault(image, []).append(CaptionRecord(cid, image, text, origin))
-        rows = self._rows(f"SELECT * FROM images WHERE id IN ({marks})", ids)
+        rows = self._rows(f"SELECT {self._image_cols} FROM images WHERE id IN ({marks})", ids)
         return {r[0]: self._image(r, caps.get(r[0], [])) for r in rows}
 
     def captions(self, ids: Iterable[int]) -> dict[int, CaptionRecord]:
@@ -330,10 +417,46 @@ class IndexStore:
         caps: dict[int, list[CaptionRecord]] = {}
         for cid, _, image, text, origin in self._rows("SELECT * FROM captions ORDER BY row"):
             caps.setdefault(image, []).append(CaptionRecord(cid, image, text, origin))
-        rows = self._rows("SELECT * FROM images ORDER BY row")
+        rows = self._rows(f"SELECT {self._image_cols} FROM images ORDER BY row")
         return [self._image(r, caps.get(r[0], [])) for r in rows]
 
     def vector(self, target: str, item_id: int) -> np.ndarray | None:
         """The stored vector ``[dim]`` of an image or caption id, or None for an unknown id."""
         row = self.id_rows[target].get(int(item_id))
         return None if row is None else np.array(self.vectors[target][row], dtype=np.float32)
+
+    def label_columns(self) -> list[str]:
+        """The label columns the images carry."""
+        rows = self._rows("SELECT DISTINCT j.key FROM images, json_each(images.labels) AS j")
+        return sorted(r[0] for r in rows)
+
+    def rows_matching(self, target: str, filters: Filters) -> np.ndarray:
+        """The FAISS rows of ``target`` (sorted) whose images pass ``filters``.
+
+        Raises :class:`ConfigError` for a label column no image has, and for a folder or date
+        filter on an index written before images had those.
+        """
+        key = (target, filters)
+        with self._match_lock:
+            if key in self._matching:
+                return self._matching[key]
+        if (filters.folder or filters.since or filters.until) and "folder" not in self._image_cols:
+            raise ConfigError(f"{self.root} was built before images had folders and dates; update "
+                              f"it with 'crossalign index RUN --out {self.root}' to filter by them")
+        known = set(self.label_columns()) if filters.labels else set()
+        for column, _ in filters.labels:
+            if column not in known:
+                raise ConfigError(f"no image has a label column {column!r}; the index has: "
+                                  f"{', '.join(sorted(known)) or 'none'}")
+        where, args = filters.where()
+        if target == "images":
+            sql = f"SELECT row FROM images WHERE {where} ORDER BY row"
+        else:
+            sql = (f"SELECT captions.row FROM captions JOIN images ON captions.image = images.id "
+                   f"WHERE {where} ORDER BY captions.row")
+        rows = np.array([r[0] for r in self._rows(sql, args)], dtype=np.int64)
+        with self._match_lock:
+            if len(self._matching) >= 64:
+                self._matching.pop(next(iter(self._matching)))
+            self._matching[key] = rows
+        return rows

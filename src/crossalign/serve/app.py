@@ -14,13 +14,13 @@ import mimetypes
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from crossalign.errors import ConfigError, CrossalignError
-from crossalign.index.search import RANKING, SCORE_KIND, Index, SearchResult
+from crossalign.index.search import RANKING, SCORE_KIND, Filters, Index, SearchResult
 from crossalign.errors import UnknownItem
 
 __all__ = ["create_app", "ServiceLimits"]
@@ -103,6 +103,7 @@ class _UploadLimit:
 
 def _hit_json(hit) -> dict:
     d = hit.to_dict()
+    del d["path"]  # an image is named by its id and name, never by where it lies on the server
     d["image_url"] = f"/images/{hit.image_id}"
     d["thumb_url"] = f"/images/{hit.image_id}?size=256"
     return d
@@ -135,6 +136,37 @@ def _install_errors(app: FastAPI) -> None:
         return _error(500, "internal error (logged by the service)")
 
 
+MAX_LABEL_FILTERS = 8
+
+
+class _Narrowing:
+    """The query parameters every search takes beside its query: filters and a cut-off."""
+
+    def __init__(self, split: str | None = Query(None, max_length=200,
+                                                 description="only images of these splits "
+                                                             "(comma-separated)"),
+                 folder: str | None = Query(None, max_length=500, description="only images in "
+                                            "this folder of the collection (or below it)"),
+                 since: str | None = Query(None, max_length=19, description="only pictures taken "
+                                           "(EXIF date, else file date) on or after YYYY-MM-DD"),
+                 until: str | None = Query(None, max_length=19, description="... on or before"),
+                 label: list[str] = Query([], description="COLUMN=VALUE: only images with that "
+                                          "label (repeatable, all must hold)"),
+                 min_score: float | None = Query(None, ge=-1.0, le=1.0, description="leave out "
+                                                 "hits scored below this")) -> None:
+        if len(label) > MAX_LABEL_FILTERS or any(len(x) > 200 for x in label):
+            raise HTTPException(422, f"at most {MAX_LABEL_FILTERS} label filters of at most 200 "
+                                     f"characters each")
+        self.filters = Filters.of(split, folder, since, until, label)
+        self.min_score = min_score
+
+    def echo(self) -> dict:
+        f = self.filters
+        return {"split": f.split or None, "folder": f.folder or None, "since": f.since or None,
+                "until": f.until or None, "label": [f"{c}={v}" for c, v in f.labels],
+                "min_score": self.min_score}
+
+
 def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
     @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
     def search(q: str | None = Query(None, max_length=limits.max_query_chars,
@@ -143,22 +175,25 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> Non
                minus: str | None = Query(None, max_length=limits.max_query_chars,
                                          description="a text to push away"),
                like: int | None = Query(None, ge=0, le=MAX_ID,
-                                        description="an image id: more like this")):
+                                        description="an image id: more like this"),
+               narrow: _Narrowing = Depends()):
         if (q is None or not q.strip()) and like is None:
             raise HTTPException(422, "give a non-empty query q (or like=ID)")
         if minus is not None and not minus.strip():
             minus = None
         result = index.search(text=q if q and q.strip() else None, like=like, minus=minus, k=k,
-                              target=target)
-        return _result_json(result, {"q": q, "minus": minus, "like": like, "k": k})
+                              target=target, filters=narrow.filters, min_score=narrow.min_score)
+        return _result_json(result, {"q": q, "minus": minus, "like": like, "k": k,
+                                     **narrow.echo()})
 
     @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
     def search_image(file: UploadFile = File(..., description="an image file"),
                      k: int = Query(limits.default_k, ge=1, le=limits.max_k),
-                     target: Target = "images"):
+                     target: Target = "images", narrow: _Narrowing = Depends()):
         data = file.file.read()
-        result = index.search(image=data, k=k, target=target)
-        return _result_json(result, {"image": file.filename or "upload", "k": k})
+        result = index.search(image=data, k=k, target=target, filters=narrow.filters,
+                              min_score=narrow.min_score)
+        return _result_json(result, {"image": file.filename or "upload", "k": k, **narrow.echo()})
 
 
 def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
@@ -171,8 +206,8 @@ def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
     @app.get("/items/{item_id}", summary="An indexed image with its captions and labels")
     def item(item_id: int = PathParam(..., ge=0, le=MAX_ID)):
         rec = index.image(item_id)
-        return {"id": rec.id, "name": rec.name, "path": rec.path, "split": rec.split,
-                "labels": rec.labels, "captions": [c.text for c in rec.captions],
+        return {"id": rec.id, "name": rec.name, "split": rec.split, "folder": rec.folder,
+                "date": rec.date, "labels": rec.labels, "captions": [c.text for c in rec.captions],
                 "image_url": f"/images/{rec.id}", "thumb_url": f"/images/{rec.id}?size=256"}
 
     @app.get("/images/{item_id}", summary="An indexed image file, or its thumbnail (size=N)",

@@ -35,6 +35,51 @@ function scoreLabel(data) {
   return data.score_kind === "cosine similarity" ? "cos" : data.ranking;
 }
 
+// the page's state lives in its address: /?q=...&target=...&split=... opens that search, and
+// the back button goes through the searches made
+const FILTERS = {split: "f-split", folder: "f-folder", since: "f-since", until: "f-until",
+                 min_score: "f-min-score"};
+
+function readForm(extra) {
+  const state = {target: target()};
+  const q = query.value.trim();
+  if (q) state.q = q;
+  for (const [key, id] of Object.entries(FILTERS)) {
+    const v = $(id).value.trim();
+    if (v) state[key] = v;
+  }
+  const labels = $("f-label").value.split(";").map((x) => x.trim()).filter(Boolean);
+  if (labels.length) state.label = labels;
+  return {...state, ...(extra || {})};
+}
+
+function writeForm(state) {
+  query.value = state.q || "";
+  const t = document.querySelector(`input[name="target"][value="${state.target || "images"}"]`);
+  (t || document.querySelector('input[name="target"][value="images"]')).checked = true;
+  for (const [key, id] of Object.entries(FILTERS)) $(id).value = state[key] || "";
+  $("f-label").value = (state.label || []).join("; ");
+  if (Object.keys(FILTERS).some((k) => state[k]) || (state.label || []).length) $("narrow").open = true;
+}
+
+function fromURL(search) {
+  const p = new URLSearchParams(search), state = {};
+  for (const key of ["q", "like", "target", ...Object.keys(FILTERS)]) {
+    if (p.get(key)) state[key] = p.get(key);
+  }
+  if (p.getAll("label").length) state.label = p.getAll("label");
+  return state;
+}
+
+function toParams(state, withK) {
+  const p = new URLSearchParams();
+  if (withK && config.k) p.set("k", String(config.k));
+  for (const [key, v] of Object.entries(state)) {
+    for (const one of [].concat(v)) p.append(key, one);
+  }
+  return p.toString();
+}
+
 function card(hit, data) {
   const c = el("article", {class: "card", "data-id": String(hit.image_id)});
   const img = el("img", {src: hit.thumb_url, alt: hit.captions[0] || hit.name});
@@ -47,17 +92,22 @@ function card(hit, data) {
   body.appendChild(meta);
   if (hit.captions.length) body.appendChild(el("div", {class: "caption"}, hit.captions[0]));
   body.appendChild(el("div", {class: "name"}, hit.name));
+  if (hit.date) body.appendChild(el("div", {class: "date", title: "taken (EXIF), else the file's date"},
+                                    hit.date.slice(0, 10)));
   const like = el("button", {class: "like", type: "button"}, "more like this");
-  like.addEventListener("click", () => run(() => "/search?" + params({like: hit.image_id}),
-                                           {method: "GET"}, "images like #" + hit.image_id));
+  like.addEventListener("click", () => go({...readForm(), q: undefined, like: String(hit.image_id),
+                                           target: "images"}, true));
   body.appendChild(like);
   c.appendChild(body);
   return c;
 }
 
-function params(extra) {
-  const k = config.k ? {k: String(config.k)} : {};
-  return new URLSearchParams({...k, target: target(), ...extra}).toString();
+function clean(state) {
+  return Object.fromEntries(Object.entries(state).filter(([, v]) => v !== undefined));
+}
+
+function describe(state) {
+  return state.q ? `“${state.q}”` : "images like #" + state.like;
 }
 
 // path: a function of the query string, called once the service's limits are known
@@ -75,24 +125,34 @@ async function run(path, init, label) {
     }
     results.replaceChildren(...data.hits.map((hit) => card(hit, data)));
     const ms = (data.seconds * 1000).toFixed(1), total = (performance.now() - t0).toFixed(0);
-    setStatus(`${data.hits.length} ${data.target} for ${label} in ${ms} ms (${total} ms with the network)`);
+    const none = data.hits.length ? "" : " (nothing passes the filters and the cut-off)";
+    setStatus(`${data.hits.length} ${data.target} for ${label} in ${ms} ms (${total} ms with the network)${none}`);
   } catch (err) {
     setStatus("the service did not answer: " + err, true);
   }
 }
 
+// a search by text or by an indexed image; push: record it in the address and the history
+function go(state, push) {
+  state = clean(state);
+  if (push) history.pushState(null, "", "/?" + toParams(state, false));
+  writeForm(state);
+  return run(() => "/search?" + toParams(state, true), {method: "GET"}, describe(state));
+}
+
 form.addEventListener("submit", (e) => {
   e.preventDefault();
-  const q = query.value.trim();
-  if (!q) { setStatus("type something to search for", true); return; }
-  run(() => "/search?" + params({q}), {method: "GET"}, `“${q}”`);
+  if (!query.value.trim()) { setStatus("type something to search for", true); return; }
+  go(readForm(), true);
 });
 
 function searchFile(f) {
   if (!f) return;
   const body = new FormData();
   body.append("file", f, f.name);
-  run(() => "/search/image?" + params({}), {method: "POST", body}, f.name);
+  const state = readForm();
+  delete state.q;
+  run(() => "/search/image?" + toParams(state, true), {method: "POST", body}, f.name);
 }
 
 file.addEventListener("change", () => searchFile(file.files[0]));
@@ -106,6 +166,15 @@ drop.addEventListener("drop", (e) => {
 document.querySelectorAll('input[name="target"]').forEach((r) => r.addEventListener("change", () => {
   if (query.value.trim()) form.requestSubmit();
 }));
+
+function openFromURL() {
+  const state = fromURL(location.search);
+  writeForm(state);
+  if (state.q || state.like) go(state, false);
+  else { results.replaceChildren(); setStatus(""); }
+}
+window.addEventListener("popstate", openFromURL);
+openFromURL();
 
 fetch("/health").then((r) => r.json()).then((h) => {
   $("stats").textContent = h.status === "ok" ? `${h.images} images, ${h.captions} captions`
