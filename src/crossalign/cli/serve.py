@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-k", type=int, default=100,
                    help="the most results one query may ask for (default 100; the page asks for "
                         "24, or this many if fewer)")
+    p.add_argument("--text-runtime", default="auto", choices=["auto", "onnx", "torch"],
+                   help="what embeds text queries: ONNX Runtime (onnx), torch, or auto (default: "
+                        "ONNX Runtime where the text tower can run there, else torch)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -32,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
 
     serve(args.index, host=args.host, port=args.port, run=args.run, device=args.device,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_k=args.max_k,
-          log_level="warning" if args.quiet else "info")
+          log_level="warning" if args.quiet else "info", text_runtime=args.text_runtime)
     return 0

@@ -29,6 +29,10 @@ L2-normalised vectors ``[n, embed_dim]`` as float32 numpy arrays.
 - Decoding for training: :class:`DecodeImages` (the dataset every image goes through) and
   :func:`decode_loader` (its ``DataLoader``, workers seeded privately, batches stacked in
   the workers as :class:`Decoded`, channels-last when the tower wants it).
+- Query texts through ONNX Runtime: :class:`OnnxText` ``(model, threads=1)`` exports a
+  transformers text tower with its head in memory; calling it gives the same unit vectors
+  as :func:`embed_texts` (to float rounding); :func:`onnx_supported` says why a model's text
+  side cannot (a from-scratch tower, no onnxruntime).
 
 This room imports the data, model and feature-cache rooms only; training and evaluation
 import it, never the other way.
@@ -36,9 +40,11 @@ import it, never the other way.
 
 from crossalign.embed._collection import (FLIP_SUFFIX, EmbeddedTable, ImageVectors, embed_images,
                                           embed_pictures, embed_table, embed_texts, tta_flip)
+from crossalign.embed._onnx import OnnxText, onnx_supported
 from crossalign.embed._towers import (Collate, DecodeImages, Decoded, TowerOutputs, decode_loader,
                                       image_features, mirror, project, text_features, wants_channels_last)
 
 __all__ = ["embed_images", "embed_pictures", "embed_texts", "embed_table", "tta_flip", "ImageVectors",
            "EmbeddedTable", "image_features", "text_features", "project", "TowerOutputs", "DecodeImages",
-           "Decoded", "Collate", "decode_loader", "wants_channels_last", "mirror", "FLIP_SUFFIX"]
+           "Decoded", "Collate", "decode_loader", "wants_channels_last", "mirror", "FLIP_SUFFIX",
+           "OnnxText", "onnx_supported"]

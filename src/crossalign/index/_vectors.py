@@ -6,15 +6,20 @@ Every call the index and the service make into model loading and embedding goes 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from crossalign.data.table import PairTable
+from crossalign.errors import ConfigError
 from crossalign.features import weights_hash
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "TEXT_RUNTIMES"]
+
+log = logging.getLogger("crossalign.index")
+TEXT_RUNTIMES = ("auto", "torch", "onnx")
 
 
 class Embedder:
@@ -26,18 +31,42 @@ class Embedder:
         device: where the model runs.
         cache: read and fill the feature cache for frozen towers (off: every item runs
             through its tower).
+        text_runtime: what embeds free-text queries: ``torch``, ``onnx`` (ONNX Runtime; an
+            error when the text tower cannot run there) or ``auto`` (ONNX Runtime on a CPU
+            where it can, else torch). ``text_runtime_used`` says which one does.
     """
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "cpu",
-                 cache: bool = True) -> None:
+                 cache: bool = True, text_runtime: str = "torch") -> None:
         from crossalign.runs import open_run
 
+        if text_runtime not in TEXT_RUNTIMES:
+            raise ConfigError(f"the text runtime must be one of {', '.join(TEXT_RUNTIMES)}, got "
+                              f"{text_runtime!r}")
         self.run = Path(run)
         rd = open_run(run, None, which, device)
         self.model, self.cfg, self.device = rd.model, rd.cfg, device
         self.cache_root = rd.cache_root if cache else None
         self.weights_hash = weights_hash(self.model)  # which model made the vectors
         self.dim = int(self.cfg.model.embed_dim)
+        self._onnx = self._onnx_text(text_runtime)
+        self.text_runtime_used = "onnx" if self._onnx is not None else "torch"
+        # an ONNX Runtime session takes calls from several threads at once; a torch model one
+        self.parallel_text = self._onnx is not None
+
+    def _onnx_text(self, runtime: str):
+        from crossalign.embed import OnnxText, onnx_supported
+
+        if runtime == "torch":
+            return None
+        why = onnx_supported(self.model) or ("" if self.device == "cpu" else
+                                             f"queries run on {self.device}")
+        if why:
+            if runtime == "onnx":
+                raise ConfigError(f"{self.run}: text queries cannot run in ONNX Runtime: {why}")
+            log.info("text queries run in torch: %s", why)
+            return None
+        return OnnxText(self.model)
 
     def read_table(self, data: str | Path, data_format: str = "", split: str = "all",
                    quiet: bool = False) -> PairTable:
@@ -75,6 +104,10 @@ class Embedder:
         """``[len(queries), dim]`` vectors of free text (queries never enter the feature cache)."""
         from crossalign.embed import embed_texts
 
+        if self._onnx is not None:
+            vecs = self._onnx(list(queries))
+            if vecs is not None:
+                return _normed(vecs)
         return _normed(embed_texts(self.model, list(queries), device=self.device))
 
     def picture(self, image, name: str = "") -> np.ndarray:

@@ -89,6 +89,7 @@ class Index:
         self.store, self.embedder = store, embedder
         self._lock = threading.Lock()  # one query at a time through the model
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
+        self._cache_lock = threading.Lock()
         for target in TARGETS:
             _set_search_params(store.faiss[target], ef_search, nprobe)
 
@@ -140,17 +141,23 @@ class Index:
         """``[len(texts), dim]`` vectors of text terms; recent ones come from memory."""
         if not texts:
             return np.zeros((0, self.store.info["dim"]), np.float32)
-        with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
-            if missing:
-                for t, v in zip(missing, self._model().text(missing)):
-                    self._texts[t] = v
+        with self._cache_lock:
+            got = {t: self._texts[t] for t in texts if t in self._texts}
+        missing = [t for t in dict.fromkeys(texts) if t not in got]
+        if missing:
+            model = self._model()
+            if model.parallel_text:  # a session that takes calls from several threads
+                got.update(zip(missing, model.text(missing)))
+            else:
+                with self._lock:
+                    got.update(zip(missing, model.text(missing)))
+        with self._cache_lock:
             for t in texts:
+                self._texts[t] = got[t]
                 self._texts.move_to_end(t)
-            out = np.stack([self._texts[t] for t in texts])
             while len(self._texts) > QUERY_CACHE:
                 self._texts.popitem(last=False)
-        return out
+        return np.stack([got[t] for t in texts])
 
     def search(self, text: str | Sequence[str] | None = None,
                image: str | Path | bytes | Sequence | None = None, k: int = 10,
@@ -305,7 +312,7 @@ def _set_search_params(index, ef_search: int, nprobe: int) -> None:
 
 def open_index(path: str | Path, run: str | Path | None = None, *, model: bool = True,
                which: str = "best", device: str = "cpu", ef_search: int = HNSW_EF_SEARCH,
-               nprobe: int = IVF_NPROBE) -> Index:
+               nprobe: int = IVF_NPROBE, text_runtime: str = "torch") -> Index:
     """Open the index at ``path`` for searching.
 
     Args:
@@ -314,6 +321,9 @@ def open_index(path: str | Path, run: str | Path | None = None, *, model: bool =
         model: load the model (off: only searches by vector or by indexed item).
         ef_search: HNSW's search breadth (more: better recall, slower).
         nprobe: IVF lists visited per query.
+        text_runtime: what embeds text queries: ``torch``, ``onnx`` (ONNX Runtime) or
+            ``auto`` (ONNX Runtime where the text tower can run there); see
+            :class:`~crossalign.index._vectors.Embedder`.
     """
     store = IndexStore(path)
     if not model:
@@ -326,7 +336,7 @@ def open_index(path: str | Path, run: str | Path | None = None, *, model: bool =
         store.close()
         raise RunError(f"{run}: the run that built the index {path} is not there; pass the run "
                        f"folder (--run RUN)")
-    embedder = Embedder(run, which, device)
+    embedder = Embedder(run, which, device, text_runtime=text_runtime)
     if embedder.weights_hash != store.info["weights_hash"]:
         store.close()
         raise RunError(f"{path} was built with the model of {store.info['run']} (weights "

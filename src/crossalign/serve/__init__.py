@@ -21,7 +21,7 @@ def create_app(index, limits=None):
 
 def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, run: str | Path | None = None,
           device: str = "cpu", max_upload_bytes: int = 10 * 1024 * 1024, max_k: int = 100,
-          log_level: str = "info") -> None:
+          log_level: str = "info", text_runtime: str = "auto") -> None:
     """Serve the index at ``index`` over HTTP until stopped (Ctrl-C).
 
     Args:
@@ -29,16 +29,21 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, run: str
         run: the run whose model embeds queries (default: the one that built the index).
         max_upload_bytes: the largest image upload.
         max_k: the most results one query may ask for.
+        text_runtime: what embeds text queries (``auto``: ONNX Runtime where the text tower
+            can run there, else torch; ``onnx``; ``torch``).
     """
+    import faiss
     import uvicorn
 
     from crossalign.index import open_index
     from crossalign.serve.app import ServiceLimits
 
-    ix = open_index(index, run, device=device)
+    faiss.omp_set_num_threads(1)  # one query per request: threads would only contend
+    ix = open_index(index, run, device=device, text_runtime=text_runtime)
     app = create_app(ix, ServiceLimits(max_k=max_k, max_upload_bytes=max_upload_bytes))
     ix.search(text="warm up", k=1)  # the first pass through the model is slow; not a user's
-    print(f"serving {index} ({len(ix)} images) on http://{host}:{port}/  (API docs at /docs)")
+    print(f"serving {index} ({len(ix)} images; text queries through "
+          f"{ix.embedder.text_runtime_used}) on http://{host}:{port}/  (API docs at /docs)")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
