@@ -19,7 +19,7 @@ from crossalign.errors import ConfigError, CrossalignError, RunError
 from crossalign._io import sha256_file
 from crossalign.index import build_index, open_index
 from crossalign.index._vectors import Embedder
-from crossalign.index.store import IndexStore, ImageRecord, resolve_index_type, write_version
+from crossalign.index.store import CaptionRecord, IndexStore, ImageRecord, resolve_index_type, write_version
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +341,55 @@ def test_a_link_leaving_the_folder_is_never_indexed(run, shapes_dir, tmp_path, c
     finally:
         ix.close()
     assert str(outside) not in paths and len(paths) == 3
+
+
+def _clustered(rng, n: int, dim: int = 32, clusters: int = 40, spread: float = 0.35) -> np.ndarray:
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_tuned_index_meets_its_recall_on_held_queries(tmp_path, kind):
+    """The build tunes the search to its recall target on a sample; queries it never saw, from
+    the same collection, get that recall too (within the sample's error)."""
+    rng = np.random.default_rng(3)
+    images = _clustered(rng, 20_000)
+    captions = _clustered(np.random.default_rng(4), 2_000)  # the tuning's other-target queries
+    records = [ImageRecord(i, f"/x/{i}.png", f"{i}.png", "h") for i in range(len(images))]
+    for k, c in enumerate(captions):
+        records[k].captions.append(CaptionRecord(k, k, f"caption {k}"))
+    write_version(tmp_path / kind, {"dim": 32, "run": "", "weights_hash": ""}, [], records,
+                  images, captions, kind, recall=0.95)
+    ix = open_index(tmp_path / kind, model=False)
+    tuned = ix.info["search"]["images"]
+    assert tuned["met"] and tuned["recall"] >= 0.95 and tuned["target"] == 0.95
+    assert tuned["queries"] == 600 and "rerank" in tuned["params"]
+    held = np.concatenate([_clustered(np.random.default_rng(5), 300), _clustered(rng, 300)])
+    truth = np.argsort(-(held @ images.T), axis=1)[:, :10]
+    found = [[h.id for h in ix.search_vector(q, k=10).hits] for q in held]
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.93, (tuned, recall)
+    assert ix.store.vectors["images"].dtype == (np.float16 if kind == "ivfpq" else np.float32)
+    ix.close()
+
+
+def test_an_unreachable_recall_keeps_the_widest_search(tmp_path, monkeypatch):
+    from crossalign.index import tune as tune_mod
+
+    monkeypatch.setattr(tune_mod, "EF_GRID", (16,))
+    monkeypatch.setattr(tune_mod, "RERANK_GRID", {"hnsw": (1,), "ivf": (1,)})
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((5000, 32)).astype(np.float32)  # uniform: a graph's worst case
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    records = [ImageRecord(i, f"/x/{i}.png", f"{i}.png", "h") for i in range(len(vecs))]
+    write_version(tmp_path / "ix", {"dim": 32, "run": "", "weights_hash": ""}, [], records, vecs,
+                  np.zeros((0, 32), np.float32), "hnsw", recall=1.0)
+    ix = open_index(tmp_path / "ix", model=False)
+    tuned = ix.info["search"]["images"]
+    assert not tuned["met"] and tuned["params"] == {"efSearch": 16, "rerank": 1}
+    assert ix.store.faiss["images"].hnsw.efSearch == 16 and ix.rerank["images"] == 1
+    ix.close()
+    with pytest.raises(ConfigError, match="recall"):
+        write_version(tmp_path / "bad", {"dim": 32}, [], records, vecs,
+                      np.zeros((0, 32), np.float32), "hnsw", recall=1.5)

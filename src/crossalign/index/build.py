@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +23,7 @@ from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign._io import sha256_file
 from crossalign.index._vectors import Embedder
+from crossalign.index.tune import DEFAULT_RECALL
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
 
 __all__ = ["build_index", "BuildSummary"]
@@ -44,6 +45,7 @@ class BuildSummary:
     failed: dict[str, str]  # path -> why it was left out
     factory: dict[str, str]  # the FAISS index of each target
     seconds: float
+    tuned: dict[str, dict] = field(default_factory=dict)  # approximate targets: Tuned.to_dict()
 
 
 def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRecord]:
@@ -187,7 +189,8 @@ def _assign_ids(images: list[ImageRecord], old_ids: dict[str, int], next_id: int
 def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path | None = None,
                 images: str | Path | None = None, add: Sequence[str | Path] = (), split: str = "all",
                 data_format: str = "", index_type: str | None = None, which: str = "best",
-                device: str = "cpu", progress: bool = True, dist=None) -> BuildSummary | None:
+                device: str = "cpu", progress: bool = True, dist=None,
+                recall: float = DEFAULT_RECALL) -> BuildSummary | None:
     """Build or update the index at ``out`` with the model of ``run``.
 
     Args:
@@ -201,6 +204,8 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
         index_type: ``flat`` (exact), ``hnsw``, ``ivfpq`` or ``auto`` (by size); default: what
             the index had, ``auto`` for a new one.
         dist: a DistInfo to share the embedding out over processes.
+        recall: an approximate index's search parameters are tuned to reach this recall@10
+            against exact search (measured on a sample of the index's own vectors).
 
     Returns:
         A :class:`BuildSummary` (None on processes other than the first).
@@ -233,17 +238,17 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
         index_type = old.info.get("index_type", "auto") if old is not None else "auto"
     info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type)
+    version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type, recall)
     _clean_parts(out)
     _wait(dist)
     for msg in bad.values():
         log.warning("%s; left out of the index", msg)
     if old is not None:
         old.close()
-    factory = _factories(out)
+    factory, tuned = _factories(out)
     return BuildSummary(out, version, len(kept), len(caption_vecs), len(new_paths), len(new_texts),
                         len(set(old_ids) - {im.path for im in kept}), failed, factory,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, tuned)
 
 
 def _open_old(out: Path) -> IndexStore | None:
@@ -255,10 +260,10 @@ def _open_old(out: Path) -> IndexStore | None:
     return None
 
 
-def _factories(out: Path) -> dict[str, str]:
+def _factories(out: Path) -> tuple[dict[str, str], dict[str, dict]]:
     store = IndexStore(out)
     try:
-        return dict(store.info["factory"])
+        return dict(store.info["factory"]), dict(store.info.get("search", {}))
     finally:
         store.close()
 

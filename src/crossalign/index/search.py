@@ -24,13 +24,16 @@ import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index.store import Filters, IndexStore
+from crossalign.index.tune import apply_params, approximate_top
 
 __all__ = ["Index", "Hit", "SearchResult", "Filters", "open_index", "TARGETS", "RANKING",
            "SCORE_KIND"]
 
 TARGETS = ("images", "captions")
 RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
-RERANK = 4  # approximate indexes: candidates fetched per result, scored exactly
+# what an approximate index built without tuned parameters searches with: candidates fetched
+# per result (scored exactly), HNSW's breadth, IVF's lists visited
+RERANK = 4
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
 SUBSET_EXACT = 100_000  # a filter that keeps at most this many vectors is searched exactly
@@ -84,14 +87,22 @@ class Index:
     Use :func:`open_index` to make one.
     """
 
-    def __init__(self, store: IndexStore, embedder=None, ef_search: int = HNSW_EF_SEARCH,
-                 nprobe: int = IVF_NPROBE) -> None:
+    def __init__(self, store: IndexStore, embedder=None, ef_search: int | None = None,
+                 nprobe: int | None = None) -> None:
         self.store, self.embedder = store, embedder
         self._lock = threading.Lock()  # one query at a time through the model
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
         self._cache_lock = threading.Lock()
+        self.rerank = {}  # candidates fetched per result by an approximate index, scored exactly
         for target in TARGETS:
-            _set_search_params(store.faiss[target], ef_search, nprobe)
+            tuned = dict(store.info.get("search", {}).get(target, {}).get("params", {}))
+            self.rerank[target] = int(tuned.pop("rerank", RERANK))
+            params = {"efSearch": HNSW_EF_SEARCH, "nprobe": IVF_NPROBE, **tuned}
+            if ef_search is not None:
+                params["efSearch"] = ef_search
+            if nprobe is not None:
+                params["nprobe"] = nprobe
+            apply_params(store.faiss[target], params)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -207,19 +218,16 @@ class Index:
         if index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and (exact or len(allowed) <= SUBSET_EXACT):
-            return _top(allowed, np.asarray(vecs[allowed] @ q), k)
-        fetch = min(index.ntotal, k if exact else k * RERANK)
-        if allowed is None:
-            scores, rows = index.search(q[None, :], fetch)  # [1, fetch]
-        else:
-            selector = _selector(allowed)
-            scores, rows = index.search(q[None, :], fetch, params=_params(index, selector))
-        keep = rows[0] >= 0
-        rows, scores = rows[0][keep], scores[0][keep]
+            return _top(allowed, np.asarray(vecs[allowed], np.float32) @ q, k)
         if exact:
-            return rows[:k], scores[:k]
-        rows = np.sort(rows)
-        return _top(rows, np.asarray(vecs[rows] @ q), k)  # re-scored exactly
+            scores, rows = index.search(q[None, :], min(index.ntotal, k))  # [1, k]
+            keep = rows[0] >= 0
+            return rows[0][keep], scores[0][keep]
+        selector = None if allowed is None else _selector(allowed)  # alive while FAISS uses it
+        params = None if selector is None else _params(index, selector)
+        rows, scores = approximate_top(index, vecs, q[None, :], k, self.rerank[target], params)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep]
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray, target: str) -> list[Hit]:
         ids = [int(self.store.row_ids[target][r]) for r in rows]
@@ -299,28 +307,18 @@ def _params(index, selector):
     return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
 
 
-def _set_search_params(index, ef_search: int, nprobe: int) -> None:
-    import faiss
-
-    if hasattr(index, "hnsw"):
-        index.hnsw.efSearch = int(ef_search)
-    try:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except (RuntimeError, TypeError, AttributeError):
-        pass  # not an IVF index
-
-
 def open_index(path: str | Path, run: str | Path | None = None, *, model: bool = True,
-               which: str = "best", device: str = "cpu", ef_search: int = HNSW_EF_SEARCH,
-               nprobe: int = IVF_NPROBE, text_runtime: str = "torch") -> Index:
+               which: str = "best", device: str = "cpu", ef_search: int | None = None,
+               nprobe: int | None = None, text_runtime: str = "torch") -> Index:
     """Open the index at ``path`` for searching.
 
     Args:
         run: the run whose model embeds the queries; default: the run that built the index.
             A run with other weights is refused (its vectors would not match the index's).
         model: load the model (off: only searches by vector or by indexed item).
-        ef_search: HNSW's search breadth (more: better recall, slower).
-        nprobe: IVF lists visited per query.
+        ef_search: HNSW's search breadth (more: better recall, slower); default: what the
+            build tuned to its recall target.
+        nprobe: IVF lists visited per query; default: what the build tuned.
         text_runtime: what embeds text queries: ``torch``, ``onnx`` (ONNX Runtime) or
             ``auto`` (ONNX Runtime where the text tower can run there); see
             :class:`~crossalign.index._vectors.Embedder`.

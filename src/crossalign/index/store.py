@@ -6,7 +6,8 @@ One folder holds everything::
       CURRENT              the name of the live version (replaced atomically)
       v-<token>/
         meta.sqlite        info, sources, images (path, content hash, labels), captions
-        images.npy         [n_images, dim] float32, L2-normalised (FAISS row order)
+        images.npy         [n_images, dim] L2-normalised (FAISS row order); float32, or float16
+                           for IVF-PQ, whose codes are re-scored against it memory-mapped
         captions.npy       [n_captions, dim]
         images.faiss       FAISS index over images.npy (inner product = cosine)
         captions.faiss
@@ -24,6 +25,10 @@ hnsw      ``HNSW32``: a graph, approximate, for 100,000 to 1,000,000 vectors
 ivfpq     ``IVF{nlist},PQ{dim/8}x8``: inverted lists over compressed codes, above that
 auto      chosen by the number of vectors with those thresholds, as autofaiss does
 ========  ==========================================================================
+
+An approximate index's search breadth (HNSW ``efSearch``, IVF ``nprobe``) and re-scoring
+depth are tuned at build time to a recall target (``--recall``, 0.95 by default) and kept in
+``info["search"]`` with the recall measured.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import numpy as np
 
 from crossalign._io import atomic_path, atomic_write_bytes, atomic_write_text
 from crossalign.errors import ConfigError, InputNotFound
+from crossalign.index.tune import DEFAULT_RECALL, tune
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index"]
@@ -52,6 +58,7 @@ AUTO_FLAT_BELOW = 100_000  # exact search stays fast (a few ms per query at 256-
 AUTO_HNSW_BELOW = 1_000_000  # HNSW's memory (vectors + graph) is still moderate below this
 IVFPQ_MIN = 1_000  # fewer vectors cannot train 256 PQ centroids and the coarse lists well
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
+TUNE_OTHER, TUNE_OWN = 400, 200  # tuning queries from the other target, and from the target
 
 _SCHEMA = """
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,7 +156,7 @@ def _write_faiss(index, path: Path) -> None:
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr, dtype=np.float32))
+        np.save(f, np.ascontiguousarray(arr))
 
 
 def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRecord]) -> None:
@@ -180,11 +187,24 @@ def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRec
     atomic_write_bytes(path, data)
 
 
+def _tuning_queries(own: np.ndarray, other: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Queries to tune an index on: vectors of the other target (text queries of an image index:
+    the hard case, never in the index), and some of its own (more like this)."""
+    rng = np.random.default_rng(seed)
+    take = lambda x, m: x[np.sort(rng.choice(len(x), min(m, len(x)), replace=False))]  # noqa: E731
+    parts = [take(other, TUNE_OTHER)] if len(other) else []
+    parts.append(take(own, TUNE_OWN if len(other) else TUNE_OWN + TUNE_OTHER))
+    return np.concatenate(parts).astype(np.float32)
+
+
 def write_version(root: str | Path, info: dict, sources: list[dict], images: list[ImageRecord],
-                  image_vecs: np.ndarray, caption_vecs: np.ndarray, index_type: str = "auto") -> str:
+                  image_vecs: np.ndarray, caption_vecs: np.ndarray, index_type: str = "auto",
+                  recall: float = DEFAULT_RECALL) -> str:
     """Write a new version of the index at ``root`` and make it the live one.
 
-    ``caption_vecs`` rows follow the captions of ``images`` in order. Returns the version name.
+    ``caption_vecs`` rows follow the captions of ``images`` in order. An approximate index's
+    search parameters are tuned to reach ``recall`` (recall@10 against exact search; see
+    :mod:`crossalign.index.tune`) and recorded in ``info["search"]``. Returns the version name.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -192,18 +212,28 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
     if len(image_vecs) != len(images) or len(caption_vecs) != n_caps:
         raise ValueError(f"{len(images)} images / {n_caps} captions but {len(image_vecs)} / "
                          f"{len(caption_vecs)} vectors")
+    if not 0 < recall <= 1:
+        raise ConfigError(f"--recall must be in (0, 1], got {recall}")
     counts = {"images": len(images), "captions": n_caps}
     kinds = {t: resolve_index_type(index_type, n) if n else "flat" for t, n in counts.items()}
     dim = int(info["dim"])
     info = {**info, "index_type": index_type, "n_images": len(images), "n_captions": n_caps,
-            "factory": {t: factory_string(kinds[t], n, dim) for t, n in counts.items()}}
+            "factory": {t: factory_string(kinds[t], n, dim) for t, n in counts.items()},
+            "vector_dtype": {t: "float16" if kinds[t] == "ivfpq" else "float32" for t in counts},
+            "search": {}}
     name = f"v-{uuid.uuid4().hex[:12]}"
     tmp_dir = root / f".{name}.tmp"
     tmp_dir.mkdir()
-    for target, vecs in (("images", image_vecs), ("captions", caption_vecs)):
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, dim)
-        _write_npy(tmp_dir / f"{target}.npy", vecs)
-        _write_faiss(_build_faiss(vecs, kinds[target]), tmp_dir / f"{target}.faiss")
+    vecs = {t: np.ascontiguousarray(v, dtype=np.float32).reshape(-1, dim)
+            for t, v in (("images", image_vecs), ("captions", caption_vecs))}
+    for target, other in (("images", "captions"), ("captions", "images")):
+        index = _build_faiss(vecs[target], kinds[target])
+        stored = vecs[target].astype(info["vector_dtype"][target])
+        _write_npy(tmp_dir / f"{target}.npy", stored)
+        if kinds[target] != "flat":
+            tuned = tune(index, stored, _tuning_queries(vecs[target], vecs[other]), recall)
+            info["search"][target] = tuned.to_dict()
+        _write_faiss(index, tmp_dir / f"{target}.faiss")
     _write_db(tmp_dir / "meta.sqlite", info, sources, images)
     tmp_dir.rename(root / name)
     atomic_write_text(root / "CURRENT", name + "\n")
