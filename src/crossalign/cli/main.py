@@ -26,6 +26,7 @@ COMMANDS = {
     "index": "index",
     "search": "search",
     "serve": "serve",
+    "duplicates": "duplicates",
 }
 
 
