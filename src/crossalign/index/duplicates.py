@@ -72,13 +72,15 @@ def _pairs_flat(vecs: np.ndarray, threshold: float) -> list[tuple[int, int, floa
 
 
 def _pairs_approximate(store: IndexStore, threshold: float, neighbours: int) -> list[tuple[int, int, float]]:
-    from crossalign.index.tune import approximate_top
+    from crossalign.index.tune import apply_params, approximate_top, tuned_params
 
     index, vecs = store.faiss["images"], store.vectors["images"]
+    params, rerank = tuned_params(store.info, "images")
+    apply_params(index, params)
     out = set()
     for s in range(0, len(vecs), BLOCK):
         q = np.asarray(vecs[s:s + BLOCK], np.float32)
-        rows, scores = approximate_top(index, vecs, q, neighbours + 1, 4)
+        rows, scores = approximate_top(index, vecs, q, neighbours + 1, rerank)
         for a, (rr, ss) in enumerate(zip(rows, scores)):
             for r, sc in zip(rr, ss):
                 if r >= 0 and r != s + a and sc >= threshold:

@@ -24,16 +24,15 @@ import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index.store import Filters, IndexStore
-from crossalign.index.tune import apply_params, approximate_top
+from crossalign.index.tune import apply_params, approximate_top, tuned_params
 
 __all__ = ["Index", "Hit", "SearchResult", "Filters", "open_index", "TARGETS", "RANKING",
            "SCORE_KIND"]
 
 TARGETS = ("images", "captions")
 RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
-# what an approximate index built without tuned parameters searches with: candidates fetched
-# per result (scored exactly), HNSW's breadth, IVF's lists visited
-RERANK = 4
+# what an approximate index built without tuned parameters searches with: HNSW's breadth,
+# IVF's lists visited
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
 SUBSET_EXACT = 100_000  # a filter that keeps at most this many vectors is searched exactly
@@ -95,8 +94,7 @@ class Index:
         self._cache_lock = threading.Lock()
         self.rerank = {}  # candidates fetched per result by an approximate index, scored exactly
         for target in TARGETS:
-            tuned = dict(store.info.get("search", {}).get(target, {}).get("params", {}))
-            self.rerank[target] = int(tuned.pop("rerank", RERANK))
+            tuned, self.rerank[target] = tuned_params(store.info, target)
             params = {"efSearch": HNSW_EF_SEARCH, "nprobe": IVF_NPROBE, **tuned}
             if ef_search is not None:
                 params["efSearch"] = ef_search

@@ -228,7 +228,7 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
             for t, v in (("images", image_vecs), ("captions", caption_vecs))}
     for target, other in (("images", "captions"), ("captions", "images")):
         index = _build_faiss(vecs[target], kinds[target])
-        stored = vecs[target].astype(info["vector_dtype"][target])
+        stored = vecs[target].astype(info["vector_dtype"][target], copy=False)
         _write_npy(tmp_dir / f"{target}.npy", stored)
         if kinds[target] != "flat":
             tuned = tune(index, stored, _tuning_queries(vecs[target], vecs[other]), recall)
@@ -362,6 +362,7 @@ class IndexStore:
         self._image_cols = ("id, row, source, path, name, content_hash, split, labels, " +
                             ("folder, date" if {"folder", "date"} <= have else "'', ''"))
         self._matching: dict = {}  # (target, Filters) -> FAISS rows, the latest few
+        self._label_columns: list[str] | None = None
         self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
                         for r in self._rows("SELECT * FROM sources ORDER BY id")]
         self.vectors = {t: np.load(vdir / f"{t}.npy", mmap_mode="r") for t in ("images", "captions")}
@@ -456,9 +457,11 @@ class IndexStore:
         return None if row is None else np.array(self.vectors[target][row], dtype=np.float32)
 
     def label_columns(self) -> list[str]:
-        """The label columns the images carry."""
-        rows = self._rows("SELECT DISTINCT j.key FROM images, json_each(images.labels) AS j")
-        return sorted(r[0] for r in rows)
+        """The label columns the images carry (read once: a version never changes)."""
+        if self._label_columns is None:
+            rows = self._rows("SELECT DISTINCT j.key FROM images, json_each(images.labels) AS j")
+            self._label_columns = sorted(r[0] for r in rows)
+        return self._label_columns
 
     def rows_matching(self, target: str, filters: Filters) -> np.ndarray:
         """The FAISS rows of ``target`` (sorted) whose images pass ``filters``.

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Tuned", "tune", "apply_params", "approximate_top", "exact_top", "recall_at",
+__all__ = ["Tuned", "tune", "tuned_params", "apply_params", "approximate_top", "exact_top", "recall_at",
            "DEFAULT_RECALL", "RECALL_K"]
 
 DEFAULT_RECALL = 0.95
+RERANK = 4  # candidates per result of an index built without tuned parameters
 RECALL_K = 10
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -46,6 +47,13 @@ class Tuned:
 
 def _kind(index) -> str:
     return "hnsw" if hasattr(index, "hnsw") else "ivf"
+
+
+def tuned_params(info: dict, target: str) -> tuple[dict, int]:
+    """The search breadth a build recorded for ``target`` (``{}`` when none) and its
+    re-scoring depth (:data:`RERANK` when none)."""
+    params = dict(info.get("search", {}).get(target, {}).get("params", {}))
+    return params, int(params.pop("rerank", RERANK))
 
 
 def apply_params(index, params: dict) -> None:
