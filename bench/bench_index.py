@@ -16,12 +16,30 @@ exactly against the stored vectors, as searches do).
     python bench/bench_index.py --part random
     python bench/bench_index.py --part flickr --run runs/flickr --data ../shared/data/flickr8k
     python bench/bench_index.py --part random --n 20000 --queries 50 --ef 16,64   # a quick check
+    python bench/bench_index.py --part realistic --index INDEX   # INDEX: built by crossalign index
+
+Part 3 (``realistic``, with ``--index INDEX`` of a trained run over a real data set): mixtures of
+per-cluster Gaussians are fitted to the index's image vectors and, separately, to its caption
+vectors (``realistic_vectors.py``); the fit is checked against the real vectors (tightness of
+the clusters, each query's best cross-modal score). Then ``--n`` (1,000,000) image-like vectors
+get an HNSW index and ``--n-ivf`` (10,000,000) an IVF-PQ one, each built and tuned to recall@10
+0.95 as ``crossalign index`` does (the same factory strings, training sample and
+:func:`crossalign.index.tune.tune` on held queries), and the same again with caption-like
+vectors as the base. Fresh text-like queries over the image-like base (text -> image) and
+image-like queries over the caption-like base (image -> text) are answered one at a time on one
+thread, as a search does (FAISS candidates re-scored against the stored vectors, float16 and
+memory-mapped for IVF-PQ), in a fresh process that reports its peak resident memory.
+Targets: 1M HNSW recall@10 >= 0.95 at p50 <= 2 ms; 10M IVF-PQ recall@10 >= 0.95 at p50 <= 20 ms
+and <= 4 GB resident.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -171,9 +189,153 @@ def part_flickr(run: str, data: str, split: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _vm(key: str) -> float:
+    """A figure of this process from /proc/self/status, in GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024 ** 2
+    return float("nan")
+
+
+def _build_streamed(mix, n: int, kind: str, out: Path, seed: int):
+    """An index of ``kind`` over ``n`` vectors drawn from ``mix``, built as ``crossalign index``
+    builds one (factory string, training sample), with the stored vectors written to
+    ``out/vectors.npy`` in the index's dtype a chunk at a time; returns (index, stored)."""
+    import faiss
+
+    import realistic_vectors as rv
+    from crossalign.index.store import HNSW_EF_CONSTRUCTION, factory_string
+
+    dtype = np.float16 if kind == "ivfpq" else np.float32
+    stored = np.lib.format.open_memmap(out / "vectors.npy", mode="w+", dtype=dtype, shape=(n, mix.dim))
+    index = faiss.index_factory(mix.dim, factory_string(kind, n, mix.dim), faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    else:  # the build's training sample: 100,000 of the vectors (these are drawn alike)
+        index.train(rv.draw_all(mix, min(n, 100_000), seed + 7))
+    s = 0
+    for part in rv.draw(mix, n, seed):
+        stored[s:s + len(part)] = part
+        index.add(part)
+        s += len(part)
+    stored.flush()
+    return index, stored
+
+
+def _realistic_case(name: str, base_mix, query_mix, n: int, kind: str, n_queries: int, seed: int,
+                    tmp: Path) -> None:
+    import faiss
+
+    import realistic_vectors as rv
+    from crossalign.index.store import _tuning_queries, factory_string
+    from crossalign.index.tune import exact_top, tune
+
+    out = tmp / f"{kind}-{name.replace(' ', '').replace('->', '-')}"
+    out.mkdir()
+    t0 = time.perf_counter()
+    index, stored = _build_streamed(base_mix, n, kind, out, seed)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # held queries as a build tunes on: the other modality's vectors (fresh draws here) and the
+    # base's own
+    held, groups = _tuning_queries(stored, rv.draw_all(query_mix, 400, seed + 1))
+    tuned = tune(index, stored, held, groups=groups)
+    tuned_s = time.perf_counter() - t0
+    queries = rv.draw_all(query_mix, n_queries, seed + 2)  # never seen by the tuning
+    truth = exact_top(stored, queries, 10)
+    faiss.write_index(index, str(out / "index.faiss"))
+    np.save(out / "queries.npy", queries)
+    np.save(out / "truth.npy", truth)
+    (out / "params.json").write_text(json.dumps(tuned.params))
+    del index, stored
+    print(f"  {kind} {factory_string(kind, n, base_mix.dim)} over {n:,} {name.split(' -> ')[1]}-like vectors: "
+          f"built in {built:.0f} s, tuned in {tuned_s:.0f} s to {tuned.params} "
+          f"(recall@10 of the held queries: {tuned.groups} on {tuned.queries})", flush=True)
+    res = subprocess.run([sys.executable, __file__, "--part", "_measure", "--dir", str(out)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"measuring {out} failed:\n{res.stderr}")
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"    {name}: {n_queries} queries one at a time, 1 thread: p50 {m['p50']:.2f} ms  "
+          f"p99 {m['p99']:.2f} ms  recall@10 {m['recall']:.3f}  peak resident {m['rss_gb']:.2f} GB "
+          f"(of which the index and vectors {m['loaded_gb']:.2f} GB at load, libraries {m['base_gb']:.2f} GB; "
+          f"at the end {m['anon_gb']:.2f} GB own memory + {m['file_gb']:.2f} GB of mapped files)",
+          flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def measure(out: Path) -> None:
+    """In a fresh process: load an index as a search does, answer the queries one at a time."""
+    import faiss
+
+    from crossalign.index.store import _open_vectors
+    from crossalign.index.tune import apply_params, approximate_top, recall_at
+
+    faiss.omp_set_num_threads(1)
+    before = _vm("VmRSS")  # the interpreter and libraries, before the index
+    index = faiss.read_index(str(out / "index.faiss"))
+    stored = _open_vectors(out / "vectors.npy", str(np.load(out / "vectors.npy", mmap_mode="r").dtype))  # as an index opens it
+    params = json.loads((out / "params.json").read_text())
+    rerank = int(params.pop("rerank"))
+    apply_params(index, params)
+    loaded = _vm("VmRSS") - before
+    queries, truth = np.load(out / "queries.npy"), np.load(out / "truth.npy")
+    rows, ms = np.empty_like(truth), np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        r, _ = approximate_top(index, stored, q[None, :], 10, rerank)
+        ms[i] = (time.perf_counter() - t0) * 1000
+        rows[i] = r[0]
+    peak = _vm("VmHWM")  # (ru_maxrss would count the parent's pages of before exec)
+    anon, file = _vm("RssAnon"), _vm("RssFile")  # own memory, and pages of mapped files (reclaimable)
+    print(json.dumps({"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                      "recall": recall_at(rows, truth), "rss_gb": peak, "loaded_gb": loaded,
+                      "base_gb": before, "anon_gb": anon, "file_gb": file}))
+
+
+def part_realistic(index_dir: str, n: int, n_ivf: int, n_queries: int, clusters: int, seed: int,
+                   kinds: list[str], directions: list[str] | None = None) -> None:
+    import realistic_vectors as rv
+    from crossalign.index.store import IndexStore
+
+    store = IndexStore(index_dir)
+    img = np.asarray(store.vectors["images"], np.float32)
+    cap = np.asarray(store.vectors["captions"], np.float32)
+    store.close()
+    t0 = time.perf_counter()
+    img_mix, cap_mix = rv.fit(img, clusters, seed), rv.fit(cap, clusters, seed)
+    print(f"realistic: mixtures of {len(img_mix.weights)} / {len(cap_mix.weights)} Gaussians fitted to "
+          f"{len(img):,} image and {len(cap):,} caption vectors of {index_dir} in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    f = lambda t: " / ".join(f"{v:.3f}" for v in t)  # noqa: E731
+    s_img, s_cap = rv.draw_all(img_mix, len(img), seed + 3), rv.draw_all(cap_mix, len(cap), seed + 4)
+    print(f"  cosine to the nearest cluster centre, p10 / p50 / p90: images real {f(rv.profile(img_mix, img))}"
+          f", drawn {f(rv.profile(img_mix, s_img))}; captions real {f(rv.profile(cap_mix, cap))}, "
+          f"drawn {f(rv.profile(cap_mix, s_cap))}")
+    print(f"  best score of a caption over the images, p10 / p50 / p90: real {f(rv.best_scores(cap, img))}, "
+          f"drawn {f(rv.best_scores(s_cap, s_img))}")
+    print(f"  best score of an image over the captions: real {f(rv.best_scores(img, cap))}, "
+          f"drawn {f(rv.best_scores(s_img, s_cap))}")
+    print(f"  best score of an image over the other images: real "
+          f"{f(np.percentile(np.sort(img @ img.T, 1)[:, -2], [10, 50, 90]))}, drawn "
+          f"{f(np.percentile(np.sort(s_img @ s_img.T, 1)[:, -2], [10, 50, 90]))}", flush=True)
+    del s_img, s_cap
+    tmp = Path(tempfile.mkdtemp(prefix="bench-realistic-"))
+    try:
+        for kind in kinds:
+            size = n if kind == "hnsw" else n_ivf
+            for name, base_mix, query_mix in (("text -> image", img_mix, cap_mix),
+                                              ("image -> text", cap_mix, img_mix)):
+                if directions and name.split(" ")[0] not in directions:
+                    continue
+                _realistic_case(name, base_mix, query_mix, size, kind, n_queries, seed, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["random", "flickr", "both"], default="both")
+    p.add_argument("--part", choices=["random", "flickr", "both", "realistic", "_measure"], default="both")
     p.add_argument("--n", type=int, default=1_000_000, help="random vectors (default 1,000,000)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=1000)
@@ -187,7 +349,21 @@ def main() -> None:
     p.add_argument("--run", help="run folder (part flickr)")
     p.add_argument("--data", help="data folder, e.g. ../shared/data/flickr8k (part flickr)")
     p.add_argument("--split", default="test")
+    p.add_argument("--index", help="an index of a trained run over a real data set (part realistic)")
+    p.add_argument("--n-ivf", type=int, default=10_000_000, help="vectors of the IVF-PQ case (part realistic)")
+    p.add_argument("--clusters", type=int, default=64, help="Gaussians fitted per modality (part realistic)")
+    p.add_argument("--kinds", default="hnsw,ivfpq", help="index types of part realistic")
+    p.add_argument("--directions", default="text,image",
+                   help="part realistic: text (text -> image), image (image -> text) or both")
+    p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.part == "_measure":
+        return measure(Path(args.dir))
+    if args.part == "realistic":
+        if not args.index:
+            p.error("part realistic needs --index INDEX")
+        return part_realistic(args.index, args.n, args.n_ivf, args.queries, args.clusters, args.seed,
+                              args.kinds.split(","), args.directions.split(","))
     if args.part in ("random", "both"):
         part_random(args.n, args.dim, args.queries, [int(e) for e in args.ef.split(",")],
                     [float(x) for x in args.noise.split(",")], args.seed, args.threads)

@@ -5,7 +5,8 @@ Starts ``crossalign serve INDEX`` in a child process on a free port of 127.0.0.1
 at once (default 16) and prints p50 / p99 latency, throughput and the error count (any answer
 other than 200, or no answer). Queries are the index's own captions (or generated phrases
 for an index without captions), each request a different text, with ``k=10``; ``--mix`` also
-sends thumbnail and "more like this" requests.
+sends thumbnail and "more like this" requests. Then one client asks one query ``--repeat`` times
+(default 50) in a row: after its first answer the service has the query's vector cached.
 
     python bench/bench_serve.py --index demo/index
     python bench/bench_serve.py --index demo/index --requests 200 --concurrency 4     # a quick check
@@ -119,14 +120,19 @@ async def _main(args) -> None:
         reqs = _urls(queries, args.mix, max(1, health["images"]), args.seed)
         await _load(base, reqs[: min(len(reqs), args.concurrency * 2)], args.concurrency)  # warm-up
         lat, errors, wall = await _load(base, reqs, args.concurrency)
+        again = [("/search", {"q": "a fresh query nobody asked: two dogs in deep snow", "k": 10})]
+        first, _, _ = await _load(base, again, 1)
+        rep, rep_errors, _ = await _load(base, again * args.repeat, 1)
     finally:
         proc.terminate()
         proc.wait(30)
     print(f"index {args.index}: {health['images']} images, {health['captions']} captions, "
-          f"FAISS {health['index']['images']}")
+          f"FAISS {health['index']['images']}, text queries through {health.get('text_runtime')}")
     print(f"{len(lat)} requests, concurrency {args.concurrency}{' (mixed)' if args.mix else ''}: "
           f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, "
           f"max {lat.max():.1f} ms, {len(lat) / wall:.1f} requests/s, errors {len(errors)}")
+    print(f"one query asked {args.repeat} times in a row by one client: first {first[0]:.1f} ms, then "
+          f"p50 {np.percentile(rep, 50):.1f} ms, p99 {np.percentile(rep, 99):.1f} ms, errors {len(rep_errors)}")
     for e in sorted(set(errors))[:10]:
         print(f"  error: {e} (x{errors.count(e)})")
 
@@ -138,6 +144,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--mix", action="store_true", help="also thumbnails and 'more like this'")
+    p.add_argument("--repeat", type=int, default=50, help="times one query is asked again at the end")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -284,8 +284,16 @@ def test_index_types_on_random_vectors(tmp_path):
         recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
         assert recall >= floor, (kind, recall)
         ix.close()
-    assert [resolve_index_type("auto", n) for n in (10, 99_999, 100_000, 999_999, 10**6)] == \
+    big = 64 * 1024 ** 3  # a machine where HNSW fits up to its size threshold
+    assert [resolve_index_type("auto", n, 256, big) for n in (10, 99_999, 100_000, 999_999, 10**6)] == \
         ["flat", "flat", "hnsw", "hnsw", "ivfpq"]
+    # by memory: on a 4 GiB machine 999,999 HNSW vectors (2.3 GB with their float32 copy) take
+    # more than a quarter of it, and IVF-PQ is chosen; 200,000 (0.47 GB) still fit
+    small = 4 * 1024 ** 3
+    assert resolve_index_type("auto", 999_999, 256, small) == "ivfpq"
+    assert resolve_index_type("auto", 200_000, 256, small) == "hnsw"
+    assert resolve_index_type("auto", 200_000, 2048, small) == "ivfpq"  # wider vectors
+    assert resolve_index_type("hnsw", 999_999, 256, small) == "hnsw"  # asked for: kept
     with pytest.raises(ConfigError):
         resolve_index_type("lsh", 10)
     with pytest.raises(ConfigError, match="at least"):
@@ -365,11 +373,14 @@ def test_tuned_index_meets_its_recall_on_held_queries(tmp_path, kind):
     tuned = ix.info["search"]["images"]
     assert tuned["met"] and tuned["recall"] >= 0.95 and tuned["target"] == 0.95
     assert tuned["queries"] == 600 and "rerank" in tuned["params"]
-    held = np.concatenate([_clustered(np.random.default_rng(5), 300), _clustered(rng, 300)])
-    truth = np.argsort(-(held @ images.T), axis=1)[:, :10]
-    found = [[h.id for h in ix.search_vector(q, k=10).hits] for q in held]
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    assert recall >= 0.93, (tuned, recall)
+    # each kind of query reached the target apart: the other target's (the hard case) too
+    assert set(tuned["groups"]) == {"other", "own"} and min(tuned["groups"].values()) >= 0.95
+    for name, held in (("other", _clustered(np.random.default_rng(5), 400)), ("own", _clustered(rng, 400))):
+        truth = np.argsort(-(held @ images.T), axis=1)[:, :10]
+        found = [[h.id for h in ix.search_vector(q, k=10).hits] for q in held]
+        recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+        # the tuning's margin (a lower bound on its sample's mean) covers fresh queries' spread
+        assert recall >= 0.945, (name, tuned, recall)
     assert ix.store.vectors["images"].dtype == (np.float16 if kind == "ivfpq" else np.float32)
     ix.close()
 
@@ -393,3 +404,44 @@ def test_an_unreachable_recall_keeps_the_widest_search(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="recall"):
         write_version(tmp_path / "bad", {"dim": 32}, [], records, vecs,
                       np.zeros((0, 32), np.float32), "hnsw", recall=1.5)
+
+
+def test_row_file_reads_rows_like_the_array(tmp_path, monkeypatch):
+    """IVF-PQ's float16 vectors are read row by row, never mapped: every way a search, a
+    tuning pass or a duplicate scan indexes them gives the array's rows."""
+    from crossalign.index import _rows
+    from crossalign.index._rows import RowFile
+
+    monkeypatch.setattr(_rows, "MAP_ABOVE", 8)  # both paths: single reads and a temporary mapping
+    arr = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float16)
+    np.save(tmp_path / "v.npy", arr)
+    rf = RowFile(tmp_path / "v.npy")
+    assert rf.shape == (50, 6) and rf.dtype == np.float16 and len(rf) == 50 and rf.ndim == 2
+    np.testing.assert_array_equal(rf[3], arr[3])
+    np.testing.assert_array_equal(rf[-1], arr[-1])
+    for key in (slice(2, 7), slice(0, 50), slice(40, 99), slice(0, 10, 3), np.array([4, 1, 4, 30]),
+                np.arange(0, 50, 2), np.arange(50) % 3 == 0, np.array([], np.int64)):
+        np.testing.assert_array_equal(rf[key], arr[key])
+    np.testing.assert_array_equal(np.asarray(rf, np.float32), arr.astype(np.float32))
+    with pytest.raises(IndexError):
+        rf[50]
+    with pytest.raises(IndexError):
+        rf[np.array([1, 50])]
+    rf.close()
+
+
+def test_ivfpq_index_reads_its_vectors_row_by_row(tmp_path):
+    from crossalign.index._rows import RowFile
+
+    rng = np.random.default_rng(6)
+    images = _clustered(rng, 3_000)
+    records = [ImageRecord(i, f"/x/{i}.png", f"{i}.png", "h") for i in range(len(images))]
+    write_version(tmp_path / "ix", {"dim": 32, "run": "", "weights_hash": ""}, [], records, images,
+                  np.zeros((0, 32), np.float32), "ivfpq")
+    ix = open_index(tmp_path / "ix", model=False)
+    assert isinstance(ix.store.vectors["images"], RowFile) and not ix.store.problems()
+    q = images[17]
+    hits = ix.search_vector(q, k=5).hits
+    assert hits[0].id == 17 and hits[0].score == pytest.approx(1.0, abs=2e-3)  # float16 rows
+    np.testing.assert_allclose(ix.store.vector("images", 17), images[17], atol=1e-3)
+    ix.close()

@@ -1,4 +1,4 @@
-"""``crossalign evaluate RUN [--data DIR] [--split test|all] [--gap] [--json FILE] [--matrix FILE.npy]``"""
+"""``crossalign evaluate RUN [--data DIR] [--split test|all] [--gap] [--label-column COL] [--json FILE] [--matrix FILE.npy]``"""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", default="standard", choices=["standard", "seed"],
                    help="seed: also top-1 accuracy over every item (training ones included) and for "
                         "held-out items ranked among all, as the seed reports counted")
+    p.add_argument("--label-column", metavar="COLUMN",
+                   help="also the label agreement of the rankings by this label column (e.g. genre; several "
+                        "classes joined by '|'): precision@K, R-precision, MAP@R and Jaccard@K beside chance, "
+                        "per class too")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -86,6 +90,29 @@ def format_seed(proto: dict) -> str:
     return "\n".join(out)
 
 
+def format_labels(labels: dict, ks: list[int], per_class: int = 10) -> str:
+    """Label agreement beside chance, both directions, and the largest classes."""
+    head = ["direction"] + [f"P@{k}" for k in ks] + ["R-prec", "MAP@R"]
+    rows = []
+    for d, label in (("t2i", "text->image"), ("i2t", "image->text")):
+        m = labels[d]
+        keys = [f"precision@{k}" for k in ks] + ["r_precision", "map@r"]
+        rows.append([label] + [f"{m[k]:.3f}" for k in keys])
+        rows.append(["  chance"] + [f"{m['chance'][k]:.3f}" for k in keys])
+    widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+    line = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    t2i = labels["t2i"]
+    out = [f"\nlabel agreement by {labels['column']!r} ({t2i['classes']} classes; relevant = shares a class; "
+           f"{t2i['queries_unlabelled']} captions and {labels['i2t']['queries_unlabelled']} images without a label "
+           f"left out as queries):", line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    k = ks[-1]
+    biggest = sorted(t2i["per_class"].items(), key=lambda kv: -kv[1]["queries"])[:per_class]
+    if biggest:
+        out.append(f"per class, text->image P@{k} (chance): " + ", ".join(
+            f"{name} {m[f'precision@{k}']:.2f} ({m['chance_precision']:.2f})" for name, m in biggest))
+    return "\n".join(out)
+
+
 def format_gap(metrics: dict, ks: list[int]) -> str:
     """The seen and unseen tables and the gap in R@K points."""
     proto = metrics["gap_protocol"]
@@ -112,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
                        progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
                        matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k,
                        ranking=args.ranking, qb_beta=args.qb_beta, qb_bank=args.qb_bank,
-                       protocol=args.protocol)
+                       protocol=args.protocol, label_column=args.label_column)
     ks = sorted(set(ks))
     print(format_table(metrics, ks))
     print(format_ranking(metrics["ranking"]))
+    if "labels" in metrics:
+        print(format_labels(metrics["labels"], ks))
     if args.gap:
         print(format_gap(metrics, ks))
     if "seed_protocol" in metrics:

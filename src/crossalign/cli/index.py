@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="", help="with --data: the layout (default: detected)")
     p.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"],
                    help="flat: exact; hnsw / ivfpq: approximate, for large collections; auto: flat "
-                        "below 100,000 vectors, hnsw below 1,000,000, ivfpq above (default: what the "
+                        "below 100,000 vectors, hnsw below 1,000,000 where it fits a quarter of this machine's "
+                        "memory, ivfpq above (default: what the "
                         "index had, auto for a new one)")
     p.add_argument("--recall", type=float, default=0.95,
                    help="hnsw / ivfpq: tune the search to reach this recall@10 against exact "

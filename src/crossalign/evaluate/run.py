@@ -22,6 +22,7 @@ from crossalign.embed import EmbeddedTable, tta_flip
 from crossalign.errors import ConfigError, DataError
 from crossalign.evaluate.bank import bank_rows, resolve_ranking, score_functions
 from crossalign.evaluate.chance import chance_metrics
+from crossalign.evaluate.labels import agreement_both
 from crossalign.evaluate.protocol import PROTOCOLS, SEED_PROTOCOL_NOTE, seed_protocol
 from crossalign.evaluate.retrieval import (MATRIX_MAX_CELLS, Retrieval, ScoreFn, metrics_from_ranks,
                                           retrieve, write_distance_matrix)
@@ -76,9 +77,21 @@ def run_seed_protocol(rd: RunData, ks: Sequence[int], progress: bool = True) -> 
     return out
 
 
+def image_labels(emb: EmbeddedTable, column: str, source: str = "the data") -> list:
+    """The value of label ``column`` for each embedded image (its first caption row's)."""
+    if column not in emb.table.labels:
+        have = ", ".join(sorted(emb.table.labels)) or "none"
+        raise ConfigError(f"--label-column {column!r}: {source} has no such column (label columns: {have})")
+    first: dict[str, object] = {}
+    for iid, value in zip(emb.table.image_id, emb.table.labels[column]):
+        first.setdefault(iid, value)
+    return [first.get(i) for i in emb.image_ids]
+
+
 def score(rd: RunData, sub: PairTable, ks: Sequence[int] = (1, 5, 10), progress: bool = True,
-          k: int = 0) -> tuple[dict, EmbeddedTable, Retrieval]:
-    """Metrics of ``sub``, its embeddings, and its ranks (plus top-``k`` lists) from one pass."""
+          k: int = 0, label_column: str | None = None) -> tuple[dict, EmbeddedTable, Retrieval]:
+    """Metrics of ``sub``, its embeddings, and its ranks (plus top-``k`` lists) from one pass;
+    with ``label_column``, also the label agreement of the same rankings (``metrics["labels"]``)."""
     emb = embed_split(rd, sub, progress)
     if len(emb.image_ids) == 0:
         raise DataError(f"no readable image left to evaluate in {len(set(sub.image_id))} image(s)")
@@ -89,11 +102,23 @@ def score(rd: RunData, sub: PairTable, ks: Sequence[int] = (1, 5, 10), progress:
     metrics["ranking"] = ranking
     metrics["chance"] = chance_metrics(emb.text_to_image, len(emb.image_ids), ks)
     metrics["skipped_rows"] = len(emb.problems)
+    if label_column:
+        metrics["labels"] = {"column": label_column,
+                             **agreement_both(emb.image_emb, emb.text_emb, emb.text_to_image,
+                                              image_labels(emb, label_column), ks, t2i_fn, i2t_fn)}
     return metrics, emb, res
 
 
+def _label_gap(seen_m: dict, unseen_m: dict) -> dict:
+    """Seen - unseen of each overall label-agreement figure, both directions."""
+    if "labels" not in seen_m or "labels" not in unseen_m:
+        return {}
+    return {d: {k: seen_m["labels"][d][k] - unseen_m["labels"][d][k] for k, v in seen_m["labels"][d].items()
+                if isinstance(v, float) and k != "mean_relevant"} for d in ("t2i", "i2t")}
+
+
 def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], seen: str, seed: int,
-         progress: bool) -> dict:
+         progress: bool, label_column: str | None = None) -> dict:
     """``seen`` / ``unseen`` metrics, their difference, and how the two sets were drawn."""
     seen_tab, unseen_tab = seen_unseen(rd.table, sub, seed, seen)
     if len(unseen_tab) == 0:
@@ -102,12 +127,15 @@ def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], 
     if len(seen_tab) == 0:
         raise DataError("--gap needs the run's train split, and no row of the data is in it")
     n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(rd.table.select("train").image_id))
-    seen_m = score(rd, seen_tab, ks, progress)[0]
-    unseen_m = top if len(unseen_tab) == len(sub) else score(rd, unseen_tab, ks, progress)[0]
+    seen_m = score(rd, seen_tab, ks, progress, label_column=label_column)[0]
+    unseen_m = top if len(unseen_tab) == len(sub) else \
+        score(rd, unseen_tab, ks, progress, label_column=label_column)[0]
     seen_m["split"] = "train"
     unseen_m = {**unseen_m, "split": ",".join(sorted(set(unseen_tab.split)))}
     gap = {k: seen_m[k] - unseen_m[k] for k in seen_m
            if isinstance(seen_m[k], float) and any(tag in k for tag in GAP_KEYS)}
+    if label_column:
+        gap["labels"] = _label_gap(seen_m, unseen_m)
     protocol = {
         "seen": "images of the run's train split", "unseen": f"held-out images of the {split!r} split",
         "seen_images_available": n_train, "seen_images_used": len(set(seen_tab.image_id)),
@@ -156,7 +184,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
              seen: str = "match", seed: int = 0, matrix: str | Path | None = None, float16: bool = False,
              lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
              qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None,
-             protocol: str = "standard") -> dict:
+             protocol: str = "standard", label_column: str | None = None) -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
@@ -177,6 +205,9 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
             (see :mod:`crossalign.evaluate.ranking`).
         protocol: ``seed`` adds ``seed_protocol``: top-1 accuracy over every item, training ones
             included, and for held-out items ranked among all (see :mod:`crossalign.evaluate.protocol`).
+        label_column: also the label agreement of the rankings by this label column (precision@K,
+            R-precision, MAP@R and Jaccard@K beside chance, per class too; see
+            :mod:`crossalign.evaluate.labels`), under ``labels`` (and in ``seen`` / ``unseen`` with ``gap``).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -191,7 +222,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ConfigError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above "
                           f"the distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
-    metrics, emb, res = score(rd, sub, ks, progress, k=lists_k if lists else 0)
+    if label_column and label_column not in rd.table.labels:  # refuse before embedding
+        have = ", ".join(sorted(rd.table.labels)) or "none"
+        raise ConfigError(f"--label-column {label_column!r}: the data has no such column (label columns: {have})")
+    metrics, emb, res = score(rd, sub, ks, progress, k=lists_k if lists else 0, label_column=label_column)
     problems = rd.problems + emb.problems
     report_problems(problems)
     metrics["split"] = split
@@ -200,7 +234,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     metrics["skipped"] = count_skipped(problems)
     _export(emb, res, matrix, float16, lists, metrics["ranking"])
     if gap:
-        metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress))
+        metrics.update(_gap(rd, sub, split, metrics, ks, seen, seed, progress, label_column))
     if protocol == "seed":
         metrics["seed_protocol"] = run_seed_protocol(rd, ks, progress)
     return metrics

@@ -6,8 +6,9 @@ One folder holds everything::
       CURRENT              the name of the live version (replaced atomically)
       v-<token>/
         meta.sqlite        info, sources, images (path, content hash, labels), captions
-        images.npy         [n_images, dim] L2-normalised (FAISS row order); float32, or float16
-                           for IVF-PQ, whose codes are re-scored against it memory-mapped
+        images.npy         [n_images, dim] L2-normalised (FAISS row order); float32 (memory-
+                           mapped), or float16 for IVF-PQ, whose candidates are re-scored
+                           against rows read from it one by one (``_rows.RowFile``)
         captions.npy       [n_captions, dim]
         images.faiss       FAISS index over images.npy (inner product = cosine)
         captions.faiss
@@ -22,8 +23,11 @@ Index types (``index_type``), as FAISS factory strings over inner product:
 ========  ==========================================================================
 flat      ``Flat``: exact search (the default below 100,000 vectors)
 hnsw      ``HNSW32``: a graph, approximate, for 100,000 to 1,000,000 vectors
-ivfpq     ``IVF{nlist},PQ{dim/8}x8``: inverted lists over compressed codes, above that
-auto      chosen by the number of vectors with those thresholds, as autofaiss does
+ivfpq     ``IVF{nlist},PQ{dim/4}x8``: inverted lists over compressed codes, above that
+auto      chosen by the number of vectors with those thresholds and by memory, as autofaiss
+          does: HNSW only where its graph and vectors take at most a quarter of this
+          machine's memory (each of the two targets), IVF-PQ (compressed codes in memory,
+          the float16 vectors memory-mapped) otherwise
 ========  ==========================================================================
 
 An approximate index's search breadth (HNSW ``efSearch``, IVF ``nprobe``) and re-scoring
@@ -48,14 +52,17 @@ import numpy as np
 
 from crossalign._io import atomic_path, atomic_write_bytes, atomic_write_text
 from crossalign.errors import ConfigError, InputNotFound
+from crossalign.index._rows import RowFile
 from crossalign.index.tune import DEFAULT_RECALL, tune
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
-           "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index"]
+           "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index", "hnsw_bytes",
+           "machine_memory"]
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_BELOW = 100_000  # exact search stays fast (a few ms per query at 256-d) below this
 AUTO_HNSW_BELOW = 1_000_000  # HNSW's memory (vectors + graph) is still moderate below this
+AUTO_MEMORY_SHARE = 0.25  # of the machine's memory, the most one target's HNSW may take
 IVFPQ_MIN = 1_000  # fewer vectors cannot train 256 PQ centroids and the coarse lists well
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
 TUNE_OTHER, TUNE_OWN = 400, 200  # tuning queries from the other target, and from the target
@@ -106,13 +113,60 @@ def is_index(root: str | Path) -> bool:
     return (Path(root) / "CURRENT").is_file()
 
 
-def resolve_index_type(index_type: str, n: int) -> str:
-    """``flat``, ``hnsw`` or ``ivfpq`` for ``n`` vectors (``auto`` decides by size)."""
+def random_access(arr: np.ndarray) -> np.ndarray:
+    """Tell the kernel that a memory-mapped array is read at random rows (re-scoring reads a
+    few hundred scattered rows per query): no read-ahead around each one, so a query reads
+    only the pages it needs and the mapping stays small in memory."""
+    import mmap
+
+    m = getattr(arr, "_mmap", None)
+    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            m.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):
+            pass
+    return arr
+
+
+def _open_vectors(path: Path, dtype: str | None):
+    """An index's stored vectors: float16 ones (IVF-PQ's, re-scored a few scattered rows per
+    query, from files that may be larger than memory) read row by row (:class:`RowFile`), float32
+    ones memory-mapped."""
+    if dtype == "float16":
+        return RowFile(path)
+    return random_access(np.load(path, mmap_mode="r"))
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 8 * 1024 ** 3
+
+
+def hnsw_bytes(n: int, dim: int) -> int:
+    """Resident bytes of an HNSW index over ``n`` vectors and the float32 vectors it is
+    re-scored against: two copies of the vectors, ``2 * M`` links per node on the ground
+    layer (a 4-byte id each) and about 10 % more for the upper layers."""
+    return int(n * (2 * 4 * dim + 1.1 * 2 * HNSW_M * 4))
+
+
+def resolve_index_type(index_type: str, n: int, dim: int = 256, memory: int | None = None) -> str:
+    """``flat``, ``hnsw`` or ``ivfpq`` for ``n`` vectors of width ``dim`` (``auto`` decides by
+    size, and by ``memory``, this machine's by default: HNSW only where it fits
+    :data:`AUTO_MEMORY_SHARE` of it)."""
     if index_type not in INDEX_TYPES:
         raise ConfigError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if index_type != "auto":
         return index_type
-    return "flat" if n < AUTO_FLAT_BELOW else "hnsw" if n < AUTO_HNSW_BELOW else "ivfpq"
+    if n < AUTO_FLAT_BELOW:
+        return "flat"
+    memory = machine_memory() if memory is None else memory
+    fits = hnsw_bytes(n, dim) <= AUTO_MEMORY_SHARE * memory
+    return "hnsw" if n < AUTO_HNSW_BELOW and fits else "ivfpq"
 
 
 def factory_string(kind: str, n: int, dim: int) -> str:
@@ -122,7 +176,7 @@ def factory_string(kind: str, n: int, dim: int) -> str:
     if kind == "hnsw":
         return f"HNSW{HNSW_M}"
     nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1))  # >= 39 points per list
-    m = next(m for m in (dim // 8, dim // 4, dim // 2, dim, 1) if m >= 1 and dim % m == 0)
+    m = next(m for m in (dim // 4, dim // 2, dim, 1) if m >= 1 and dim % m == 0)
     return f"IVF{nlist},PQ{m}x8"
 
 
@@ -187,14 +241,16 @@ def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRec
     atomic_write_bytes(path, data)
 
 
-def _tuning_queries(own: np.ndarray, other: np.ndarray, seed: int = 0) -> np.ndarray:
+def _tuning_queries(own: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Queries to tune an index on: vectors of the other target (text queries of an image index:
-    the hard case, never in the index), and some of its own (more like this)."""
+    the hard case, never in the index), and some of its own (more like this); and the group of
+    each ("other" / "own"), which must each reach the recall."""
     rng = np.random.default_rng(seed)
     take = lambda x, m: x[np.sort(rng.choice(len(x), min(m, len(x)), replace=False))]  # noqa: E731
     parts = [take(other, TUNE_OTHER)] if len(other) else []
     parts.append(take(own, TUNE_OWN if len(other) else TUNE_OWN + TUNE_OTHER))
-    return np.concatenate(parts).astype(np.float32)
+    groups = np.array(["other"] * (len(parts[0]) if len(parts) == 2 else 0) + ["own"] * len(parts[-1]))
+    return np.concatenate(parts).astype(np.float32), groups
 
 
 def write_version(root: str | Path, info: dict, sources: list[dict], images: list[ImageRecord],
@@ -215,8 +271,8 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
     if not 0 < recall <= 1:
         raise ConfigError(f"--recall must be in (0, 1], got {recall}")
     counts = {"images": len(images), "captions": n_caps}
-    kinds = {t: resolve_index_type(index_type, n) if n else "flat" for t, n in counts.items()}
     dim = int(info["dim"])
+    kinds = {t: resolve_index_type(index_type, n, dim) if n else "flat" for t, n in counts.items()}
     info = {**info, "index_type": index_type, "n_images": len(images), "n_captions": n_caps,
             "factory": {t: factory_string(kinds[t], n, dim) for t, n in counts.items()},
             "vector_dtype": {t: "float16" if kinds[t] == "ivfpq" else "float32" for t in counts},
@@ -231,7 +287,8 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
         stored = vecs[target].astype(info["vector_dtype"][target], copy=False)
         _write_npy(tmp_dir / f"{target}.npy", stored)
         if kinds[target] != "flat":
-            tuned = tune(index, stored, _tuning_queries(vecs[target], vecs[other]), recall)
+            queries, groups = _tuning_queries(vecs[target], vecs[other])
+            tuned = tune(index, stored, queries, recall, groups=groups)
             info["search"][target] = tuned.to_dict()
         _write_faiss(index, tmp_dir / f"{target}.faiss")
     _write_db(tmp_dir / "meta.sqlite", info, sources, images)
@@ -365,7 +422,8 @@ class IndexStore:
         self._label_columns: list[str] | None = None
         self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
                         for r in self._rows("SELECT * FROM sources ORDER BY id")]
-        self.vectors = {t: np.load(vdir / f"{t}.npy", mmap_mode="r") for t in ("images", "captions")}
+        self.vectors = {t: _open_vectors(vdir / f"{t}.npy", self.info.get("vector_dtype", {}).get(t))
+                        for t in ("images", "captions")}
         self.faiss = {t: faiss.read_index(str(vdir / f"{t}.faiss")) for t in ("images", "captions")}
         self.row_ids = {t: np.array([r[0] for r in self._rows(f"SELECT id FROM {t} ORDER BY row")],
                                     dtype=np.int64) for t in ("images", "captions")}
@@ -377,6 +435,9 @@ class IndexStore:
 
     def close(self) -> None:
         self._con.close()
+        for v in getattr(self, "vectors", {}).values():
+            if isinstance(v, RowFile):
+                v.close()
 
     def problems(self) -> list[str]:
         """What makes the served version unusable now, looked up on disk; empty when nothing.

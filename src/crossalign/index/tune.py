@@ -8,13 +8,16 @@ queries sit apart from the images they look for (the modality gap), and cost a g
 more than image queries do. So :func:`tune` measures it: for a held sample of queries (the
 other target's vectors, which an index over images never holds, and some of the target's
 own) it finds the exact top ``k`` by brute force, then takes the fastest parameters whose
-recall@k reaches the target.
+recall@k reaches the target for each kind of query apart (text queries over images must not
+borrow recall from the easier image queries), and with a margin for the sample: the one-sided
+95 % lower bound of each group's mean recall must reach the target, so that queries the
+tuning never saw get it too.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -26,8 +29,9 @@ RERANK = 4  # candidates per result of an index built without tuned parameters
 RECALL_K = 10
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-RERANK_GRID = {"hnsw": (2, 4, 8), "ivf": (4, 8, 16, 32, 64)}
+RERANK_GRID = {"hnsw": (2, 4, 8), "ivf": (4, 8, 16, 32, 64, 128, 256)}
 CHUNK = 65_536  # stored vectors scored at a time by brute force
+Z_LOWER = 1.645  # one-sided 95 % normal bound on a group's mean recall
 
 
 @dataclass
@@ -35,11 +39,12 @@ class Tuned:
     """What :func:`tune` chose and what it measured."""
 
     params: dict  # {"efSearch": ..} or {"nprobe": ..}, and "rerank"
-    recall: float  # recall@k of the sample with these parameters
+    recall: float  # recall@k of the sample with these parameters (its worst group's mean)
     target: float
     ms: float  # mean milliseconds per query of the sample (batched, this machine)
     queries: int
     met: bool  # False: no parameters tried reached the target; the best ones tried are kept
+    groups: dict = field(default_factory=dict)  # query group -> its mean recall@k
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +104,11 @@ def approximate_top(index, vectors: np.ndarray, queries: np.ndarray, k: int,
     if params is None:
         _, cand = index.search(q, fetch)  # [m, fetch]
     else:
-        _, cand = index.search(q, fetch, params=params)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning, for one) replaces
+        # Index.search with a wrapper that takes no search parameters and keeps the original
+        # as search_numpy
+        search = getattr(index, "search_numpy", index.search)
+        _, cand = search(q, fetch, params=params)
     rows = np.full((len(q), k), -1, np.int64)
     scores = np.full((len(q), k), -np.inf, np.float32)
     for i, c in enumerate(cand):
@@ -112,10 +121,27 @@ def approximate_top(index, vectors: np.ndarray, queries: np.ndarray, k: int,
     return rows, scores
 
 
+def recalls(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each query's share of its true top k that ``found`` holds."""
+    k = truth.shape[1]
+    return np.array([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)])
+
+
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's true top k that ``found`` holds."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
+    return float(np.mean(recalls(found, truth)))
+
+
+def _judge(per_query: np.ndarray, groups: np.ndarray, target: float) -> tuple[bool, float, dict]:
+    """Whether every group's lower bound reaches ``target``, the worst group's mean, and each
+    group's mean."""
+    means, met = {}, True
+    for g in dict.fromkeys(groups.tolist()):
+        r = per_query[groups == g]
+        means[str(g)] = round(float(r.mean()), 4)
+        se = float(r.std(ddof=1)) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+        met = met and bool(r.mean() - Z_LOWER * se >= target - 1e-12)
+    return met, min(means.values()), means
 
 
 def _grid(kind: str, index) -> list[dict]:
@@ -129,14 +155,16 @@ def _grid(kind: str, index) -> list[dict]:
 
 
 def tune(index, vectors: np.ndarray, queries: np.ndarray, target: float = DEFAULT_RECALL,
-         k: int = RECALL_K) -> Tuned:
+         k: int = RECALL_K, groups=None) -> Tuned:
     """The fastest ``efSearch`` / ``nprobe`` and re-scoring depth whose recall@k on
-    ``queries`` reaches ``target``; the most accurate ones tried when none does.
+    ``queries`` reaches ``target`` in every group of ``groups`` (a label per query; one group
+    when None), by the lower bound of its mean; the most accurate ones tried when none does.
 
     For each re-scoring depth the breadth grows until the target is met (recall grows with
     both), and among the settings that meet it the fastest measured one wins.
     """
     kind = _kind(index)
+    groups = np.zeros(len(queries), int) if groups is None else np.asarray(groups)
     truth = exact_top(vectors, queries, k)
     tried: list[Tuned] = []
     for rerank in RERANK_GRID[kind]:
@@ -145,10 +173,10 @@ def tune(index, vectors: np.ndarray, queries: np.ndarray, target: float = DEFAUL
             t0 = time.perf_counter()
             found, _ = approximate_top(index, vectors, queries, k, rerank)
             ms = (time.perf_counter() - t0) * 1000 / len(queries)
-            recall = recall_at(found, truth)
-            tried.append(Tuned({**params, "rerank": rerank}, recall, target, ms, len(queries),
-                               recall >= target))
-            if recall >= target:
+            met, recall, by_group = _judge(recalls(found, truth), groups, target)
+            tried.append(Tuned({**params, "rerank": rerank}, recall, target, ms, len(queries), met,
+                               by_group))
+            if met:
                 break
     met = [t for t in tried if t.met]
     best = min(met, key=lambda t: t.ms) if met else max(tried, key=lambda t: (t.recall, -t.ms))

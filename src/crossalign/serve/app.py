@@ -237,7 +237,8 @@ def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
         info = index.info
         about = {"images": info["n_images"], "captions": info["n_captions"],
                  "index": info["factory"], "model": info["weights_hash"][:12],
-                 "version": index.store.version}
+                 "version": index.store.version,
+                 "text_runtime": getattr(index.embedder, "text_runtime_used", None)}
         problems = index.problems()
         if problems:
             return JSONResponse({"status": "unavailable", "detail": "; ".join(problems),
