@@ -120,17 +120,16 @@ def label_agreement(query_emb: np.ndarray, item_emb: np.ndarray, query_sets: Seq
         r_all[s:s + len(rows)] = r
         hits = np.cumsum(rel_sorted, 1)  # [m, n] relevant items within the first i
         ranks = np.arange(1, n + 1)
+        part = slice(s, s + len(rows))
         for k in ks:
             kk = min(k, n)
-            per[f"precision@{k}"][s:s + len(rows)] = hits[:, kk - 1] / k
-            per[f"jaccard@{k}"][s:s + len(rows)] = jac_sorted[:, :kk].sum(1) / k
-        for j in range(len(rows)):
-            rr = int(r[j])
-            if rr == 0:
-                continue
-            per["r_precision"][s + j] = hits[j, rr - 1] / rr
-            first = rel_sorted[j, :rr]
-            per["map@r"][s + j] = np.sum(hits[j, :rr][first] / ranks[:rr][first]) / rr
+            per[f"precision@{k}"][part] = hits[:, kk - 1] / k
+            per[f"jaccard@{k}"][part] = jac_sorted[:, :kk].sum(1) / k
+        some = r > 0  # a query no item agrees with scores 0
+        safe = np.maximum(r, 1)
+        per["r_precision"][part] = np.where(some, hits[np.arange(len(rows)), safe - 1] / safe, 0.0)
+        within = ranks[None, :] <= r[:, None]  # the first R ranks
+        per["map@r"][part] = np.where(some, (hits / ranks * (rel_sorted & within)).sum(1) / safe, 0.0)
         chance["precision"][s:s + len(rows)] = r / n
         chance["jaccard"][s:s + len(rows)] = jac.mean(1)
     chance["map@r"] = _map_at_r_chance(r_all, n)

@@ -77,11 +77,16 @@ def run_seed_protocol(rd: RunData, ks: Sequence[int], progress: bool = True) -> 
     return out
 
 
-def image_labels(emb: EmbeddedTable, column: str, source: str = "the data") -> list:
+def require_label_column(table: PairTable, column: str) -> None:
+    """A clear error unless ``table`` carries label ``column``."""
+    if column not in table.labels:
+        have = ", ".join(sorted(table.labels)) or "none"
+        raise ConfigError(f"--label-column {column!r}: the data has no such column (label columns: {have})")
+
+
+def image_labels(emb: EmbeddedTable, column: str) -> list:
     """The value of label ``column`` for each embedded image (its first caption row's)."""
-    if column not in emb.table.labels:
-        have = ", ".join(sorted(emb.table.labels)) or "none"
-        raise ConfigError(f"--label-column {column!r}: {source} has no such column (label columns: {have})")
+    require_label_column(emb.table, column)
     first: dict[str, object] = {}
     for iid, value in zip(emb.table.image_id, emb.table.labels[column]):
         first.setdefault(iid, value)
@@ -222,9 +227,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ConfigError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above "
                           f"the distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
-    if label_column and label_column not in rd.table.labels:  # refuse before embedding
-        have = ", ".join(sorted(rd.table.labels)) or "none"
-        raise ConfigError(f"--label-column {label_column!r}: the data has no such column (label columns: {have})")
+    if label_column:
+        require_label_column(rd.table, label_column)  # refuse before embedding
     metrics, emb, res = score(rd, sub, ks, progress, k=lists_k if lists else 0, label_column=label_column)
     problems = rd.problems + emb.problems
     report_problems(problems)

@@ -60,11 +60,10 @@ class Duplicates:
 def _pairs_flat(vecs: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """Every pair of rows ``i < j`` whose vectors' inner product is at least ``threshold``."""
     out = []
-    n = len(vecs)
-    for s in range(0, n, BLOCK):
-        block = np.asarray(vecs[s:s + BLOCK], np.float32)  # [b, dim]
-        rest = np.asarray(vecs[s:], np.float32)  # later rows only: each pair once
-        scores = block @ rest.T  # [b, n - s]
+    vecs = np.asarray(vecs, np.float32)  # a flat index's vectors: converted once
+    for s in range(0, len(vecs), BLOCK):
+        block = vecs[s:s + BLOCK]  # [b, dim]
+        scores = block @ vecs[s:].T  # [b, n - s]: later rows only, each pair once
         i, j = np.nonzero(scores >= threshold)
         keep = j > i  # j indexes rows from s on; i < j is the upper triangle
         out += [(s + a, s + b, float(scores[a, b])) for a, b in zip(i[keep], j[keep])]

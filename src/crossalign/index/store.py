@@ -27,7 +27,7 @@ ivfpq     ``IVF{nlist},PQ{dim/4}x8``: inverted lists over compressed codes, abov
 auto      chosen by the number of vectors with those thresholds and by memory, as autofaiss
           does: HNSW only where its graph and vectors take at most a quarter of this
           machine's memory (each of the two targets), IVF-PQ (compressed codes in memory,
-          the float16 vectors memory-mapped) otherwise
+          the float16 vectors on disk, read a candidate row at a time) otherwise
 ========  ==========================================================================
 
 An approximate index's search breadth (HNSW ``efSearch``, IVF ``nprobe``) and re-scoring
@@ -113,28 +113,13 @@ def is_index(root: str | Path) -> bool:
     return (Path(root) / "CURRENT").is_file()
 
 
-def random_access(arr: np.ndarray) -> np.ndarray:
-    """Tell the kernel that a memory-mapped array is read at random rows (re-scoring reads a
-    few hundred scattered rows per query): no read-ahead around each one, so a query reads
-    only the pages it needs and the mapping stays small in memory."""
-    import mmap
-
-    m = getattr(arr, "_mmap", None)
-    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            m.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):
-            pass
-    return arr
-
-
 def _open_vectors(path: Path, dtype: str | None):
     """An index's stored vectors: float16 ones (IVF-PQ's, re-scored a few scattered rows per
     query, from files that may be larger than memory) read row by row (:class:`RowFile`), float32
     ones memory-mapped."""
     if dtype == "float16":
         return RowFile(path)
-    return random_access(np.load(path, mmap_mode="r"))
+    return np.load(path, mmap_mode="r")
 
 
 def machine_memory() -> int:
@@ -247,10 +232,10 @@ def _tuning_queries(own: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[
     each ("other" / "own"), which must each reach the recall."""
     rng = np.random.default_rng(seed)
     take = lambda x, m: x[np.sort(rng.choice(len(x), min(m, len(x)), replace=False))]  # noqa: E731
-    parts = [take(other, TUNE_OTHER)] if len(other) else []
-    parts.append(take(own, TUNE_OWN if len(other) else TUNE_OWN + TUNE_OTHER))
-    groups = np.array(["other"] * (len(parts[0]) if len(parts) == 2 else 0) + ["own"] * len(parts[-1]))
-    return np.concatenate(parts).astype(np.float32), groups
+    others = take(other, TUNE_OTHER) if len(other) else other[:0]
+    owns = take(own, TUNE_OWN if len(other) else TUNE_OWN + TUNE_OTHER)
+    groups = np.array(["other"] * len(others) + ["own"] * len(owns))
+    return np.concatenate([others, owns]).astype(np.float32), groups
 
 
 def write_version(root: str | Path, info: dict, sources: list[dict], images: list[ImageRecord],
