@@ -218,6 +218,9 @@ BAD_GETS = [
     ("/images/%252e%252e%252fetc%252fpasswd", 404), ("/images/1/../../etc/passwd", 404),
     ("/static/..%2Fapp.py", 404), ("/static/%2e%2e/%2e%2e/app.py", 404), ("/static/%2Fetc%2Fpasswd", 404),
     ("/static/../../app.py", 404), ("/nosuchpage", 404),
+    ("/explain?id=1", 422), ("/explain?q=a", 422), ("/explain?id=1&q=%20", 422),
+    ("/explain?id=1&q=" + "a" * 201, 422), ("/explain?id=99999&q=a", 404), ("/explain?id=-1&q=a", 422),
+    ("/explain?id=1&q=a&method=magic", 422), ("/explain?id=abc&q=a", 422),
 ]
 
 
@@ -227,6 +230,25 @@ def test_bad_requests_get_a_4xx_with_a_message(client, url, status):
     assert r.status_code == status, r.text
     assert r.json()["detail"]
     assert "root:" not in r.text and "import" not in r.text
+
+
+def test_explain_a_hit(client, index):
+    hit = client.get("/search", params={"q": "a red circle", "k": 3}).json()["hits"][0]
+    r = client.get("/explain", params={"id": hit["image_id"], "q": "a red circle"})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["id"] == hit["image_id"] and d["method"] == "layercam"
+    assert d["similarity"] == pytest.approx(hit["score"], abs=2e-3)  # torch here, maybe ONNX there
+    assert [w["word"] for w in d["words"]] == ["a", "red", "circle"]
+    assert d["overlay"].startswith("data:image/jpeg;base64,")
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(d["overlay"].split(",", 1)[1]))) as im:
+        assert im.format == "JPEG" and max(im.size) <= 384
+    assert "path" not in d and str(index.image(hit["image_id"]).path) not in r.text
+    again = client.get("/explain", params={"id": hit["image_id"], "q": "a red circle", "method": "gradcam"})
+    assert again.status_code == 200 and again.json()["method"] == "gradcam"
 
 
 def test_bad_uploads(client):
@@ -330,7 +352,7 @@ def test_fuzzing_from_the_openapi_finds_no_server_error(app, mode):
             statuses.setdefault(operation.label, []).append(response.status_code)
 
         fuzz()
-    assert len(statuses) == (6 if mode == "positive" else 4)  # every operation of the spec was tried
+    assert len(statuses) == (7 if mode == "positive" else 5)  # every operation of the spec was tried
     statuses = [s for codes in statuses.values() for s in codes]
     assert statuses and max(statuses) < 500
     if mode == "negative":
@@ -464,4 +486,31 @@ def test_page_state_lives_in_its_address(live_url, index):
         page.locator(".card button.like").first.click()
         _wait_for_results(page, "images like #")
         assert "like=" in page.url and "split=val" in page.url
+    assert errors == []
+
+
+@pytest.mark.needs("chromium")
+def test_page_shows_why_a_hit_matched(live_url, tmp_path):
+    """'why?' on a result puts the heat map over its picture and shades the query's words;
+    again, and the thumbnail comes back. Searches by image have no 'why?'."""
+    errors = []
+    with browser_page(errors) as page:
+        page.goto(live_url + "/?q=two+red+circles", wait_until="load")
+        _wait_for_results(page, "for “two red circles” in")
+        card = page.locator(".card").first
+        card.locator("button.why").click()
+        card.locator(".why-panel").wait_for(timeout=60_000)
+        assert card.locator("img").get_attribute("src").startswith("data:image/jpeg;base64,")
+        words = card.locator(".why-panel .words span")
+        assert [words.nth(i).inner_text() for i in range(words.count())] == ["two", "red", "circles"]
+        assert "similarity" in card.locator(".why-panel").inner_text()
+        page.wait_for_function("Array.from(document.querySelectorAll('.card img'))"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "why.png"))
+        card.locator("button.why").click()
+        assert card.locator(".why-panel").count() == 0
+        assert card.locator("img").get_attribute("src").startswith("/images/")
+        page.check('input[value="captions"]')
+        _wait_for_results(page, "captions for “two red circles”")
+        assert page.locator("button.why").count() == 0
     assert errors == []

@@ -131,6 +131,13 @@ class Aligner:
             texts = [texts]
         return embed_texts(self.model, list(texts), device=self.device, batch_size=batch_size)
 
+    def explain(self, image, text: str, method: str = "layercam", steps: int = 32):
+        """Which regions of ``image`` and which words of ``text`` made them close: an
+        :class:`~crossalign.explain.Explanation` (``.save(png, json)`` writes its picture and JSON)."""
+        from crossalign.explain import explain_pair
+
+        return explain_pair(self.model, image, text, method, steps, self.cfg.data.max_pixels)
+
 
 def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
     """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding."""

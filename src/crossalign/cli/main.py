@@ -27,6 +27,7 @@ COMMANDS = {
     "search": "search",
     "serve": "serve",
     "duplicates": "duplicates",
+    "explain": "explain",
 }
 
 

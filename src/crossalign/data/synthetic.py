@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["make_shapes_dataset", "COLOURS", "SHAPES"]
+__all__ = ["make_shapes_dataset", "scene_objects", "COLOURS", "SHAPES"]
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -53,7 +53,7 @@ def _region(cx: float, cy: float) -> str:
     return f"in the {vert} {horiz}"
 
 
-def _scene(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
+def _scene(rng: random.Random, size: int) -> tuple[Image.Image, list[str], list[tuple]]:
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     size_word = rng.choice(list(SIZES))
     count = rng.choice([1, 1, 2, 3])
@@ -63,10 +63,12 @@ def _scene(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
     r = SIZES[size_word] * size / (1.0 if count == 1 else 1.4)
     cx, cy = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
     offsets = [(0, 0), (-1, 0.6), (1, -0.6)][:count]
+    boxes = []
     for dx, dy in offsets:
         x = min(max(cx + dx * 2.2 * r / size, r / size), 1 - r / size)
         y = min(max(cy + dy * 2.2 * r / size, r / size), 1 - r / size)
         _draw_shape(draw, shape, x * size, y * size, r, COLOURS[colour])
+        boxes.append((x * size - r, y * size - r, x * size + r, y * size + r))  # left, top, right, bottom
     where = _region(cx, cy)
     noun = shape if count == 1 else shape + "s"
     num = "a" if count == 1 else NUMBER_WORDS[count]
@@ -77,7 +79,14 @@ def _scene(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
         f"there {'is' if count == 1 else 'are'} {num} {colour} {noun} {where}",
         f"{size_word} {colour} {noun} against {bg}",
     ]
-    return img, captions
+    return img, captions, boxes
+
+
+def scene_objects(n_images: int = 600, seed: int = 0, size: int = 128) -> dict[str, list[tuple]]:
+    """Where the shapes of :func:`make_shapes_dataset` with the same arguments lie: image name
+    -> one ``(left, top, right, bottom)`` pixel box per drawn shape (for pointing-game checks)."""
+    rng = random.Random(seed)
+    return {f"scene_{k:05d}.png": _scene(rng, size)[2] for k in range(n_images)}
 
 
 def make_shapes_dataset(out: str | Path, n_images: int = 600, seed: int = 0, size: int = 128,
@@ -104,7 +113,7 @@ def make_shapes_dataset(out: str | Path, n_images: int = 600, seed: int = 0, siz
     writer.writerow(["image", "caption"])
     names = []
     for k in range(n_images):
-        img, captions = _scene(rng, size)
+        img, captions, _ = _scene(rng, size)
         name = f"scene_{k:05d}.png"
         img.save(out / "images" / name)
         names.append(name)

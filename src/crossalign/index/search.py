@@ -90,6 +90,7 @@ class Index:
                  nprobe: int | None = None) -> None:
         self.store, self.embedder = store, embedder
         self._lock = threading.Lock()  # one query at a time through the model
+        self._explain_lock = threading.Lock()
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
         self._cache_lock = threading.Lock()
         self.rerank = {}  # candidates fetched per result by an approximate index, scored exactly
@@ -264,6 +265,20 @@ class Index:
         if rec is None:
             raise UnknownItem(f"image id {image_id} is not in the index")
         return rec
+
+    def explain(self, image_id: int, text: str, method: str = "layercam", steps: int = 32):
+        """Why the indexed image ``image_id`` and ``text`` are close: an
+        :class:`~crossalign.explain.Explanation` (heat over the image, a score per word)."""
+        from crossalign.explain import explain_pair
+
+        if not str(text).strip():
+            raise ConfigError("the text to explain is empty")
+        rec = self.image(image_id)
+        if not Path(rec.path).is_file():
+            raise UnknownItem(f"image id {image_id}: its file is no longer there")
+        model = self._model()
+        with self._explain_lock:  # one at a time: each runs the towers backwards, on every core
+            return explain_pair(model.model, rec.path, str(text), method, steps, model.cfg.data.max_pixels)
 
     def close(self) -> None:
         self.store.close()

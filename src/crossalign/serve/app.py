@@ -224,6 +224,53 @@ def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
                         headers={"Cache-Control": "max-age=3600"})
 
 
+Method = Literal["layercam", "gradcam++", "gradcam", "hirescam", "xgradcam", "eigencam"]
+EXPLAIN_WAIT_S = 20  # a request waits this long for the explanation before it; then a 503
+OVERLAY_SIDE = 384
+
+
+def _explanation_json(expl) -> dict:
+    """The explanation for the page: the heat overlay as a JPEG data URL, the words' scores."""
+    import base64
+
+    from PIL import Image
+
+    from crossalign.data.transforms import jpeg_bytes
+    from crossalign.explain.render import overlay
+
+    im = Image.fromarray(overlay(expl.image, expl.heat_image))
+    im.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
+    d = expl.to_json()
+    return {"similarity": d["similarity"], "method": d["method"], "words": d["words"],
+            "hottest": d["hottest"], "image_size": d["image_size"],
+            "overlay": "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(im)).decode()}
+
+
+def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
+    import threading
+
+    busy = threading.Semaphore(1)
+
+    @functools.lru_cache(maxsize=128)
+    def explained(image_id: int, q: str, method: str) -> dict:
+        return _explanation_json(index.explain(image_id, q, method))
+
+    @app.get("/explain", summary="Why an indexed image matches a text: a heat map over the image "
+                                 "and a score per word")
+    def explain(id: int = Query(..., ge=0, le=MAX_ID, description="an indexed image id"),
+                q: str = Query(..., max_length=limits.max_query_chars, description="the text"),
+                method: Method = "layercam"):
+        if not q.strip():
+            raise HTTPException(422, "give a non-empty text q")
+        index.image(id)  # an unknown id is a 404 before any waiting
+        if not busy.acquire(timeout=EXPLAIN_WAIT_S):
+            raise HTTPException(503, "the service is busy explaining other matches; try again")
+        try:
+            return {"id": id, "q": q, **explained(int(id), q.strip(), method)}
+        finally:
+            busy.release()
+
+
 def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
     """The FastAPI application serving ``index`` (and the search page at ``/``)."""
     limits = limits or ServiceLimits()
@@ -254,6 +301,7 @@ def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
 
     _add_search_routes(app, index, limits)
     _add_item_routes(app, index, limits)
+    _add_explain_route(app, index, limits)
 
     @app.get("/", include_in_schema=False)
     def page():

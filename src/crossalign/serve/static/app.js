@@ -94,12 +94,65 @@ function card(hit, data) {
   body.appendChild(el("div", {class: "name"}, hit.name));
   if (hit.date) body.appendChild(el("div", {class: "date", title: "taken (EXIF), else the file's date"},
                                     hit.date.slice(0, 10)));
+  const actions = el("div", {class: "actions"});
   const like = el("button", {class: "like", type: "button"}, "more like this");
   like.addEventListener("click", () => go({...readForm(), q: undefined, like: String(hit.image_id),
                                            target: "images"}, true));
-  body.appendChild(like);
+  actions.appendChild(like);
+  if (data.target === "images" && data.query && data.query.q) {
+    const why = el("button", {class: "why", type: "button", title: "which parts of the picture and which words made this match"}, "why?");
+    why.addEventListener("click", () => explain(c, img, hit, data.query.q, why));
+    actions.appendChild(why);
+  }
+  body.appendChild(actions);
   c.appendChild(body);
   return c;
+}
+
+// the words of the query, each shaded by its part in the match (red raised it, blue lowered it)
+function shadedWords(words) {
+  const top = Math.max(1e-9, ...words.map((w) => Math.abs(w.score)));
+  const box = el("div", {class: "words"});
+  for (const w of words) {
+    const a = Math.min(Math.abs(w.score) / top, 1).toFixed(2);
+    const colour = w.score >= 0 ? `rgba(214, 39, 40, ${a})` : `rgba(31, 119, 180, ${a})`;
+    box.appendChild(el("span", {style: `background: ${colour}`, title: `${w.score.toFixed(4)} (${(w.share * 100).toFixed(0)}%)`}, w.word));
+    box.appendChild(document.createTextNode(" "));
+  }
+  return box;
+}
+
+// the heat map over the picture and the shaded words, in place of the thumbnail; again: back
+async function explain(c, img, hit, q, button) {
+  const shown = c.querySelector(".why-panel");
+  if (shown) {
+    shown.remove();
+    img.src = hit.thumb_url;
+    button.textContent = "why?";
+    return;
+  }
+  button.disabled = true;
+  button.textContent = "explaining…";
+  try {
+    const resp = await fetch(`/explain?${new URLSearchParams({id: String(hit.image_id), q})}`);
+    const data = await resp.json();
+    if (!resp.ok) {
+      setStatus(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail), true);
+      button.textContent = "why?";
+      return;
+    }
+    img.src = data.overlay;
+    const panel = el("div", {class: "why-panel"});
+    panel.appendChild(el("div", {class: "muted"}, `similarity ${data.similarity.toFixed(3)} · heat: ${data.method}`));
+    panel.appendChild(shadedWords(data.words));
+    c.querySelector(".body").insertBefore(panel, c.querySelector(".actions"));
+    button.textContent = "hide why";
+  } catch (err) {
+    setStatus("the service did not answer: " + err, true);
+    button.textContent = "why?";
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function clean(state) {
