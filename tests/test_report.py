@@ -53,7 +53,8 @@ def evil_data(tmp_path_factory, shapes_dir, runs) -> Path:
 def single(tmp_path_factory, runs, evil_data) -> Path:
     """The report of one run with every test caption and image as a query (k above the split size)."""
     out = tmp_path_factory.mktemp("report") / "report.html"
-    assert main(["-q", "report", str(runs[0]), "--data", str(evil_data), "--out", str(out), "--k", "50"]) == 0
+    assert main(["-q", "report", str(runs[0]), "--data", str(evil_data), "--out", str(out), "--k", "50",
+                 "--explain", "3"]) == 0
     return out
 
 
@@ -108,6 +109,23 @@ def test_galleries_mark_the_correct_items(single, runs, evil_data):
     assert re.findall(r"<td>([^<]+)</td>", metrics_row)[:3] == [f"{lib[f't2i_R@{k}']:.1f}" for k in (1, 5, 10)]
     seen_row = html.split('<table class="gap">', 1)[1].split("seen (train sample)</td>", 1)[1]
     assert re.findall(r"<td>([^<]+)</td>", seen_row)[:3] == [f"{lib['seen'][f't2i_R@{k}']:.1f}" for k in (1, 5, 10)]
+
+
+def test_gallery_rows_are_explained(single):
+    """--explain 3: the first three queries of each gallery show why their first hit came first."""
+    html = single.read_text(encoding="utf-8")
+    t2i, i2t = _queries(html, "t2i"), _queries(html, "i2t")
+    assert [('<figure class="why"' in b) for b in t2i] == [True] * 3 + [False] * (len(t2i) - 3)
+    assert [('class="qimg why"' in b) for b in i2t] == [True] * 3 + [False] * (len(i2t) - 3)
+    for block in t2i[:3]:
+        caption = re.search(r'<div class="qtext">“([^”]*)”', block).group(1)
+        words = re.findall(r'<span class="w" style="background: rgba\([^)]*\)" title="[^"]*">([^<]*)</span>', block)
+        assert words and "".join(words) == "".join(caption.split())  # every word, escaped like the caption
+        sim = float(re.search(r"why #1 · ([0-9.-]+)</figcaption>", block).group(1))
+        first = float(re.search(r"<figcaption>1 · ([0-9.-]+)", block).group(1))
+        assert sim == pytest.approx(first, abs=1.5e-3)  # the explained pair is the first hit
+    for block in i2t[:3]:
+        assert re.search(r'src="data:image/jpeg;base64,[^"]+" alt="heat map for caption 1"', block)
 
 
 def test_plots_are_written_next_to_the_report(single):
@@ -219,3 +237,50 @@ def test_report_renders_in_a_browser(single, tmp_path):
     assert errors == []
     with Image.open(tmp_path / "shot.png") as im:
         assert im.width == 1200 and im.height > 2000
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory, shapes_dir):
+    """The shapes data as JSONL with each picture's colour as a label, and a small run on it."""
+    import json
+
+    from crossalign.data.synthetic import COLOURS
+
+    root = tmp_path_factory.mktemp("labelled")
+    data = root / "data"
+    shutil.copytree(shapes_dir / "images", data / "images")
+    by_image = {}
+    for line in (shapes_dir / "captions.txt").read_text().splitlines()[1:]:
+        name, caption = line.split(",", 1)
+        by_image.setdefault(name, []).append(caption.strip('"'))
+    with open(data / "data.jsonl", "w") as f:
+        for name, caps in by_image.items():
+            colour = next(c for c in COLOURS if f" {c} " in f" {caps[0]} ")
+            f.write(json.dumps({"image": f"images/{name}", "captions": caps, "colour": colour}) + "\n")
+    run = root / "run"
+    assert main(["-q", "train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1",
+                 "--set", "model.image.tower=small_cnn", "--set", "model.image.image_size=32",
+                 "--set", "model.text.tower=lstm", "--set", "train.batch_size=32"]) == 0
+    return run, data
+
+
+def test_label_agreement_in_the_report(labelled_run, tmp_path, capsys):
+    run, data = labelled_run
+    out = tmp_path / "r.html"
+    assert main(["-q", "report", str(run), "--data", str(data), "--out", str(out), "--k", "3",
+                 "--label-column", "colour", "--explain", "1"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "Label agreement" in html and "label agreement by class" in html
+    lib = crossalign.evaluate.evaluate(run, data, "test", progress=False, gap=True, seed=0, label_column="colour")
+    table = html.split('<table class="metrics labels">', 1)[1].split("</table>", 1)[0]
+    unseen = re.findall(r"<td>([^<]+)</td>", table.split('<td class="name">unseen</td>', 1)[1])
+    assert unseen[:2] == [f"{100 * lib['labels']['t2i'][k]:.1f}" for k in ("precision@1", "precision@5")]
+    seen = re.findall(r"<td>([^<]+)</td>", table.split('<td class="name">seen (train sample)</td>', 1)[1])
+    assert seen[0] == f"{100 * lib['seen']['labels']['t2i']['precision@1']:.1f}"
+    chance = re.findall(r"<td>([^<]+)</td>", table.split('<td class="name">chance</td>', 1)[1])
+    assert chance[0] == f"{100 * lib['labels']['t2i']['chance']['precision@1']:.1f}"
+    with Image.open(tmp_path / "r_run_labels.png") as im:
+        assert im.format == "PNG" and im.height > 200
+    assert main(["-q", "report", str(run), "--data", str(data), "--out", str(tmp_path / "x.html"),
+                 "--label-column", "genre"]) == 2
+    assert "'genre'" in capsys.readouterr().err and not (tmp_path / "x.html").exists()

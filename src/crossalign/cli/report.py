@@ -1,4 +1,5 @@
-"""``crossalign report RUN [RUN ...] --data DIR --out report.html [--split test] [--k 8] [--seed 0]``"""
+"""``crossalign report RUN [RUN ...] --data DIR --out report.html [--split test] [--k 8] [--seed 0]
+[--label-column COL] [--explain N]``"""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=8, help="items in the heatmap and queries per gallery (default 8)")
     p.add_argument("--top", type=int, default=5, help="neighbours shown per gallery query (default 5)")
     p.add_argument("--seed", type=int, default=0, help="fixes the sampled items (default 0)")
+    p.add_argument("--label-column", default="", help="also show label agreement by this column "
+                   "(per-class chart, precision@K, R-precision, MAP@R beside chance)")
+    p.add_argument("--explain", type=int, default=-1, metavar="N",
+                   help="explain the first hit of the first N queries of each gallery (heat over the image, "
+                        "words shaded); default every query, 0 none")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -25,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from crossalign.report import report
 
     result = report(args.runs, args.data, args.out, split=args.split, k=args.k, seed=args.seed, top=args.top,
-                    device=args.device, progress=not args.quiet, which=args.checkpoint)
+                    device=args.device, progress=not args.quiet, which=args.checkpoint,
+                    label_column=args.label_column, explain=args.explain)
     print(f"wrote {result.html} and {len(result.plots)} PNG plots beside it ({result.seconds:.1f} s)")
     return 0

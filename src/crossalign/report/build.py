@@ -128,6 +128,8 @@ def _galleries(d: RunReport, k: int, seed: int, top: int, thumbs: Thumbnails) ->
     _, paths = emb.table.images()
     t_q = text_queries(emb, samples.text_queries, d.ranks_t2i, top, d.ranking.t2i_scores)
     i_q = image_queries(emb, samples.image_queries, d.ranks_i2t, top, d.ranking.i2t_scores)
+    for q in t_q + i_q:
+        q["why"] = None  # filled in by explain_rows for the rows it explains
     for q in t_q:
         q["target_uri"], q["target_id"] = thumbs.uri(paths[q["target"]]), emb.image_ids[q["target"]]
         for h in q["hits"]:
@@ -159,12 +161,37 @@ def _gap_table(seen: dict, unseen: dict, split: str) -> dict:
             "rows": [("seen (train sample)", plain[0]), (f"unseen ({split})", plain[1]), ("gap", signed)]}
 
 
+def _labels_section(d: RunReport, png: Callable[[str], Path]) -> dict | None:
+    """Label agreement: the per-class chart, and the overall figures beside chance (seen and
+    unseen when there is a gap)."""
+    labels = d.metrics.get("labels")
+    if not labels:
+        return None
+    chart = plots.label_bars(labels, png("labels"))
+    keys = [k for k in ("precision@1", "precision@5", "precision@10", "r_precision", "map@r")
+            if k in labels["t2i"]]
+    pools = [("unseen" if d.seen is not None and "labels" in d.seen else d.split, labels)]
+    if d.seen is not None and "labels" in d.seen:
+        pools.insert(0, ("seen (train sample)", d.seen["labels"]))
+    rows = []
+    for name, lab in pools:
+        rows.append((name, [f"{100 * lab[dr][k]:.1f}" for dr in ("t2i", "i2t") for k in keys]))
+    rows.append(("chance", [f"{100 * labels[dr]['chance'][k]:.1f}" for dr in ("t2i", "i2t") for k in keys]))
+    return {"png": chart, "uri": _png_uri(chart), "column": labels["column"], "rule": labels.get("rule", ""),
+            "heads": [k.replace("_", " ").replace("map@r", "MAP@R") for k in keys] * 2, "span": len(keys),
+            "rows": rows}
+
+
 def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: Thumbnails,
-                 png: Callable[[str], Path]) -> tuple[dict, list[Path]]:
+                 png: Callable[[str], Path], explain: int = -1) -> tuple[dict, list[Path]]:
     """Everything shown for one run; returns the template context and the PNGs written."""
+    from crossalign.report.explained import explain_rows
+
     written = []
     curves = plots.training_curves(d.history, png("curves"), d.summary.get("best_epoch")) if d.history else None
     gal = _galleries(d, k, seed, top, thumbs)
+    if explain and d.model is not None:
+        explain_rows(d.model, gal, explain, max_pixels=d.cfg.data.max_pixels)
     heat = _heatmap(d, gal, thumbs, png("heatmap"))
     ranks = plots.rank_histograms(d.ranks_t2i, d.ranks_i2t, len(d.emb.image_ids), len(d.emb.text_to_image),
                                   png("ranks"))
@@ -175,6 +202,9 @@ def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: 
                "n_images": d.seen["n_images"], "n_captions": d.seen["n_captions"]}
         written.append(gap_png)
     written += [p for p in (curves, heat["png"], ranks) if p is not None]
+    labels = _labels_section(d, png)
+    if labels is not None:
+        written.append(labels["png"])
     trials = trials_section(d.path, png("trials"))  # a run of train --auto: its recipe search
     if trials is not None:
         written.append(trials["png"])
@@ -185,7 +215,7 @@ def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: 
         "curves": _png_uri(curves) if curves else None, "heatmap": {**heat, "uri": _png_uri(heat["png"])},
         "text_queries": gal["text_queries"], "image_queries": gal["image_queries"], "top": top,
         "ranks": _png_uri(ranks), "gap": gap, "skipped": sum(p.level == "error" for p in d.problems),
-        "trials": trials,
+        "trials": trials, "labels": labels,
     }
     return section, written
 
@@ -203,7 +233,7 @@ def _comparison_plots(data: list[RunReport], out: Path, ctx: dict) -> list[Path]
 
 def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str | Path, split: str = "test",
            k: int = 8, seed: int = 0, top: int = 5, device: str = "cpu", progress: bool = True,
-           which: str = "best") -> ReportResult:
+           which: str = "best", label_column: str = "", explain: int = -1) -> ReportResult:
     """Write ``out`` (HTML, self-contained) and its plots as PNGs beside it.
 
     Args:
@@ -214,6 +244,8 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
         k: items in the heatmap and queries per gallery.
         seed: fixes every sample, so the same seed gives the same page.
         top: neighbours shown per gallery query.
+        label_column: also show label agreement by this column (a per-class chart and table).
+        explain: gallery rows explained per gallery (why the first hit came first); -1 all, 0 none.
     """
     from crossalign.report.html import render
 
@@ -225,13 +257,14 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
         raise ConfigError(f"report: --k and --top must be at least 1 (got k={k}, top={top})")
     out = Path(out)
     names = _unique_names(runs)
-    data_runs = [collect_run(r, data, split, n, seed, device, progress, which) for r, n in zip(runs, names)]
+    data_runs = [collect_run(r, data, split, n, seed, device, progress, which, label_column)
+                 for r, n in zip(runs, names)]
     report_problems(data_runs[0].problems)  # the same data and rules for every run: said once
     thumbs, written, sections = Thumbnails(), [], []
     for i, d in enumerate(data_runs):
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", d.name)
         png = lambda what, name=safe: out.with_name(f"{out.stem}_{name}_{what}.png")
-        section, pngs = _run_section(d, i, k, seed, top, thumbs, png)
+        section, pngs = _run_section(d, i, k, seed, top, thumbs, png, explain)
         sections.append(section)
         written += pngs
     ctx = {"comparison": _comparison(data_runs), "runs": sections, "data": str(data), "split": split,

@@ -20,7 +20,7 @@ from crossalign.errors import DataError
 from crossalign.data.validate import Problem
 from crossalign.embed import EmbeddedTable
 from crossalign.evaluate.retrieval import Retrieval
-from crossalign.evaluate.run import score, seen_unseen
+from crossalign.evaluate.run import require_label_column, score, seen_unseen
 from crossalign.runs import RunData, open_run, select_split
 
 __all__ = ["RunReport", "collect_run", "read_history", "describe_config"]
@@ -43,6 +43,8 @@ class RunReport:
     ranking: Retrieval  # evaluate's ranking of the split: ranks and the scores that ordered them
     seen: dict | None  # metrics on a train sample of the same size, when there is one
     problems: list[Problem]  # rows skipped: by the data rules, and images that could not be read
+    model: object = None  # the run's DualEncoder, for the explained gallery rows
+    label_column: str = ""  # the label whose agreement metrics["labels"] holds ("" for none)
 
 
 def _number(value: str | None) -> float | None:
@@ -85,7 +87,7 @@ def describe_config(cfg: RunConfig) -> dict[str, str]:
     }
 
 
-def _seen_metrics(rd: RunData, sub, seed: int, progress: bool) -> dict | None:
+def _seen_metrics(rd: RunData, sub, seed: int, progress: bool, label_column: str = "") -> dict | None:
     """Metrics on training images, as many as ``sub`` has, so both pools are equally hard.
 
     The sample is ``seen_unseen`` with the same seed as ``crossalign evaluate --gap``, so the
@@ -95,24 +97,28 @@ def _seen_metrics(rd: RunData, sub, seed: int, progress: bool) -> dict | None:
     if "train" in set(sub.split) or len(seen_tab) == 0:
         return None
     try:
-        return score(rd, seen_tab, progress=progress)[0]
+        return score(rd, seen_tab, progress=progress, label_column=label_column or None)[0]
     except DataError:  # not one readable training image: the report shows no gap
         return None
 
 
 def collect_run(run: str | Path, data: str | Path, split: str = "test", name: str = "",
                 seed: int = 0, device: str = "cpu", progress: bool = True,
-                which: str = "best") -> RunReport:
-    """Open ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap."""
+                which: str = "best", label_column: str = "") -> RunReport:
+    """Open ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap
+    (and with ``label_column``, the label agreement of the same rankings, seen and unseen)."""
     run = Path(run)
     rd = open_run(run, data, which, device, quiet=True)
     sub = select_split(rd.table, split)
-    metrics, emb, res = score(rd, sub, progress=progress)
-    seen = _seen_metrics(rd, sub, seed, progress)
+    if label_column:
+        require_label_column(sub, label_column)
+    metrics, emb, res = score(rd, sub, progress=progress, label_column=label_column or None)
+    seen = _seen_metrics(rd, sub, seed, progress, label_column)
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return RunReport(
         name=name or run.name, path=run, cfg=rd.cfg, history=read_history(run / "metrics.csv"),
         summary=summary, split=split, emb=emb, metrics=metrics, ranks_t2i=res.t2i_ranks,
         ranks_i2t=res.i2t_ranks, ranking=res, seen=seen, problems=rd.problems + emb.problems,
+        model=rd.model, label_column=label_column,
     )

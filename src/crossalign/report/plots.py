@@ -247,3 +247,33 @@ def gap_bars(seen: Mapping, unseen: Mapping, path: str | Path, ks: Sequence[int]
         ax.set_title("seen vs unseen items, equal pool sizes")
         fig.tight_layout()
         return _save(fig, path)
+
+
+MAX_CLASSES_SHOWN = 30  # the classes with most queries; the JSON of evaluate has them all
+
+
+def _class_panel(ax, per_class: Mapping[str, Mapping], key: str, title: str) -> None:
+    names = sorted(per_class, key=lambda c: (-per_class[c]["queries"], c))[:MAX_CLASSES_SHOWN][::-1]
+    if not names:
+        return _missing(ax, "no labelled queries")
+    y = np.arange(len(names))
+    ax.barh(y, [100 * per_class[c][key] for c in names], 0.7, color="#2563eb", label=key.replace("@", " at "))
+    ax.scatter([100 * per_class[c]["chance_precision"] for c in names], y, marker="|", s=120, color="#dc2626",
+               zorder=3, label="chance")
+    ax.set_yticks(y, [f"{_plain(c)} ({per_class[c]['queries']})" for c in names], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def label_bars(labels: Mapping, path: str | Path, key: str = "precision@5") -> Path:
+    """Per-class label agreement (the share of the top K that share a class with the query),
+    both directions, each class beside its chance level; classes by their number of queries."""
+    n = min(MAX_CLASSES_SHOWN, max(len(labels["t2i"]["per_class"]), len(labels["i2t"]["per_class"]), 1))
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _subplots(1, 2, figsize=(10, 1.2 + 0.28 * n))
+        for ax, d, title in zip(axes, ("t2i", "i2t"), ("text → image", "image → text")):
+            _class_panel(ax, labels[d]["per_class"], key, f"{title}: {key} by {labels['column']!r}")
+        fig.tight_layout()
+        return _save(fig, path)
