@@ -19,7 +19,7 @@ from crossalign.data.formats import READERS, detect_format, read_pairs
 from crossalign.errors import DataError
 from crossalign.data.prepare import prepare_table
 from crossalign.data.splits import split_from_name
-from crossalign.data.transforms import load_image
+from crossalign.data.transforms import inspect_image, load_image
 from crossalign._io import sha256_file
 
 # the one logical data set every fixture writes: 6 images, 2 captions each, a given split
@@ -151,7 +151,9 @@ WRITERS = {"folder": write_folder, "flickr8k": write_flickr8k, "karpathy": write
 
 def canonical(table) -> list[tuple]:
     """A layout-free view: (image id, caption, split, image content hash) per row, sorted."""
-    return sorted((i, c, s, hashlib.sha1(Path(p).read_bytes()).hexdigest())
+    from crossalign.data.members import is_ref, read_member
+
+    return sorted((i, c, s, hashlib.sha1(read_member(p) if is_ref(p) else Path(p).read_bytes()).hexdigest())
                   for i, c, s, p in zip(table.image_id, table.caption, table.split, table.image_path))
 
 
@@ -211,9 +213,30 @@ def test_options_rename_columns_and_separator(tmp_path):
         read_pairs(root, "csv")
 
 
-def test_webdataset_streams_into_a_content_addressed_folder(tmp_path):
+def test_webdataset_images_are_read_in_place(tmp_path):
+    """Uncompressed shards: every image is a reference to its member, read back with one
+    pread, and nothing is written to disk."""
+    from crossalign.data.members import parse_ref, read_member, source_hash
+
     root = write_webdataset(tmp_path / "wds")
     cfg = DataConfig(extract_dir=str(tmp_path / "x"))
+    table = read_pairs(root, options=cfg)
+    assert canonical(table) == EXPECTED and not (tmp_path / "x").exists()
+    with tarfile.open(root / "train-000000.tar") as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf if m.name.endswith(".jpg")}
+    for p in set(table.image_path):
+        ref = parse_ref(p)
+        assert ref is not None and Path(ref.shard).parent == (tmp_path / "wds").resolve()
+        if ref.name in members and ref.shard.endswith("train-000000.tar"):
+            assert read_member(p) == members[ref.name]
+        assert source_hash(p) == hashlib.sha256(read_member(p)).hexdigest()
+        assert load_image(p).size == (40, 32) and inspect_image(p)[:2] == (40, 32)
+    assert table.meta["image_roots"] == [str((tmp_path / "wds").resolve())]
+
+
+def test_webdataset_streams_into_a_content_addressed_folder(tmp_path):
+    root = write_webdataset(tmp_path / "wds")
+    cfg = DataConfig(extract_dir=str(tmp_path / "x"), shard_images="extract")
     table = read_pairs(root, options=cfg)
     paths = set(table.image_path)
     for p in paths:  # named by the content, inside the extract dir; the rest of the pipeline opens it
@@ -230,6 +253,7 @@ def test_gzipped_shards_stream_too(tmp_path):
     root = write_webdataset(tmp_path / "wds", ".tar.gz")
     table = read_pairs(root, options=DataConfig(extract_dir=str(tmp_path / "x")))
     assert table.meta["format"] == "webdataset" and canonical(table) == EXPECTED
+    assert all(Path(p).parent.parent == tmp_path / "x" for p in table.image_path)  # copied out: no offsets
 
 
 def test_damaged_shard_costs_its_tail_not_the_run(tmp_path):

@@ -51,6 +51,9 @@ class DataConfig:
     id_column: str = ""  # MovieLens: the movie id column (movieId, id, ...)
     separator: str = ""  # CSV field separator: "," "\t" or "tab"; empty = sniffed from the header
     image_dir: str = ""  # folder of the images, relative to the data folder, when not the usual one
+    # images in uncompressed tar shards: "reference" reads each member in place (shard, offset);
+    # "extract" copies it out once into extract_dir (compressed shards always are)
+    shard_images: str = "reference"
     extract_dir: str = ""  # where images from tar shards are unpacked; empty = <cache dir>/extracted
     min_image_side: int = 16  # data check: images with a shorter side are reported as tiny
 

@@ -54,10 +54,16 @@ def canonical_names(table: PairTable) -> dict[str, str]:
 
 
 def _copy(src: str, dest: Path) -> None:
-    if dest.is_file() and dest.stat().st_size == os.path.getsize(src):
+    from crossalign.data.members import parse_ref, read_member, source_size
+
+    if dest.is_file() and dest.stat().st_size == source_size(src):
         return  # already converted
+    ref = parse_ref(src)
     with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)
+        if ref is not None:  # a member of a tar shard
+            tmp.write_bytes(read_member(ref))
+        else:
+            shutil.copyfile(src, tmp)
 
 
 def _label_text(value: object) -> str:

@@ -65,6 +65,11 @@ def _open(source: ImageSource, name: str) -> Image.Image:
         if len(source) == 0:
             raise ImageError(f"{name}: image file is empty (0 bytes)", "empty_file")
         return Image.open(io.BytesIO(bytes(source)))
+    from crossalign.data.members import parse_ref, read_member
+
+    ref = parse_ref(source)
+    if ref is not None:  # a member of a tar shard: its bytes, read in place
+        return _open(read_member(ref), name)
     if os.path.getsize(source) == 0:
         raise ImageError(f"{name}: image file is empty (0 bytes)", "empty_file")
     return Image.open(source)
@@ -147,8 +152,11 @@ def file_date(path: str | os.PathLike) -> str:
     Reads only the file's header; a file without a readable date gives its mtime."""
     import datetime
 
+    from crossalign.data.members import parse_ref, read_member
+
+    ref = parse_ref(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(read_member(ref)) if ref else path) as im:
             exif = im.getexif()
             stamp = exif.get_ifd(0x8769).get(36867) or exif.get(306)  # DateTimeOriginal, DateTime
         if isinstance(stamp, bytes):
@@ -158,7 +166,7 @@ def file_date(path: str | os.PathLike) -> str:
             return taken.strftime("%Y-%m-%dT%H:%M:%S")
     except Exception:  # no EXIF block, a broken one, or a date that does not parse
         pass
-    mtime = os.stat(path).st_mtime
+    mtime = os.stat(ref.shard if ref else path).st_mtime
     return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 

@@ -60,13 +60,12 @@ def _strict_error(p: Problem) -> DataError:
 
 def _file_sizes(paths: list[str]) -> dict[str, int]:
     """Size of each distinct path, -1 when it is not a file."""
+    from crossalign.data.members import source_size
+
     sizes: dict[str, int] = {}
     for p in paths:
         if p not in sizes:
-            try:
-                sizes[p] = os.stat(p).st_size if os.path.isfile(p) else -1
-            except OSError:
-                sizes[p] = -1
+            sizes[p] = source_size(p)  # a plain file, or a member of a tar shard
     return sizes
 
 

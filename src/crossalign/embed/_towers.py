@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from crossalign.data.transforms import MAX_PIXELS, eval_transform, load_image
 from crossalign.errors import ImageError
-from crossalign._io import sha256_file
+from crossalign.data.members import source_hash
 from crossalign.features import FeatureCache, text_key, tower_fingerprint
 
 __all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "Decoded",
@@ -119,7 +119,7 @@ def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[
     keys, failed = {}, {}
     for p in dict.fromkeys(paths):
         try:
-            keys[p] = sha256_file(p) + suffix
+            keys[p] = source_hash(p) + suffix  # the file's bytes, or a shard member's
         except OSError as e:
             failed[p] = ImageError(f"{p}: cannot read image file ({e.strerror or e})",
                                    "missing" if isinstance(e, FileNotFoundError) else "unreadable")

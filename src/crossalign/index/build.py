@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
+from crossalign.data.members import parse_ref, source_hash
 from crossalign.data.transforms import file_date, list_images
 from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
-from crossalign._io import sha256_file
 from crossalign.index._vectors import Embedder
 from crossalign.index.tune import DEFAULT_RECALL
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
@@ -70,8 +70,9 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
     for r, iid in enumerate(table.image_id):
         if iid not in by_id:
             labels = {c: v[r] for c, v in table.labels.items() if v[r] is not None}
-            file = Path(table.image_path[r]).resolve()
-            by_id[iid] = ImageRecord(-1, str(file), iid, "", k, table.split[r], labels,
+            ref = parse_ref(table.image_path[r])  # a shard member: kept as it is, in its shard's folder
+            file = Path(ref.shard if ref else table.image_path[r]).resolve()
+            by_id[iid] = ImageRecord(-1, str(ref) if ref else str(file), iid, "", k, table.split[r], labels,
                                      folder=_folder_in(file, path.resolve()))
         by_id[iid].captions.append(CaptionRecord(-1, -1, table.caption[r], table.origin[r]))
     return list(by_id.values())
@@ -95,7 +96,7 @@ def _hash_all(images: list[ImageRecord]) -> tuple[list[ImageRecord], dict[str, s
             continue
         seen.add(im.path)
         try:
-            im.content_hash = sha256_file(im.path)
+            im.content_hash = source_hash(im.path)  # a file, or a member of a tar shard
             im.date = file_date(im.path)
             kept.append(im)
         except OSError as e:

@@ -273,8 +273,10 @@ class Index:
 
         if not str(text).strip():
             raise ConfigError("the text to explain is empty")
+        from crossalign.data.members import source_size
+
         rec = self.image(image_id)
-        if not Path(rec.path).is_file():
+        if source_size(rec.path) < 0:
             raise UnknownItem(f"image id {image_id}: its file is no longer there")
         model = self._model()
         with self._explain_lock:  # one at a time: each runs the towers backwards, on every core

@@ -214,11 +214,16 @@ def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
              response_class=Response)
     def image(item_id: int = PathParam(..., ge=0, le=MAX_ID),
               size: int | None = Query(None, ge=16, le=limits.max_thumb)):
+        from crossalign.data.members import parse_ref, read_member, source_size
+
         rec = index.image(item_id)
-        if not Path(rec.path).is_file():
+        if source_size(rec.path) < 0:
             raise UnknownItem(f"image id {item_id}: its file is no longer there")
         if size is None:
-            kind = mimetypes.guess_type(rec.path)[0] or "application/octet-stream"
+            ref = parse_ref(rec.path)  # a member of a tar shard: its bytes, read in place
+            kind = mimetypes.guess_type(ref.name if ref else rec.path)[0] or "application/octet-stream"
+            if ref is not None:
+                return Response(read_member(ref), media_type=kind)
             return FileResponse(rec.path, media_type=kind)
         return Response(thumb(int(item_id), int(size)), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600"})
