@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from crossalign.config import RunConfig, load_config
 
-__all__ = ["train", "resume", "tune", "load", "Aligner"]
+__all__ = ["train", "resume", "tune", "load", "Aligner", "embed", "EmbedSummary"]
 
 
 def _config(config: str | Path | RunConfig | None, overrides: Sequence[str]) -> RunConfig:
@@ -145,3 +145,93 @@ def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
 
     model, cfg = load_model(run, which, device)
     return Aligner(model, cfg, device)
+
+
+class EmbedSummary:
+    """What one embed task did: the units it owns, and which it wrote or found done."""
+
+    def __init__(self, units: list[int], written: list[int], skipped: list[int], n_units: int) -> None:
+        self.units, self.written, self.skipped, self.n_units = units, written, skipped, n_units
+
+
+def _units(data: str | Path, cfg, run, partition_size: int) -> tuple[list, object]:
+    """The work units: one per shard for webdataset shards (a folder, a file or a pattern),
+    else chunks of ``partition_size`` images of the table (read once)."""
+    from crossalign.data.formats import detect_format
+    from crossalign.data.prepare import prepare_table
+    from crossalign.data.readers.shards import shard_files
+
+    path = Path(data)
+    pattern = "{" in str(path) and not path.exists()
+    if pattern or (path.exists() and detect_format(path, cfg.data) == "webdataset"):
+        return shard_files(path), None
+    table, _ = prepare_table(path, cfg.data, run_dir=run, quiet=True)
+    ids = list(dict.fromkeys(table.image_id))
+    return [ids[s:s + partition_size] for s in range(0, len(ids), partition_size)], table
+
+
+def _unit_table(unit, table, cfg):
+    from crossalign.data.prepare import prepare_table
+
+    if table is None:  # a shard: read on its own, so a task reads only its shards
+        return prepare_table(unit, cfg.data, quiet=True)[0]
+    keep = set(unit)
+    return table.take([r for r, i in enumerate(table.image_id) if i in keep])
+
+
+def _partition_rows(emb) -> tuple[list[dict], list[dict]]:
+    from crossalign.data.members import source_hash
+    from crossalign.data.transforms import file_date
+
+    t, first = emb.table, {}
+    for r, iid in enumerate(t.image_id):
+        first.setdefault(iid, r)
+    images = []
+    for iid in emb.image_ids:
+        r = first[iid]
+        path = t.image_path[r]
+        images.append({"image_id": iid, "path": path, "split": t.split[r], "content_hash": source_hash(path),
+                       "date": file_date(path),
+                       "labels": {c: v[r] for c, v in t.labels.items() if v[r] is not None}})
+    captions = [{"image": int(emb.text_to_image[r]), "caption": t.caption[r], "origin": t.origin[r]}
+                for r in range(len(t.caption))]
+    return images, captions
+
+
+def embed(run: str | Path, data: str | Path, out: str | Path, shard: tuple[int, int] = (0, 1),
+          partition_size: int = 10_000, which: str = "best", device: str = "cpu",
+          progress: bool = True) -> EmbedSummary:
+    """Embed ``data`` with ``run`` into partitions under ``out`` (``crossalign embed``).
+
+    Task ``i`` of ``n`` (``shard=(i, n)``) takes units ``i, i + n, ...``: one unit per tar
+    shard, or per ``partition_size`` images of any other layout. A unit whose partition is
+    already written is skipped, so a task may simply be run again after a failure; see
+    :mod:`crossalign.embed.partitions` for the layout. ``crossalign index RUN
+    --from-embeddings OUT`` builds the index from the partitions.
+    """
+    from crossalign.embed import embed_table
+    from crossalign.embed.partitions import is_done, write_partition
+    from crossalign.errors import ConfigError
+    from crossalign.features import weights_hash
+    from crossalign.runs import open_run
+
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {i}/{n}: give i/N with 0 <= i < N")
+    if partition_size < 1:
+        raise ConfigError(f"--partition-size must be at least 1, got {partition_size}")
+    rd = open_run(run, None, which, device, quiet=True)
+    units, table = _units(data, rd.cfg, run, partition_size)
+    mine = list(range(i, len(units), n))
+    whash, written, skipped = weights_hash(rd.model), [], []
+    for u in mine:
+        if is_done(out, u):
+            skipped.append(u)
+            continue
+        emb = embed_table(rd.model, _unit_table(units[u], table, rd.cfg), cache_root=rd.cache_root,
+                          device=device, batch_size=rd.cfg.train.eval_batch_size,
+                          max_pixels=rd.cfg.data.max_pixels, progress=progress)
+        images, captions = _partition_rows(emb)
+        (written if write_partition(out, u, whash, emb.image_emb, emb.text_emb, images, captions)
+         else skipped).append(u)
+    return EmbedSummary(mine, written, skipped, len(units))

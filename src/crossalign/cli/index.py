@@ -1,4 +1,4 @@
-"""``crossalign index RUN (--data DIR | --images FOLDER | --add FOLDER) --out INDEX``"""
+"""``crossalign index RUN (--data DIR | --images FOLDER | --add FOLDER | --from-embeddings DIR) --out INDEX``"""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", metavar="FOLDER", help="a folder of images, searched recursively")
     p.add_argument("--add", action="append", default=[], metavar="FOLDER",
                    help="add another image folder to the index's sources (repeatable)")
+    p.add_argument("--from-embeddings", metavar="DIR",
+                   help="build from the partitions 'crossalign embed' wrote to DIR (nothing is embedded)")
     p.add_argument("--split", default="all", help="with --data: which split (default all)")
     p.add_argument("--format", default="", help="with --data: the layout (default: detected)")
     p.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"],
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
+    if args.from_embeddings:
+        return _from_embeddings(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from crossalign.cli.train import _relaunch
 
@@ -56,6 +60,23 @@ def run(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if summary is None:
         return 0
+    _print(summary)
+    return 0
+
+
+def _from_embeddings(args: argparse.Namespace) -> int:
+    from crossalign.errors import ConfigError
+    from crossalign.index import build_from_embeddings
+
+    if args.data or args.images or args.add:
+        raise ConfigError("--from-embeddings builds from partitions alone; leave out --data, --images, --add")
+    summary = build_from_embeddings(args.run, args.out, args.from_embeddings, index_type=args.index_type,
+                                    which=args.checkpoint, device=args.device, recall=args.recall)
+    _print(summary)
+    return 0
+
+
+def _print(summary) -> None:
     print(f"index {summary.index}: {summary.images} images, {summary.captions} captions "
           f"({summary.embedded_images} images and {summary.embedded_captions} captions embedded, "
           f"{summary.removed_images} removed, {len(summary.failed)} unreadable) in "
@@ -66,4 +87,3 @@ def run(args: argparse.Namespace) -> int:
         verdict = "" if t["met"] else f" (short of the {t['target']:.2f} asked: the widest search tried)"
         print(f"  {target}: {params}: recall@10 {t['recall']:.3f} on {t['queries']} held queries, "
               f"{t['ms']:.2f} ms a query{verdict}")
-    return 0

@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": "serve",
     "duplicates": "duplicates",
     "explain": "explain",
+    "embed": "embed",
 }
 
 

@@ -135,6 +135,12 @@ def read_pairs(root: str | Path, format: str = "auto", options: DataConfig | Non
         options: reader options (column names, separator, image folder); defaults otherwise.
     """
     root, cfg = Path(root), options or DataConfig()
+    if "{" in str(root) and not root.exists():  # a shard pattern: train-{000..099}.tar
+        from crossalign.data.readers.shards import read_webdataset
+
+        table = read_webdataset(root, cfg)
+        table.meta["format"] = "webdataset"
+        return table
     if not root.exists():
         raise DataError(f"{root}: data folder not found")
     if root.is_file() and root.name == "captions.txt":

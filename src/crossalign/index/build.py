@@ -26,7 +26,7 @@ from crossalign.index._vectors import Embedder
 from crossalign.index.tune import DEFAULT_RECALL
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
 
-__all__ = ["build_index", "BuildSummary"]
+__all__ = ["build_index", "build_from_embeddings", "BuildSummary"]
 
 log = logging.getLogger("crossalign.index")
 
@@ -51,6 +51,9 @@ class BuildSummary:
 def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRecord]:
     """The images (and captions) a source holds now; ids and hashes are filled in later."""
     path = Path(src["path"])
+    if src["kind"] == "embeddings":
+        raise ConfigError(f"this index was built from the embedding partitions in {path}; build it again "
+                          f"with --from-embeddings (after 'crossalign embed' has written the new ones)")
     if not path.exists():
         raise InputNotFound(f"{path}: no such {'folder' if src['kind'] == 'images' else 'data set'}")
     if src["kind"] == "images":
@@ -300,3 +303,66 @@ def _wait(dist) -> None:
         import torch
 
         torch.distributed.barrier()
+
+
+def _records_of(part, seen: set[str]) -> tuple[list[ImageRecord], np.ndarray, np.ndarray]:
+    """One partition's images (those not seen in an earlier one), their vectors, and their
+    captions' vectors in the order the records list them."""
+    keep = [k for k, m in enumerate(part.images) if m["path"] not in seen]
+    records, rows = [], {}
+    for k in keep:
+        m = part.images[k]
+        seen.add(m["path"])
+        rows[k] = len(records)
+        records.append(ImageRecord(-1, m["path"], m["image_id"], m["content_hash"], 0, m["split"],
+                                   m["labels"], [], date=m["date"]))
+    order = [[] for _ in records]
+    for c_row, c in enumerate(part.captions):
+        if c["image"] in rows:
+            records[rows[c["image"]]].captions.append(CaptionRecord(-1, -1, c["caption"], c["origin"]))
+            order[rows[c["image"]]].append(c_row)
+    flat = [r for rs in order for r in rs]
+    return records, part.image_emb[keep], part.text_emb[flat]
+
+
+def build_from_embeddings(run: str | Path | Embedder, out: str | Path, parts: str | Path, *,
+                          index_type: str | None = None, which: str = "best", device: str = "cpu",
+                          recall: float = DEFAULT_RECALL) -> BuildSummary:
+    """Build (or replace) the index at ``out`` from the partitions ``crossalign embed`` wrote
+    under ``parts``; nothing is embedded again. Every partition must come from ``run``'s
+    model (its weights hash), so query vectors match. An image in two partitions is kept once.
+    """
+    from crossalign.embed.partitions import list_partitions, read_partition
+
+    t0, out = time.perf_counter(), Path(out)
+    folders = list_partitions(parts)
+    if not folders:
+        raise InputNotFound(f"{parts}: no finished embedding partitions (part-NNNNN/done.json); "
+                            f"run 'crossalign embed' first")
+    old = _open_old(out)
+    emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
+    kept, img_parts, cap_parts, seen = [], [], [], set()
+    for folder in folders:
+        part = read_partition(folder)
+        if part.weights_hash != emb.weights_hash:
+            raise ConfigError(f"{folder}: embedded by another model ({part.weights_hash[:12]}) than "
+                              f"{emb.run} ({emb.weights_hash[:12]}); embed it again with this run")
+        records, iv, cv = _records_of(part, seen)
+        kept += records
+        img_parts.append(iv), cap_parts.append(cv)
+    old_ids = {im.path: im.id for im in old.all_images()} if old is not None else {}
+    _assign_ids(kept, old_ids, 1 + max(old_ids.values(), default=-1))
+    if index_type is None:
+        index_type = old.info.get("index_type", "auto") if old is not None else "auto"
+    info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    sources = [dict(kind="embeddings", path=str(Path(parts).resolve()), split="all", format="")]
+    image_vecs = np.concatenate(img_parts) if img_parts else np.zeros((0, emb.dim), np.float32)
+    caption_vecs = np.concatenate(cap_parts) if cap_parts else np.zeros((0, emb.dim), np.float32)
+    version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type, recall)
+    if old is not None:
+        old.close()
+    factory, tuned = _factories(out)
+    return BuildSummary(out, version, len(kept), len(caption_vecs), 0, 0,
+                        len(set(old_ids) - {im.path for im in kept}), {}, factory,
+                        time.perf_counter() - t0, tuned)

@@ -37,14 +37,40 @@ from crossalign.errors import ConfigError, DataError
 from crossalign.data.splits import normalize_split, split_from_name
 from crossalign.data.table import PairTable
 
-__all__ = ["read_webdataset", "shard_files", "extract_dir", "in_place", "SHARD_EXTS"]
+__all__ = ["read_webdataset", "shard_files", "expand_braces", "extract_dir", "in_place", "SHARD_EXTS"]
 
 SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
 _IMAGE_EXTS = {e.lstrip(".") for e in IMAGE_EXTS}
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's shard patterns: ``train-{000..099}.tar`` (zero-padded as written) and
+    ``{train,val}-000.tar``, several in one pattern."""
+    import re
+
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if m is None:
+        return [pattern]
+    head, tail, body = pattern[:m.start()], pattern[m.end():], m.group(1)
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [x for o in options for x in expand_braces(head + o + tail)]
+
+
 def shard_files(root: Path) -> list[Path]:
-    """``root`` itself, or every shard under folder ``root``, sorted."""
+    """``root`` itself, the shards a brace pattern names, or every shard under folder
+    ``root``, sorted."""
+    if "{" in str(root) and not root.exists():
+        files = [Path(p) for p in expand_braces(str(root))]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"{root}: {len(missing)} of {len(files)} shards are missing (first: {missing[0]})")
+        return files
     if root.is_file():
         return [root]
     return sorted(p for p in root.rglob("*") if p.name.lower().endswith(SHARD_EXTS) and p.is_file())
