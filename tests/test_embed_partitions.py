@@ -103,3 +103,15 @@ def test_other_layouts_are_cut_by_size_and_another_models_partitions_are_refused
     assert "another model" in capsys.readouterr().err
     assert main(["-q", "embed", str(run), "--data", str(shapes_dir), "--out", str(out), "--shard", "2/2"]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_the_share_comes_from_torchrun_when_not_given(monkeypatch):
+    from crossalign.cli.embed import parse_shard
+    from crossalign.errors import ConfigError
+
+    assert parse_shard("3/16") == (3, 16)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard("") == (1, 3)
+    with pytest.raises(ConfigError, match="i/N"):
+        parse_shard("3 of 16")
