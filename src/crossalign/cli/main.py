@@ -29,6 +29,7 @@ COMMANDS = {
     "duplicates": "duplicates",
     "explain": "explain",
     "embed": "embed",
+    "caption": "caption",
 }
 
 
