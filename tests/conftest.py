@@ -96,3 +96,24 @@ def shapes_dir(tmp_path_factory) -> Path:
     from crossalign.data.synthetic import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_images=60, seed=1, size=64)
+
+
+@pytest.fixture(scope="session")
+def labelled_shapes(tmp_path_factory, shapes_dir) -> Path:
+    """The shapes data as JSONL with each picture's colour as a label column (read-only)."""
+    import json
+    import shutil
+
+    from crossalign.data.synthetic import COLOURS
+
+    out = tmp_path_factory.mktemp("labelled")
+    shutil.copytree(shapes_dir / "images", out / "images")
+    by_image = {}
+    for line in (shapes_dir / "captions.txt").read_text().splitlines()[1:]:
+        name, caption = line.split(",", 1)
+        by_image.setdefault(name, []).append(caption.strip('"'))
+    with open(out / "data.jsonl", "w") as f:
+        for name, caps in by_image.items():
+            colour = next(c for c in COLOURS if f" {c} " in f" {caps[0]} ")
+            f.write(json.dumps({"image": f"images/{name}", "captions": caps, "colour": colour}) + "\n")
+    return out

@@ -2,7 +2,6 @@
 by hand, against pytorch-metric-learning, their chance levels, and end to end."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -108,21 +107,8 @@ def test_both_directions_carry_the_image_label():
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory, shapes_dir):
-    """The shapes data as JSONL with each picture's colour as a label column."""
-    from crossalign.data.synthetic import COLOURS
-
-    out = tmp_path_factory.mktemp("labelled")
-    shutil.copytree(shapes_dir / "images", out / "images")
-    by_image = {}
-    for line in (shapes_dir / "captions.txt").read_text().splitlines()[1:]:
-        name, caption = line.split(",", 1)
-        by_image.setdefault(name, []).append(caption.strip('"'))
-    with open(out / "data.jsonl", "w") as f:
-        for name, caps in by_image.items():
-            colour = next(c for c in COLOURS if f" {c} " in f" {caps[0]} ")
-            f.write(json.dumps({"image": f"images/{name}", "captions": caps, "colour": colour}) + "\n")
-    return out
+def labelled(labelled_shapes):
+    return labelled_shapes
 
 
 def test_evaluate_label_column_end_to_end(labelled, tmp_path, capsys):

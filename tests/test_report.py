@@ -240,23 +240,9 @@ def test_report_renders_in_a_browser(single, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def labelled_run(tmp_path_factory, shapes_dir):
-    """The shapes data as JSONL with each picture's colour as a label, and a small run on it."""
-    import json
-
-    from crossalign.data.synthetic import COLOURS
-
-    root = tmp_path_factory.mktemp("labelled")
-    data = root / "data"
-    shutil.copytree(shapes_dir / "images", data / "images")
-    by_image = {}
-    for line in (shapes_dir / "captions.txt").read_text().splitlines()[1:]:
-        name, caption = line.split(",", 1)
-        by_image.setdefault(name, []).append(caption.strip('"'))
-    with open(data / "data.jsonl", "w") as f:
-        for name, caps in by_image.items():
-            colour = next(c for c in COLOURS if f" {c} " in f" {caps[0]} ")
-            f.write(json.dumps({"image": f"images/{name}", "captions": caps, "colour": colour}) + "\n")
+def labelled_run(tmp_path_factory, labelled_shapes):
+    """A small run on the shapes data labelled by colour."""
+    data, root = labelled_shapes, tmp_path_factory.mktemp("labelled-run")
     run = root / "run"
     assert main(["-q", "train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1",
                  "--set", "model.image.tower=small_cnn", "--set", "model.image.image_size=32",

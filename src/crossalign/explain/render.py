@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["render_png", "overlay"]
+__all__ = ["render_png", "overlay", "overlay_uri"]
 
 WORD_RED = np.array([0.84, 0.15, 0.16])  # raised the similarity
 WORD_BLUE = np.array([0.12, 0.47, 0.71])  # lowered it
@@ -20,6 +20,20 @@ def overlay(image, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
     weight = alpha * np.clip(heat, 0, 1)[..., None] ** 0.5 + (alpha * 0.35)  # cold parts barely tinted
     return (np.clip(rgb * (1 - weight) + colour * weight, 0, 1) * 255).astype(np.uint8)
+
+
+def overlay_uri(expl, side: int) -> str:
+    """The explanation's heat overlay fitted into ``side`` x ``side``, as a JPEG data URI
+    (the report's galleries and the service's ``/explain`` embed it)."""
+    import base64
+
+    from PIL import Image
+
+    from crossalign.data.transforms import jpeg_bytes
+
+    im = Image.fromarray(overlay(expl.image, expl.heat_image))
+    im.thumbnail((side, side))
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(im)).decode("ascii")
 
 
 def _word_colour(score: float, top: float) -> tuple:

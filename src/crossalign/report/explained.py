@@ -3,9 +3,6 @@ the words of the text shaded by their part in the similarity)."""
 
 from __future__ import annotations
 
-import base64
-
-from crossalign.data.transforms import jpeg_bytes
 from crossalign.errors import ImageError
 
 __all__ = ["explain_rows", "shaded_words"]
@@ -24,17 +21,13 @@ def shaded_words(words: list[str], scores: list[float], shares: list[float]) -> 
 
 def _why(model, image_path: str, text: str, method: str, max_pixels: int, size: int) -> dict | None:
     from crossalign.explain import explain_pair
-    from crossalign.explain.render import overlay
-    from PIL import Image
+    from crossalign.explain.render import overlay_uri
 
     try:
         e = explain_pair(model, image_path, text, method, max_pixels=max_pixels)
     except ImageError:
         return None  # the file went away since it was embedded: the row shows no explanation
-    im = Image.fromarray(overlay(e.image, e.heat_image))
-    im.thumbnail((size, size))
-    uri = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(im)).decode("ascii")
-    return {"uri": uri, "sim": e.similarity, "method": method,
+    return {"uri": overlay_uri(e, size), "sim": e.similarity, "method": method,
             "words": shaded_words(e.words.words, e.words.scores, e.words.shares())}
 
 

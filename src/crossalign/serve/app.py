@@ -236,19 +236,11 @@ OVERLAY_SIDE = 384
 
 def _explanation_json(expl) -> dict:
     """The explanation for the page: the heat overlay as a JPEG data URL, the words' scores."""
-    import base64
+    from crossalign.explain.render import overlay_uri
 
-    from PIL import Image
-
-    from crossalign.data.transforms import jpeg_bytes
-    from crossalign.explain.render import overlay
-
-    im = Image.fromarray(overlay(expl.image, expl.heat_image))
-    im.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
     d = expl.to_json()
     return {"similarity": d["similarity"], "method": d["method"], "words": d["words"],
-            "hottest": d["hottest"], "image_size": d["image_size"],
-            "overlay": "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(im)).decode()}
+            "hottest": d["hottest"], "image_size": d["image_size"], "overlay": overlay_uri(expl, OVERLAY_SIDE)}
 
 
 def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
