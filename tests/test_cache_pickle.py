@@ -1,4 +1,5 @@
-"""A pickle in a feature-cache shard is refused even when its checksum is right.
+"""A cache of an earlier version (``index.json`` beside ``shard-*.npz``) moves into the
+store, and a pickle in one of its shards is refused even when its checksum is right.
 
 The checksum in ``index.json`` proves a shard is the file that was listed, not that it is
 safe: whoever can write the cache folder can rewrite the index too. So the shard is read
@@ -70,46 +71,59 @@ def payload_is_live(data: bytes, marker: Path) -> None:
     marker.unlink()
 
 
-def relist(folder: Path, name: str, data: bytes) -> None:
-    """Put ``data`` in place of shard ``name`` and give the index its true checksum."""
-    (folder / name).write_bytes(data)
-    index = json.loads((folder / "index.json").read_text())
-    index["shards"][name]["sha256"] = sha256_bytes(data)
-    (folder / "index.json").write_text(json.dumps(index))
+def npz(keys: list[str], feats: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, keys=np.array(keys), feats=feats)
+    return buf.getvalue()
+
+
+def old_cache(folder: Path, shards: dict[str, bytes]) -> None:
+    """A cache folder as earlier versions wrote it: the shards and an index of their checksums."""
+    folder.mkdir(parents=True)
+    for name, data in shards.items():
+        (folder / name).write_bytes(data)
+    index = {name: {"sha256": sha256_bytes(data), "rows": 0} for name, data in shards.items()}
+    (folder / "index.json").write_text(json.dumps({"version": 1, "shards": index}))
+
+
+def test_an_old_cache_moves_into_the_store(tmp_path):
+    keys = [f"k{i}" for i in range(5)]
+    feats = np.arange(15, dtype=np.float32).reshape(5, 3)
+    feats[4] = np.nan  # earlier versions kept unreadable images as NaN rows: not features
+    folder = tmp_path / "cache" / "tower"
+    old_cache(folder, {"shard-a.npz": npz(keys[:3], feats[:3]), "shard-b.npz": npz(keys[3:], feats[3:])})
+    cache = FeatureCache(tmp_path / "cache", "tower")
+    assert cache.missing(keys) == ["k4"]
+    np.testing.assert_array_equal(cache.get(keys[:4]), feats[:4])
+    assert not (folder / "index.json").exists() and not list(folder.glob("shard-*.npz"))
 
 
 @pytest.mark.parametrize("make", PAYLOADS, ids=[p.__name__ for p in PAYLOADS])
 def test_pickled_shard_with_a_valid_checksum_is_refused_unread(tmp_path, make, caplog):
     keys = [f"k{i}" for i in range(5)]
     feats = np.arange(15, dtype=np.float32).reshape(5, 3)
-    cache = FeatureCache(tmp_path / "cache", "tower")
-    cache.put(keys[:3], feats[:3])
-    cache.put(keys[3:], feats[3:])
-    folder = tmp_path / "cache" / "tower"
-    index = json.loads((folder / "index.json").read_text())["shards"]
-    small = next(n for n, e in index.items() if e["rows"] == 2)
     marker = tmp_path / "pickle-was-executed"
     data = make(marker, 2)
     payload_is_live(data, marker)
-    relist(folder, small, data)
+    folder = tmp_path / "cache" / "tower"
+    old_cache(folder, {"shard-good.npz": npz(keys[:3], feats[:3]), "shard-bad.npz": data})
 
     fresh = FeatureCache(tmp_path / "cache", "tower")
     with caplog.at_level(logging.WARNING, logger="crossalign.features"):
         assert fresh.missing(keys) == keys[3:]  # the checksum matched; the pickle was refused
     assert not marker.exists()
-    assert str(folder / small) in caplog.text and "computed again" in caplog.text
+    assert str(folder / "shard-bad.npz") in caplog.text and "computed again" in caplog.text
     np.testing.assert_array_equal(fresh.get(keys[:3]), feats[:3])
 
 
-def test_extraction_recomputes_a_pickled_shard_with_a_valid_checksum(tmp_path, shapes_dir):
+def test_extraction_recomputes_a_pickled_old_shard_with_a_valid_checksum(tmp_path, shapes_dir):
     paths = sorted(str(p) for p in (shapes_dir / "images").glob("*.png"))[:6]
     tower = CountingTower()
-    first = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
+    first = np.asarray(embed.image_features(tower, paths, None, progress=False).feats)
     folder = tmp_path / "cache" / tower_fingerprint(tower, tower.data_config)
-    (shard,) = folder.glob("shard-*.npz")
     marker = tmp_path / "pickle-was-executed"
-    relist(folder, shard.name, npz_with_pickled_keys(marker, 6))
+    old_cache(folder, {"shard-x.npz": npz_with_pickled_keys(marker, 6)})
     again = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
     assert not marker.exists()
     assert tower.calls == 12  # every image encoded again, none taken from the pickle
-    np.testing.assert_array_equal(again.feats, first.feats)
+    np.testing.assert_allclose(np.asarray(again.feats), first, rtol=1e-3, atol=1e-6)  # stored as float16

@@ -174,3 +174,28 @@ def test_extraction_leaves_the_global_random_state_alone(tmp_path, workers):
     out = image_features(CountingTower(), paths, tmp_path / "cache", progress=False, workers=workers)
     assert out.feats.shape == (3, 3)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_cached_shard_member_still_meets_the_pixel_limit(tmp_path):
+    """A member of a tar shard is measured from its own bytes, as a file is."""
+    import io
+    import tarfile
+
+    from crossalign.data.members import member_ref
+    from crossalign.embed import image_features
+
+    shard = tmp_path / "train-000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for name, size in (("small.png", 10), ("large.png", 40)):
+            buf = io.BytesIO()
+            Image.new("RGB", (size, size), (0, 0, 200)).save(buf, format="PNG")
+            info = tarfile.TarInfo(name)
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    with tarfile.open(shard) as tf:
+        refs = [member_ref(shard, m.offset_data, m.size, m.name) for m in tf.getmembers()]
+    tower = CountingTower()
+    assert image_features(tower, refs, tmp_path / "cache", progress=False).feats.shape == (2, 3)
+    limited = image_features(tower, refs, tmp_path / "cache", max_pixels=500, progress=False)
+    assert tower.calls == 2 and limited.feats.shape == (1, 3)  # from the cache, but refused
+    assert limited.failed[refs[1]].kind == "too_large" and "40x40" in str(limited.failed[refs[1]])

@@ -1,13 +1,12 @@
-"""The feature cache under faults: damaged or replaced shards, a damaged index, pickles,
+"""The feature cache under faults: damaged or replaced segments, a damaged index, pickles,
 and two trainings filling one cold cache at the same time.
 
-A shard is read only when its bytes match the SHA-256 its index holds; anything else
-costs its entries, which are computed again, with a warning naming the file.
+A chunk is used only when its bytes match the SHA-256 its index holds; anything else
+costs its entries, which are computed again, with a warning naming the file and rows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import subprocess
@@ -37,72 +36,82 @@ class Trap:
         return (open, (str(self.path), "w"))
 
 
-def two_shard_cache(root: Path) -> tuple[FeatureCache, list[str], np.ndarray, list[Path]]:
-    """A cache holding 6 entries in two shards; returns it, the keys, the vectors, the shards."""
+def two_chunk_cache(root: Path) -> tuple[FeatureCache, list[str], np.ndarray, Path]:
+    """A cache holding 6 entries in two chunks (4 rows, then 2) of one segment file;
+    returns it, the keys, the vectors, the segment file."""
     cache = FeatureCache(root, "tower")
     keys = [f"k{i}" for i in range(6)]
     feats = np.arange(18, dtype=np.float32).reshape(6, 3)
     cache.put(keys[:4], feats[:4])
     cache.put(keys[4:], feats[4:])
-    index = json.loads((root / "tower" / "index.json").read_text())["shards"]
-    assert sorted(e["rows"] for e in index.values()) == [2, 4]
-    shards = sorted(index, key=lambda n: index[n]["rows"])
-    return cache, keys, feats, [root / "tower" / n for n in shards]
+    (seg,) = cache.segments()
+    assert seg["rows"] == 6 and seg["chunks"] == 2
+    return cache, keys, feats, root / "tower" / seg["name"]
 
 
-def flip(path: Path) -> None:
+ROW = 3 * 2  # bytes of one float16 row of width 3
+
+
+def flip(path: Path) -> None:  # one bit of the second chunk (rows 4 and 5)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[4 * ROW + 3] ^= 0x01
     path.write_bytes(bytes(data))
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-40])
+def truncate(path: Path) -> None:  # the second chunk cut short
+    path.write_bytes(path.read_bytes()[:-4])
 
 
-@pytest.mark.parametrize("damage", [flip, truncate, "pickle"])
-def test_damaged_shard_is_detected_and_recomputed(tmp_path, damage, caplog):
-    _, keys, feats, (small, big) = two_shard_cache(tmp_path)
-    marker = tmp_path / "pickle-was-executed"
-    if damage == "pickle":
-        small.write_bytes(pickle.dumps(Trap(marker)))
-    else:
-        damage(small)
+@pytest.mark.parametrize("damage", [flip, truncate])
+def test_damaged_chunk_is_detected_and_recomputed(tmp_path, damage, caplog):
+    _, keys, feats, seg = two_chunk_cache(tmp_path)
+    damage(seg)
     cache = FeatureCache(tmp_path, "tower")
     with caplog.at_level(logging.WARNING, logger="crossalign.features"):
-        assert cache.missing(keys) == keys[4:]  # only the damaged shard's entries
-    assert str(small) in caplog.text and "computed again" in caplog.text
-    assert not marker.exists()
+        assert cache.missing(keys) == keys[4:]  # only the damaged chunk's entries
+    assert f"{seg}: rows 4-5" in caplog.text and "computed again" in caplog.text
     np.testing.assert_array_equal(cache.get(keys[:4]), feats[:4])
-    cache.put(keys[4:], feats[4:])  # recomputed; the damaged shard leaves the index and the disk
-    assert not small.exists()
+    cache.put(keys[4:], feats[4:])  # recomputed into a chunk of a new segment
     fresh = FeatureCache(tmp_path, "tower")
     np.testing.assert_array_equal(fresh.get(keys), feats)
-    assert len(json.loads((tmp_path / "tower" / "index.json").read_text())["shards"]) == 2
+    assert sum(s["rows"] for s in fresh.segments()) == 6  # the damaged chunk no longer counts
+
+
+def test_a_segment_replaced_by_a_pickle_is_never_unpickled(tmp_path, caplog):
+    _, keys, _, seg = two_chunk_cache(tmp_path)
+    marker = tmp_path / "pickle-was-executed"
+    seg.write_bytes(pickle.dumps(Trap(marker)) + b"\0" * 64)  # long enough for both chunks
+    cache = FeatureCache(tmp_path, "tower")
+    with caplog.at_level(logging.WARNING, logger="crossalign.features"):
+        assert cache.missing(keys) == keys  # both chunks fail their checksums
+    assert not marker.exists() and "do not match their checksum" in caplog.text
 
 
 def test_damaged_index_costs_the_cache_not_the_run(tmp_path, caplog):
-    _, keys, feats, _ = two_shard_cache(tmp_path)
-    (tmp_path / "tower" / "index.json").write_text('{"shards": {"shard-')
+    cache, keys, feats, _ = two_chunk_cache(tmp_path)
+    cache.close()
+    (tmp_path / "tower" / "store.sqlite").write_bytes(b"not a database " * 300)
     cache = FeatureCache(tmp_path, "tower")
     with caplog.at_level(logging.WARNING, logger="crossalign.features"):
         assert cache.missing(keys) == keys
-    assert "index.json" in caplog.text
+    assert "store.sqlite: unreadable cache index" in caplog.text
+    assert (tmp_path / "tower" / "store.sqlite.damaged").exists()  # kept for a look, not read
     cache.put(keys, feats)
     np.testing.assert_array_equal(FeatureCache(tmp_path, "tower").get(keys), feats)
 
 
-def test_image_features_after_shard_damage_equal_a_clean_run(tmp_path, shapes_dir):
+def test_image_features_after_segment_damage_equal_a_clean_run(tmp_path, shapes_dir):
     paths = sorted(str(p) for p in (shapes_dir / "images").glob("*.png"))[:8]
     tower = CountingTower()
     first = embed.image_features(tower, paths, tmp_path / "c", progress=False)
+    first = np.asarray(first.feats)
     folder = tmp_path / "c" / tower_fingerprint(tower, tower.data_config)
-    (shard,) = folder.glob("shard-*.npz")
+    (seg,) = folder.glob("seg-*.bin")
     marker = tmp_path / "pickle-was-executed"
-    shard.write_bytes(pickle.dumps(Trap(marker)))
+    seg.write_bytes(pickle.dumps(Trap(marker)) + b"\0" * seg.stat().st_size)
     again = embed.image_features(tower, paths, tmp_path / "c", progress=False)
     assert tower.calls == 16 and not marker.exists()  # recomputed, the pickle never run
-    np.testing.assert_array_equal(again.feats, first.feats)
+    np.testing.assert_array_equal(np.asarray(again.feats), first)
 
 
 # Features of a shared cache equal those of a private one up to rounding, not bit for bit: the
@@ -118,18 +127,11 @@ SCORE_TOL = 1e-5
 
 
 def entries(root: Path) -> dict[str, np.ndarray]:
-    """key -> vector over every tower folder of a cache; a key stored twice must agree (up
-    to rounding: both processes computed it, in batches of other items)."""
+    """key -> vector over every tower folder of a cache."""
     out: dict[str, np.ndarray] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        index = json.loads((folder / "index.json").read_text())["shards"]
-        for name in index:
-            with np.load(folder / name, allow_pickle=False) as z:
-                for k, v in zip(z["keys"].tolist(), z["feats"]):
-                    key = f"{folder.name}/{k}"
-                    if key in out:
-                        np.testing.assert_allclose(out[key], v, **FEATURE_TOL)
-                    out[key] = v
+        for k, v in FeatureCache(root, folder.name).entries():
+            out[f"{folder.name}/{k}"] = v
     return out
 
 
@@ -189,10 +191,11 @@ def test_two_trainings_share_one_cold_cache(tmp_path, shapes_dir):
     assert mine.keys() == alone.keys()
     for key, vec in alone.items():
         np.testing.assert_allclose(mine[key], vec, **FEATURE_TOL)
-    # both processes wrote shards, and the index kept every one of them
-    folder = next(p for p in shared.iterdir() if p.is_dir() and len(list(p.glob("shard-*.npz"))) > 1)
-    listed = json.loads((folder / "index.json").read_text())["shards"]
-    assert set(listed) == {p.name for p in folder.glob("shard-*.npz")}
+    # both processes wrote segments, and the index kept every chunk of both
+    folder = next(p for p in shared.iterdir() if p.is_dir() and len(list(p.glob("seg-*.bin"))) > 1)
+    listed = FeatureCache(shared, folder.name).segments()
+    assert {s["name"] for s in listed} == {p.name for p in folder.glob("seg-*.bin")}
+    assert all(s["rows"] > 0 for s in listed)
 
 
 def test_files_a_killed_writer_left_are_cleaned_later(tmp_path):
@@ -201,16 +204,16 @@ def test_files_a_killed_writer_left_are_cleaned_later(tmp_path):
 
     from crossalign.features import STALE_SECONDS
 
-    cache, keys, feats, _ = two_shard_cache(tmp_path)
+    _, keys, feats, _ = two_chunk_cache(tmp_path)
     folder = tmp_path / "tower"
-    old, recent = folder / "shard-0ld0ld0ld0ld0ld0.npz", folder / "shard-recent.npz"
-    tmp = folder / ".shard-x.npz.abc.tmp"
+    old, recent = folder / "seg-0ld0ld0ld0ld0ld0.bin", folder / "seg-recent.bin"
+    tmp = folder / ".seg-x.bin.abc.tmp"
     for path in (old, recent, tmp):
         path.write_bytes(b"left by a killed process")
     long_ago = time.time() - STALE_SECONDS - 10
     for path in (old, tmp):
         os.utime(path, (long_ago, long_ago))
-    cache.put(["k6"], np.ones((1, 3), np.float32))
+    FeatureCache(tmp_path, "tower").put(["k6"], np.ones((1, 3), np.float32))  # a new segment
     assert not old.exists() and not tmp.exists()
     assert recent.exists()  # could be a live writer's, about to be listed
     np.testing.assert_array_equal(FeatureCache(tmp_path, "tower").get(keys), feats)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -34,11 +35,23 @@ REAL_MKSTEMP = tempfile.mkstemp
 REAL_CHMOD = os.chmod
 
 
+def _digest(p: Path) -> str:
+    if p.name != "store.sqlite":
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    # a feature store's index: what it holds, not its pages (SQLite moves rows from its
+    # write-ahead log into the file whenever the last connection closes)
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    try:
+        return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+    finally:
+        db.close()
+
+
 def digests(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every regular file under ``root`` (temporary files aside)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.is_symlink() and not p.name.endswith(".tmp")}
+    """Relative path -> SHA-256 of every regular file under ``root`` (temporary files and
+    SQLite's log and shared-memory files aside)."""
+    return {p.relative_to(root).as_posix(): _digest(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and not p.name.endswith((".tmp", "-wal", "-shm"))}
 
 
 def leftovers(root: Path) -> list[str]:
@@ -180,8 +193,6 @@ def same_as_uninterrupted(root: Path, data: Path) -> None:
 
 # (name, pattern of the file, which write of it fails)
 TRAIN_WRITERS = [
-    ("cache shard", "cache/*/shard-*.npz", 3),
-    ("cache index", "cache/*/index.json", 3),
     ("resume weights", "run/resume/model-*.safetensors", 2),
     ("resume state", "run/resume/state-*.safetensors", 2),
     ("resume commit", "run/resume/latest.json", 2),
@@ -199,6 +210,60 @@ def test_full_disk_in_training_then_resume(tmp_path, shapes_dir, small_shards, c
                                            name, pattern, nth):
     disk = Disk(monkeypatch, tmp_path, pattern, nth)
     refused(disk, capsys, "train", main(train_args(tmp_path, shapes_dir)))
+    monkeypatch.undo()  # room again
+    monkeypatch.setattr("crossalign.embed._towers.SHARD", 16)
+    assert main(["-q", "train", "--resume", str(tmp_path / "run")]) == 0
+    same_as_uninterrupted(tmp_path, shapes_dir)
+
+
+class FullSegment:
+    """A feature-store segment file whose ``nth`` chunk (and every later one) goes to
+    ``/dev/full``: the kernel's ENOSPC, as on a full disk."""
+
+    def __init__(self, f, nth: int, state: dict) -> None:
+        self.f, self.nth, self.state = f, nth, state
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def write(self, data):
+        self.state["writes"] += 1
+        if self.state["writes"] >= self.nth:
+            self.state["hit"] = self.state["hit"] or digests(self.state["root"])
+            with open(DEV_FULL, "wb", buffering=0) as full:
+                return full.write(bytes(data))  # raises ENOSPC
+        return self.f.write(data)
+
+
+@pytest.mark.parametrize("part", ["segment", "index"])
+def test_full_disk_at_the_feature_store_then_resume(tmp_path, shapes_dir, small_shards, capsys,
+                                                    monkeypatch, part):
+    from crossalign import features
+
+    state = {"writes": 0, "hit": None, "root": tmp_path}
+    if part == "segment":
+        real_open = features._open_segment
+        monkeypatch.setattr(features, "_open_segment",
+                            lambda path: FullSegment(real_open(path), 3, state))
+        name = "seg-"
+    else:  # SQLite's own full disk: the index may not grow past its pages after a few chunks
+        real_store = features._open_store
+
+        def small_store(path):
+            db = real_store(path)
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            return db
+
+        monkeypatch.setattr(features, "_open_store", small_store)
+        name = "store.sqlite"
+    code = main(train_args(tmp_path, shapes_dir))
+    assert code == 2
+    line = error_line(capsys, "train")
+    assert name in line and "cannot write" in line, line
+    assert ("No space left on device" if part == "segment" else "full") in line, line
+    if part == "segment":  # nothing listed after the refused chunk
+        assert digests(tmp_path) == state["hit"]
     monkeypatch.undo()  # room again
     monkeypatch.setattr("crossalign.embed._towers.SHARD", 16)
     assert main(["-q", "train", "--resume", str(tmp_path / "run")]) == 0

@@ -85,7 +85,7 @@ def test_changed_weights_change_the_key_and_are_recomputed(tmp_path, shapes_dir)
     assert tower_fingerprint(tower, tower.data_config) != key
     again = embed.image_features(tower, paths, tmp_path / "cache", progress=False)
     assert tower.calls == 12  # recomputed, not read back under the old key
-    np.testing.assert_allclose(again.feats, 2 * first.feats, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(again.feats), 2 * np.asarray(first.feats), rtol=1e-6)
     tower.load_state_dict({"scale": torch.ones(3)})  # back to the first weights: the first entries
     assert tower_fingerprint(tower, tower.data_config) == key
     back = embed.image_features(tower, paths, tmp_path / "cache", progress=False)

@@ -70,7 +70,8 @@ def test_a_symmetric_image_keeps_its_vector_and_vectors_stay_normalised(tmp_path
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
     mirrored = embed_images(plain, [_save_mirror(lop, tmp_path)]).vectors[0]
     mean = a[1] + mirrored
-    np.testing.assert_allclose(b[1], mean / np.linalg.norm(mean), atol=1e-6)
+    # a frozen tower's views come from the cache, as float16 rows: equal to that rounding
+    np.testing.assert_allclose(b[1], mean / np.linalg.norm(mean), atol=1e-6 if freeze == "trainable" else 2e-3)
 
 
 def _save_mirror(path: str, folder) -> str:

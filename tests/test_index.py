@@ -70,8 +70,10 @@ def test_build_stores_images_captions_and_metadata(built, index, run, shapes_dir
     # the stored vectors are the run's own embeddings, normalised
     vecs = np.asarray(store.vectors["images"])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    direct = index.embedder.picture(records[3].path)[0]
-    np.testing.assert_allclose(vecs[3], direct, atol=1e-5)
+    direct = index.embedder.picture(records[3].path)[0]  # the tower run afresh, in float32
+    # the index embedded the cached features, kept as float16 (cosine within 1e-3)
+    assert float(vecs[3] @ direct) > 1 - 1e-3
+    np.testing.assert_allclose(vecs[3], direct, atol=2e-3)
     # the splits the run stored label each image
     test_names = set((run / "splits" / "test.txt").read_text().split())
     assert {Path(im.path).name for im in records if im.split == "test"} == test_names

@@ -23,7 +23,7 @@ from _kill_runner import TINY, sets
 
 # as fractions of the largest feature value (a random frozen CNN's features are tiny)
 CLEAR = 5e-2  # two vectors this far apart (max abs difference) are told apart for sure
-SAME = 1e-3  # a vector within this of another is that one (float rounding of batches apart)
+SAME = 1e-3  # a vector within this of another is that one (float16 rows of the cache: 5e-4)
 
 
 def flipped(img: Image.Image, _key=None) -> Image.Image:

@@ -32,12 +32,14 @@ def cache_entries(root: Path) -> dict[str, np.ndarray]:
     """Every key -> vector of every tower folder under a cache root."""
     out = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        cache = FeatureCache(root, folder.name)
-        keys = [k for name in json.loads((folder / "index.json").read_text())["shards"]
-                for k in np.load(folder / name, allow_pickle=False)["keys"].tolist()]
-        assert len(keys) == len(set(keys)), "an entry was computed twice"
-        out.update({f"{folder.name}/{k}": v for k, v in zip(keys, cache.get(keys))})
+        for k, v in FeatureCache(root, folder.name).entries():
+            out[f"{folder.name}/{k}"] = v
     return out
+
+
+def listed_rows(folder: Path) -> list[int]:
+    """Rows listed per segment of a tower folder."""
+    return [s["rows"] for s in FeatureCache(folder.parent, folder.name).segments()]
 
 
 def killed(proc: subprocess.CompletedProcess, where: str) -> None:
@@ -51,7 +53,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir)
     args = sets(TINY + [f"cache.dir={cache}"])
     kill = {"action": "kill"}
 
-    # 1. mid feature extraction: a shard is on disk but not yet in the cache's index
+    # 1. mid feature extraction: a chunk is on disk but not yet in the cache's index
     n_commit = rng.randint(2, 3)
     p = cli({"shard": 16, "faults": [{**kill, "target": "crossalign.features:FeatureCache._commit",
                                       "call": n_commit}]},
@@ -59,8 +61,10 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir)
     killed(p, "feature extraction")
     assert latest_tag(run) is None  # before the first resume point: --resume starts again
     (folder,) = [d for d in cache.iterdir() if d.is_dir()]
-    indexed = json.loads((folder / "index.json").read_text())["shards"]
-    assert len(indexed) == n_commit - 1 and len(list(folder.glob("shard-*.npz"))) == n_commit
+    (seg,) = folder.glob("seg-*.bin")  # one writer, one segment file
+    width = seg.stat().st_size // (16 * n_commit * 2)  # n_commit float16 chunks of 16 rows written
+    assert seg.stat().st_size == 16 * n_commit * 2 * width
+    assert sum(listed_rows(folder)) == 16 * (n_commit - 1)  # the last one never listed
 
     # 2. mid-step: after forward and backward, before the optimizer's update
     p = cli({"shard": 16, "faults": [{**kill, "target": "crossalign.train.engine:Engine._optimizer_step",
@@ -68,7 +72,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path, shapes_dir)
     killed(p, "optimizer step")
     assert "starting it again from the beginning" in p.stderr
     assert latest_tag(run).startswith("0001-")
-    cached = sum(e["rows"] for e in json.loads((folder / "index.json").read_text())["shards"].values())
+    cached = sum(listed_rows(folder))
     assert cached == sum(1 for _ in (shapes_dir / "images").iterdir()) - _test_images(run)
 
     # 3. mid-checkpoint write: the model file of a new resume point is written, the rest not

@@ -18,10 +18,10 @@ def test_prefix_cache_and_views(tmp_path, shapes_dir):
     eng = Engine(tmp_path, cfg, table, problems, DistInfo(), progress=False)
     assert eng.images.mode == "features" and eng.texts.mode == "prefix"
     n_img = len(eng.images.ids)
-    assert eng.images.view_feats.shape == (2, n_img, eng.model.image_tower.width)
+    assert eng.images.feats.shape == (3, n_img, eng.model.image_tower.width)  # clean + 2 views
     assert len(eng.texts.prefix) == 3  # the clean captions and two augmented views
     # an augmented view differs from the clean image
-    assert not torch.allclose(eng.images.view_feats[0], eng.images.feats)
+    assert not torch.allclose(eng.images.feats.view(1), eng.images.feats.view(0))
     # prefix (cached) + suffix equals running the whole tower
     eng.model.eval()
     rows = np.arange(8)

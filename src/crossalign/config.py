@@ -168,6 +168,7 @@ class CacheConfig:
 
     enabled: bool = True
     dir: str = ""  # empty = $CROSSALIGN_CACHE_DIR or ~/.cache/crossalign
+    dtype: str = "float16"  # how features are stored: float16 (half the disk and page cache) or float32
 
 
 @dataclass
@@ -224,14 +225,26 @@ class RunConfig:
 
 
 def default_cache_dir(cfg: CacheConfig) -> Path:
-    """Resolve the feature-cache folder."""
+    """Resolve the feature-cache folder (float32 features keep a tree of their own in it)."""
     if cfg.dir:
-        return Path(cfg.dir).expanduser()
-    env = os.environ.get("CROSSALIGN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "crossalign"
+        base = Path(cfg.dir).expanduser()
+    elif os.environ.get("CROSSALIGN_CACHE_DIR"):
+        base = Path(os.environ["CROSSALIGN_CACHE_DIR"]).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crossalign"
+    return cache_root(base, cfg.dtype)
+
+
+CACHE_DTYPES = ("float16", "float32")
+
+
+def cache_root(base: str | Path, dtype: str = "float16") -> Path:
+    """The cache root for features stored as ``dtype``: float16 ones under ``base``,
+    float32 ones under ``base/float32`` (a tree of their own, so a float32 request is never
+    answered with rounded values)."""
+    if dtype not in CACHE_DTYPES:
+        raise ConfigError(f"cache.dtype must be one of {', '.join(CACHE_DTYPES)}, not {dtype!r}")
+    return Path(base) / "float32" if dtype == "float32" else Path(base)
 
 
 def to_dict(cfg: Any) -> dict:

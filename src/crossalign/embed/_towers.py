@@ -10,6 +10,7 @@ with the same message.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from crossalign.data.transforms import MAX_PIXELS, eval_transform, load_image
 from crossalign.errors import ImageError
-from crossalign.data.members import source_hash
+from crossalign.data.members import parse_ref, read_member, source_hash
 from crossalign.features import FeatureCache, text_key, tower_fingerprint
 
 __all__ = ["image_features", "text_features", "project", "TowerOutputs", "DecodeImages", "Decoded",
@@ -33,9 +34,14 @@ SHARD = 1024  # items per cache shard: an interruption loses at most this much w
 
 
 class TowerOutputs:
-    """Features ``[n_ok, width]`` of the readable inputs and the failures (path -> ImageError)."""
+    """Features ``[n_ok, width]`` of the readable inputs and the failures (path -> ImageError).
 
-    def __init__(self, feats: np.ndarray, failed: dict[str, ImageError]) -> None:
+    ``feats`` is an array, or, when the tower's outputs come from the feature cache, a
+    :class:`~crossalign.features.FeatureRows` that reads the rows a slice or index array
+    asks for (``np.asarray(feats)`` reads them all).
+    """
+
+    def __init__(self, feats, failed: dict[str, ImageError]) -> None:
         self.feats = feats
         self.failed = failed
 
@@ -51,7 +57,7 @@ Batches = Callable[[Sequence], Iterator[tuple[int, list[int], torch.Tensor]]]
 
 class _Shards:
     """Computed features, written to the cache every SHARD items consumed (an interruption
-    loses at most that much work) and kept by key in ``done``."""
+    loses at most that much work); without a cache, kept by key in ``done``."""
 
     def __init__(self, cache: FeatureCache | None) -> None:
         self.cache, self.done = cache, {}
@@ -69,20 +75,31 @@ class _Shards:
     def flush(self) -> None:
         if self.keys:
             feats = np.concatenate(self.feats)  # [n, width]
-            if self.cache is not None:  # shards of at most SHARD items, whatever the batch size
+            if self.cache is not None:  # chunks of at most SHARD items, whatever the batch size
                 for s in range(0, len(self.keys), SHARD):
                     self.cache.put(self.keys[s:s + SHARD], feats[s:s + SHARD])
-            self.done.update(zip(self.keys, feats))
+            else:
+                self.done.update(zip(self.keys, feats))
         self.keys, self.feats, self.consumed = [], [], 0
 
 
+class _Found:
+    """What :func:`_cached` has: the keys with features, and their rows in a given order."""
+
+    def __init__(self, have: set[str], fetch: Callable[[list[str]], object]) -> None:
+        self.have, self.fetch = have, fetch
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.have
+
+
 def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache | None,
-            desc: str, progress: bool, dist=None) -> dict[str, np.ndarray]:
-    """Features by key for ``inputs`` (identified by ``keys``), computing only what the cache
-    lacks; keys whose input failed are absent from the result.
+            desc: str, progress: bool, dist=None) -> _Found:
+    """Features for ``inputs`` (identified by ``keys``), computing only what the cache
+    lacks; keys whose input failed are not found.
 
     With several processes (``dist.world_size > 1``) each computes the missing ones of every
-    world_size-th item and writes its own shards; all then read the merged cache.
+    world_size-th item and writes its own chunks; all then read the merged cache.
     """
     unique = dict(zip(keys, inputs))
     if cache is None:
@@ -101,17 +118,15 @@ def _cached(keys: list[str], inputs: list, batches: Batches, cache: FeatureCache
         out.add([pending[i][0] for i in rows], feats.float().cpu().numpy(), n)
         bar.update(n)
     out.flush()
-    done = out.done
     bar.close()
     if cache is None:
-        return done
+        done = out.done
+        return _Found(set(done), lambda ks: np.stack([done[k] for k in ks]).astype(np.float32, copy=False))
     if sharded:
         torch.distributed.barrier()
         cache.refresh()
-    stored = [k for k in unique if k in cache]
-    feats = cache.get(stored) if stored else []
-    # caches written by older versions hold NaN rows for unreadable images: not features
-    return {k: v for k, v in zip(stored, feats) if np.isfinite(v).all()}
+    lacking = set(cache.missing(list(unique)))
+    return _Found({k for k in unique if k not in lacking}, cache.rows)
 
 
 def _file_keys(paths: Sequence[str], suffix: str) -> tuple[dict[str, str], dict[str, ImageError]]:
@@ -134,7 +149,8 @@ def _over_limit(paths: Sequence[str], max_pixels: int) -> dict[str, ImageError]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
+                ref = parse_ref(p)  # a shard member is read from its shard
+                with Image.open(io.BytesIO(read_member(ref)) if ref is not None else p) as im:
                     w, h = im.size
         except Exception:  # unreadable now: decoding will name it
             continue
@@ -263,7 +279,8 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     fp = tower_fingerprint(tower, tower.data_config) if cache_root else ""
     cache = FeatureCache(cache_root, fp) if cache_root else None
     if cache is not None:  # a hit skips decoding, not the pixel limit of this run
-        failed.update(_over_limit([p for p in path_key if path_key[p] in cache], max_pixels))
+        lacking = set(cache.missing(list(path_key.values())))
+        failed.update(_over_limit([p for p in path_key if path_key[p] not in lacking], max_pixels))
     ok_paths = [p for p in path_key if p not in failed]
     by_key = _cached([path_key[p] for p in ok_paths], ok_paths, batches, cache,
                      "image features", progress, dist)
@@ -277,15 +294,15 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
     order = [p for p in ok_paths if path_key[p] in by_key]
     if not order:
         return TowerOutputs(np.zeros((0, tower.width), np.float32), failed)
-    arr = np.stack([by_key[path_key[p]] for p in order])  # [n_ok, width]
-    return TowerOutputs(arr.astype(np.float32, copy=False), failed)
+    return TowerOutputs(by_key.fetch([path_key[p] for p in order]), failed)  # [n_ok, width]
 
 
 @torch.no_grad()
 def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str | Path | None,
                   device: str = "cpu", batch_size: int = 128, progress: bool = True,
-                  dist=None) -> np.ndarray:
-    """Tower outputs ``[len(texts), width]``."""
+                  dist=None):
+    """Tower outputs ``[len(texts), width]``: an array, or the cache's
+    :class:`~crossalign.features.FeatureRows` for a cached tower."""
 
     def batches(items: Sequence[str]):
         for s in range(0, len(items), batch_size):
@@ -303,13 +320,14 @@ def text_features(tower: torch.nn.Module, texts: Sequence[str], cache_root: str 
     ordered = sorted(dict.fromkeys(texts), key=len)
     by_key = _cached([text_key(t) for t in ordered], ordered, batches, cache,
                      "text features", progress, dist)
-    return np.stack([by_key[text_key(t)] for t in texts]).astype(np.float32, copy=False)
+    return by_key.fetch([text_key(t) for t in texts])
 
 
 @torch.no_grad()
-def project(head: Callable[[torch.Tensor], torch.Tensor], feats: np.ndarray, device: str = "cpu",
+def project(head: Callable[[torch.Tensor], torch.Tensor], feats, device: str = "cpu",
             batch_size: int = 4096) -> np.ndarray:
-    """Apply a projection head (``model.project_image`` / ``project_text``) in batches."""
+    """Apply a projection head (``model.project_image`` / ``project_text``) in batches of
+    ``feats`` (an array or cached :class:`~crossalign.features.FeatureRows`)."""
     out = [head(torch.from_numpy(feats[s:s + batch_size]).to(device)).float().cpu().numpy()
            for s in range(0, len(feats), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -341,15 +341,66 @@ def build_from_embeddings(run: str | Path | Embedder, out: str | Path, parts: st
                             f"run 'crossalign embed' first")
     old = _open_old(out)
     emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
-    kept, img_parts, cap_parts, seen = [], [], [], set()
-    for folder in folders:
-        part = read_partition(folder)
-        if part.weights_hash != emb.weights_hash:
-            raise ConfigError(f"{folder}: embedded by another model ({part.weights_hash[:12]}) than "
-                              f"{emb.run} ({emb.weights_hash[:12]}); embed it again with this run")
-        records, iv, cv = _records_of(part, seen)
-        kept += records
-        img_parts.append(iv), cap_parts.append(cv)
+    kept, seen = [], set()
+    where = out if out.is_dir() else out.parent  # beside the index: the same disk, not /tmp
+    where.mkdir(parents=True, exist_ok=True)
+    # the vectors gather on disk, a partition at a time, so memory holds one partition and
+    # the index being built, never every vector twice over
+    with _Spool(where, "images", emb.dim) as img_spool, _Spool(where, "captions", emb.dim) as cap_spool:
+        for folder in folders:
+            part = read_partition(folder)
+            if part.weights_hash != emb.weights_hash:
+                raise ConfigError(f"{folder}: embedded by another model ({part.weights_hash[:12]}) than "
+                                  f"{emb.run} ({emb.weights_hash[:12]}); embed it again with this run")
+            records, iv, cv = _records_of(part, seen)
+            kept += records
+            img_spool.add(iv), cap_spool.add(cv)
+            del part, iv, cv
+        return _finish_from_embeddings(emb, out, parts, old, kept, img_spool.array(), cap_spool.array(),
+                                       index_type, recall, t0)
+
+
+class _Spool:
+    """Float32 rows appended to a temporary file in ``folder``, then memory-mapped whole."""
+
+    def __init__(self, folder: Path, name: str, dim: int) -> None:
+        import uuid
+
+        self.path = folder / f".{name}-{uuid.uuid4().hex[:8]}.spool.tmp"
+        self.dim, self.rows = dim, 0
+
+    def __enter__(self) -> "_Spool":
+        self.f = self._disk(lambda: open(self.path, "wb"))
+        return self
+
+    def _disk(self, fn):
+        from crossalign._io import DISK_ERRNOS, disk_error
+
+        try:
+            return fn()
+        except OSError as e:
+            if e.errno in DISK_ERRNOS:
+                raise disk_error(self.path, e) from e
+            raise
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.dim)
+        self._disk(lambda: self.f.write(memoryview(rows).cast("B")))
+        self.rows += len(rows)
+
+    def array(self) -> np.ndarray:
+        self._disk(self.f.flush)
+        if not self.rows:
+            return np.zeros((0, self.dim), np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _finish_from_embeddings(emb, out: Path, parts, old, kept, image_vecs, caption_vecs, index_type,
+                            recall, t0) -> BuildSummary:
     old_ids = {im.path: im.id for im in old.all_images()} if old is not None else {}
     _assign_ids(kept, old_ids, 1 + max(old_ids.values(), default=-1))
     if index_type is None:
@@ -357,8 +408,6 @@ def build_from_embeddings(run: str | Path | Embedder, out: str | Path, parts: st
     info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     sources = [dict(kind="embeddings", path=str(Path(parts).resolve()), split="all", format="")]
-    image_vecs = np.concatenate(img_parts) if img_parts else np.zeros((0, emb.dim), np.float32)
-    caption_vecs = np.concatenate(cap_parts) if cap_parts else np.zeros((0, emb.dim), np.float32)
     version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type, recall)
     if old is not None:
         old.close()

@@ -37,7 +37,7 @@ from crossalign.embed import FLIP_SUFFIX, mirror, wants_channels_last
 from crossalign.errors import ConfigError, ImageError
 from crossalign.models.dual import DualEncoder, is_frozen, n_last_blocks
 
-__all__ = ["ImageSide", "TextSide", "drop_failed_images", "side_mode"]
+__all__ = ["Features", "ImageSide", "TextSide", "drop_failed_images", "side_mode"]
 
 
 def side_mode(freeze: str, training: bool, splittable: bool = True) -> str:
@@ -99,6 +99,42 @@ def _stack(batch: Decoded) -> torch.Tensor:
     for _, err in batch.failed:
         raise ImageError(*err)
     return batch.pixels
+
+
+class Features:
+    """A frozen tower's outputs for a side's items, in one or more views, read a batch at a time.
+
+    ``views[v]`` holds ``[n, width]`` rows: an array, or the feature cache's
+    :class:`~crossalign.features.FeatureRows`, which reads the rows a batch asks for from
+    memory-mapped files. Nothing is loaded whole, so the features may be larger than memory
+    (the kernel keeps the pages it can and drops the rest).
+    """
+
+    def __init__(self, views: list, device: str) -> None:
+        self.views, self.device = views, device
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(views, n, width)``."""
+        return (len(self.views), *self.views[0].shape)
+
+    def take(self, rows: Sequence[int] | np.ndarray, views: Sequence[int] | None = None) -> torch.Tensor:
+        """Float32 ``[len(rows), width]`` on the device: row ``rows[k]`` of view ``views[k]``
+        (view 0 for all when ``views`` is None)."""
+        rows = np.asarray(rows, np.int64)
+        if views is None:
+            out = np.asarray(self.views[0][rows], np.float32)
+        else:
+            views = np.asarray(views, np.int64)
+            out = np.empty((len(rows), self.shape[2]), np.float32)
+            for v in np.unique(views).tolist():
+                at = np.flatnonzero(views == v)
+                out[at] = self.views[v][rows[at]]
+        return torch.from_numpy(out).to(self.device)
+
+    def view(self, v: int) -> torch.Tensor:
+        """Every row of view ``v`` (read whole: for small collections and checks)."""
+        return self.take(np.arange(self.shape[1]), [v] * self.shape[1])
 
 
 class _Side:
@@ -185,23 +221,24 @@ class ImageSide(_Side):
                              progress=progress, dist=dist, workers=self.workers)
         self.failed = {i: out.failed[p] for i, p in zip(ids, paths) if p in out.failed}
         ok = [p for p in paths if p not in out.failed]
-        self.feats = torch.from_numpy(out.feats).to(self.device)  # [n_images, width]
-        views = []
+        views = [out.feats]  # [n_images, width] each; view 0 is the clean image
         for v in range(self.n_views):
             augment = _Augment(self.aug, self.seed, self._short_side(), view=v)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
                                progress=progress, dist=dist, workers=self.workers, augment=augment,
                                key_suffix=f":aug{v}:{stable_seed(self.aug, self.seed)}")
-            views.append(torch.from_numpy(o.feats).to(self.device))
+            views.append(o.feats)
         if self.mirror:  # the mirror beside the clean image (or the augmented views)
             o = image_features(self.tower, ok, cache_root, self.device, batch_size, self.max_pixels,
                                progress=progress, dist=dist, workers=self.workers, augment=mirror,
                                key_suffix=FLIP_SUFFIX)
             for err in o.failed.values():  # readable a moment ago: changed during the run
                 raise err
-            views = (views or [self.feats]) + [torch.from_numpy(o.feats).to(self.device)]
-            self.n_views = len(views)
-        self.view_feats = torch.stack(views) if views else None  # [views, n_images, width]
+            if not self.n_views:
+                views.append(out.feats)  # samples draw the clean image or its mirror
+            views.append(o.feats)
+            self.n_views = len(views) - 1
+        self.feats = Features(views, self.device)  # view v + 1 is cached view v
 
     def _check_readable(self, ids, paths) -> None:
         # the doctor's cheap decode check: a bad file costs its rows now, not a crash mid-epoch
@@ -288,12 +325,7 @@ class ImageSide(_Side):
         views = [self._view(epoch, int(s)) for s in (samples if samples is not None else rows)] \
             if epoch >= 0 else [-1] * len(rows)
         if self.mode == "features":
-            idx = torch.as_tensor(rows, device=self.device)
-            feats = self.feats[idx]
-            if self.view_feats is not None and epoch >= 0:
-                v = torch.as_tensor(views, device=self.device)
-                feats = self.view_feats[v, idx]
-            return self.model.project_image(feats)
+            return self.model.project_image(self.feats.take(rows, [v + 1 for v in views]))
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.image.freeze)
             batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
@@ -313,9 +345,8 @@ class TextSide(_Side):
         self.index = {o: k for k, o in enumerate(table.origin)}
         if self.mode == "features":
             views = [self.captions] + [self._augmented(v) for v in range(self.n_views)]
-            self.feats = torch.stack([
-                torch.from_numpy(text_features(self.tower, texts, cache_root, device, batch_size, progress,
-                                               dist=dist)).to(device) for texts in views])  # [views+1, n, width]
+            self.feats = Features([text_features(self.tower, texts, cache_root, device, batch_size, progress,
+                                                 dist=dist) for texts in views], device)  # view v + 1 is cached view v
         elif self.mode == "prefix":
             self._init_prefix(batch_size)
 
@@ -340,8 +371,7 @@ class TextSide(_Side):
         """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
         views = [self._view(epoch, int(r)) for r in rows] if epoch >= 0 else [-1] * len(rows)
         if self.mode == "features":
-            v = torch.as_tensor(views, device=self.device) + 1
-            return self.model.project_text(self.feats[v, torch.as_tensor(rows, device=self.device)])
+            return self.model.project_text(self.feats.take(rows, [v + 1 for v in views]))
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.text.freeze)
             batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
