@@ -1,7 +1,7 @@
 """How time and memory grow with the number of pairs: 10k, 100k and 1M.
 
     python bench/bench_scale.py --work /tmp/scale [--sizes 10000,100000,1000000]
-        [--extract 1000,4000] [--eval 5000,20000]
+        [--extract 1000,4000] [--eval 10000,100000]
 
 Data: demo scenes (``crossalign.data.synthetic``) written as uncompressed webdataset shards
 of 10,000 samples (one PNG and one caption each; 1,000 val and 1,000 test samples beside
@@ -236,6 +236,8 @@ def stage_fill(work: Path, n: int) -> dict:
 
 
 class _NullLogger:
+    epochs: list = []  # the history a mid-epoch resume point records
+
     def step(self, row):
         pass
 
@@ -306,7 +308,8 @@ def stage_index(work: Path, n: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     peak = Peak()
     t0 = time.perf_counter()
-    _cli(["index", str(run), "--from-embeddings", str(work / f"emb-{n}"), "--out", str(out)])
+    # exact search at every size, so the growth compares one kind of index
+    _cli(["index", str(run), "--from-embeddings", str(work / f"emb-{n}"), "--out", str(out), "--index-type", "flat"])
     return {"seconds": time.perf_counter() - t0, "rss": peak.stop(), "rows": n}
 
 
@@ -318,7 +321,9 @@ def stage_eval(work: Path, n: int) -> dict:
     from crossalign.evaluate.retrieval import retrieval_metrics
 
     torch.set_num_threads(2)
-    parts = [read_partition(f) for f in list_partitions(work / f"emb-{max(n, PER_SHARD)}")]
+    # the partitions of the smallest measured size that holds n pairs
+    sizes = sorted(int(d.name.split("-")[1]) for d in work.glob("emb-*") if d.is_dir())
+    parts = [read_partition(f) for f in list_partitions(work / f"emb-{next(s for s in sizes if s >= n)}")]
     img = np.concatenate([p.image_emb for p in parts])[:n]
     txt = np.concatenate([p.text_emb for p in parts])
     offsets = np.cumsum([0] + [len(p.image_emb) for p in parts])
@@ -338,11 +343,21 @@ STAGES = {"read": stage_read, "extract": stage_extract, "fill": stage_fill, "tra
 
 
 def run_stage(work: Path, stage: str, n: int) -> dict:
+    done = work / "results.json"
+    saved = json.loads(done.read_text()) if done.exists() else {}
+    if f"{stage}:{n}" in saved:  # measured by an earlier invocation (delete the file to redo)
+        out = saved[f"{stage}:{n}"]
+        print(f"  {stage:<8} {n:>9,}  {out['seconds']:9.1f} s  (measured before)", flush=True)
+        return out
     p = subprocess.run([sys.executable, __file__, "--work", str(work), "--stage", stage, "--n", str(n)],
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"stage {stage} at {n}: exit {p.returncode}\n{p.stderr[-3000:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
+    saved[f"{stage}:{n}"] = out
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(saved, indent=1))
+    os.replace(tmp, done)
     print(f"  {stage:<8} {n:>9,}  {out['seconds']:9.1f} s  {out['rss'] / 2**20:8.0f} MB RssAnon  "
           f"{json.dumps({k: v for k, v in out.items() if k not in ('seconds', 'rss')})}", flush=True)
     return out
@@ -357,7 +372,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", required=True, type=Path, help="a folder for shards, stores and runs")
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--extract", default="1000,4000")
-    p.add_argument("--eval", default="5000,20000")
+    p.add_argument("--eval", default="10000,100000")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -408,6 +423,10 @@ def main(argv=None) -> None:
         print(f"\nepoch at {ns[-1]:,} / ({ns[-1] // ns[0]} x the epoch at {ns[0]:,}): "
               f"{big['seconds'] / (ns[-1] / ns[0] * small['seconds']):.2f} (target <= 1.2); "
               f"peak RssAnon in that epoch {big['rss'] / 2**30:.2f} GiB (target <= 2)")
+        # an epoch drops its last partial batch: per step (per pair trained) the sizes compare alike
+        print(f"seconds per step of 4096 pairs: {small['seconds'] / small['steps']:.3f} at {ns[0]:,} "
+              f"({small['steps']} steps), {big['seconds'] / big['steps']:.3f} at {ns[-1]:,} ({big['steps']} steps): "
+              f"ratio {big['seconds'] / big['steps'] / (small['seconds'] / small['steps']):.2f}")
 
 
 if __name__ == "__main__":

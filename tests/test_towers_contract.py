@@ -23,6 +23,7 @@ from crossalign.train.checkpoint import save_model
 TEXTS = ["a red circle", "two blue squares beside a big green triangle on the left of a small circle", ""]
 WORDS = "a the red blue green yellow big small circle circles square squares triangle two three on left of".split()
 HF_TINY = "hf:TINY"  # replaced by the tiny BERT folder
+CLIP_TINY = "TINYCLIP"  # replaced by the tiny CLIP folder
 
 # split: False where the tower cannot cut its forward pass (an architecture it has no layout for)
 IMAGE_CASES = {
@@ -35,6 +36,7 @@ IMAGE_CASES = {
     "timm:test_efficientnet": dict(tower="timm:test_efficientnet", pretrained=False, image_size=32),
     "timm:test_convnext": dict(tower="timm:test_convnext", pretrained=False, image_size=32),
     "timm:test_byobnet": dict(tower="timm:test_byobnet", pretrained=False, image_size=64, split=False),
+    "clip_image": dict(tower=f"clip_image:{CLIP_TINY}", split=False),
 }
 TEXT_CASES = {
     "minilm": dict(tower="minilm", max_tokens=32),
@@ -43,6 +45,7 @@ TEXT_CASES = {
     HF_TINY: dict(tower=HF_TINY),
     "hf:TINY-cls": dict(tower=HF_TINY, pooling="cls"),
     "hf:TINY-pooler": dict(tower=HF_TINY, pooling="pooler"),
+    "clip_text": dict(tower=f"clip_text:{CLIP_TINY}", split=False),
 }
 CASES = {**{k: ("image", v) for k, v in IMAGE_CASES.items()}, **{k: ("text", v) for k, v in TEXT_CASES.items()}}
 PARTNER = {"image": dict(tower="small_cnn", width=16, image_size=32),
@@ -56,6 +59,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+_CLIP: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_clip(tmp_path_factory) -> str:
+    from _tiny_clip import make_tiny_clip
+
+    _CLIP["folder"] = str(make_tiny_clip(tmp_path_factory.mktemp("tiny-clip")))
+    return _CLIP["folder"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +94,7 @@ def tiny_bert(tmp_path_factory) -> str:
 
 def _side_cfg(modality: str, case: dict, tiny_bert: str) -> ImageTowerConfig | TextTowerConfig:
     kw = {k: v for k, v in case.items() if k != "split"}
-    kw["tower"] = kw["tower"].replace("TINY", tiny_bert)
+    kw["tower"] = kw["tower"].replace(CLIP_TINY, _CLIP.get("folder", CLIP_TINY)).replace("TINY", tiny_bert)
     return (ImageTowerConfig if modality == "image" else TextTowerConfig)(**kw)
 
 

@@ -140,7 +140,18 @@ class Aligner:
 
 
 def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
-    """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding."""
+    """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding, or,
+    for ``"hf:FOLDER"``, a pretrained CLIP pair as it is, before any training (its vectors
+    are the library's own normalised ``get_image_features`` / ``get_text_features``)."""
+    from crossalign.models.pairs import PAIR_PREFIXES
+
+    if isinstance(run, str) and run.partition(":")[0] in PAIR_PREFIXES and not Path(run).exists():
+        from crossalign.config import load_config
+        from crossalign.models.dual import build_model
+
+        cfg = load_config(None, [f"model.pair={run}"])
+        model = build_model(cfg.model, loss=cfg.loss).to(device).eval()
+        return Aligner(model, cfg, device)
     from crossalign.runs import load_model
 
     model, cfg = load_model(run, which, device)

@@ -106,6 +106,7 @@ class ModelConfig:
 
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    pair: str = ""  # hf:FOLDER: both towers, projections and logit scale from one CLIP checkpoint
     embed_dim: int = 256
     head: str = "linear"  # linear | mlp | none
     head_hidden: int = 1024

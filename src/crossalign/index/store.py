@@ -188,9 +188,11 @@ def _build_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
 def _write_faiss(index, path: Path) -> None:
     import faiss
 
-    # written by Python, not faiss.write_index: that one only prints an error from its final
-    # flush, so a full disk would leave a truncated index behind and the build would go on
-    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+    # written through Python's file (faiss.write_index to a path only prints an error from its
+    # final flush, so a full disk would leave a truncated index behind and the build would go
+    # on), a megabyte at a time: no serialized copy of the whole index is ever held
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -276,6 +278,7 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
             tuned = tune(index, stored, queries, recall, groups=groups)
             info["search"][target] = tuned.to_dict()
         _write_faiss(index, tmp_dir / f"{target}.faiss")
+        del index  # one target's index in memory at a time
     _write_db(tmp_dir / "meta.sqlite", info, sources, images)
     tmp_dir.rename(root / name)
     atomic_write_text(root / "CURRENT", name + "\n")

@@ -201,8 +201,13 @@ def build_towers(cfg: ModelConfig, pretrained: dict[str, bool] | None = None) ->
     """The image and text towers of ``cfg`` from the registry (``freeze: auto`` resolved in place)."""
     from crossalign.models.registry import create
 
+    from crossalign.models.pairs import build_pair, resolve_pair
+
+    resolve_pair(cfg)
     _resolve_freeze(cfg)
     load = {"image": True, "text": True, **(pretrained or {})}
+    if cfg.pair:
+        return build_pair(cfg, load)
     img, txt = cfg.image, cfg.text
     img_kw = {"pretrained": img.pretrained and load["image"], "checkpoint": img.checkpoint if load["image"] else "",
               "image_size": img.image_size, "width": img.width}

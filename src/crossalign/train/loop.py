@@ -93,6 +93,11 @@ def _finish_epoch(engine: Engine, logger: RunLogger, train_loss: float, t_epoch:
 
 def _fit(engine: Engine, logger: RunLogger, gen_state: torch.Tensor | None) -> None:
     cfg = engine.cfg.train
+    if cfg.epochs == 0 and not logger.epochs:  # the weights as loaded, measured: a zero-shot run
+        engine.pos.epoch = 0
+        _finish_epoch(engine, logger, float("nan"), time.perf_counter())
+        engine.pos.epoch = 1
+        return
     stopped = engine.pos.bad_epochs >= cfg.patience and cfg.early_stopping
     while engine.pos.epoch <= cfg.epochs and not stopped:
         t_epoch = time.perf_counter()

@@ -1,0 +1,83 @@
+"""A pretrained CLIP pair (``model.pair=hf:FOLDER``): loaded as it is, measured zero-shot,
+fine-tuned with the engine. No CLIP weights ship on PyPI, so the pair here is a tiny random
+``CLIPModel`` saved with ``save_pretrained``, with a byte-level tokenizer of its own."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossalign.cli.main import main
+
+from _kill_runner import sets
+from _tiny_clip import make_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def test_a_pair_gives_the_librarys_own_vectors(clip_folder):
+    import crossalign
+    from transformers import CLIPModel
+
+    ref = CLIPModel.from_pretrained(clip_folder).eval()
+    aligner = crossalign.load(f"hf:{clip_folder}")
+    model = aligner.model
+    assert model.cfg.embed_dim == 24 and model.cfg.head == "none"
+    assert model.image_tower.data_config["input_size"] == (3, 32, 32)
+    assert model.image_tower.data_config["crop_pct"] == pytest.approx(32 / 36)
+    assert float(model.logit_scale.exp()) == pytest.approx(float(ref.logit_scale.exp()), rel=1e-6)
+    pixels = torch.randn(3, 3, 32, 32)
+    texts = ["a red circle", "two blue squares on the left", "x"]
+    tok = model.text_tower.tokenize(texts)
+    def features(out):  # a tensor, or (transformers 5) an output whose pooler_output is projected
+        return getattr(out, "pooler_output", out)
+
+    with torch.no_grad():
+        want_i = torch.nn.functional.normalize(features(ref.get_image_features(pixel_values=pixels)), dim=-1)
+        want_t = torch.nn.functional.normalize(features(ref.get_text_features(**tok)), dim=-1)
+        got_i = model.encode_image(pixels)
+        got_t = model.encode_text(**tok)
+    torch.testing.assert_close(got_i, want_i, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_t, want_t, rtol=1e-5, atol=1e-6)
+    # the Aligner's text path tokenizes with the checkpoint's own tokenizer
+    np.testing.assert_allclose(aligner.encode_text(texts), want_t.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, tmp_path):
+    base = [f"model.pair=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
+            f"cache.dir={tmp_path / 'cache'}", "train.lr=1e-3"]
+    zs, ft = tmp_path / "zero-shot", tmp_path / "fine-tuned"
+    # zero-shot: no step, the checkpoint measured as it is (epoch 0), the baseline of a fine-tune
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs), *sets(base + ["train.epochs=0"])]) == 0
+    assert main(["-q", "evaluate", str(zs), "--split", "test", "--json", str(tmp_path / "zs.json")]) == 0
+    (row,) = list(csv.DictReader(open(zs / "metrics.csv")))
+    assert row["epoch"] == "0" and float(row["temperature"]) == pytest.approx(np.exp(-3.0), rel=1e-5)
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(ft),
+                 *sets(base + ["train.epochs=2", "model.image.freeze=last:1", "model.text.freeze=frozen"])]) == 0
+    assert main(["-q", "evaluate", str(ft), "--split", "test", "--json", str(tmp_path / "ft.json")]) == 0
+    tuned_m, zero_m = (json.loads((tmp_path / f).read_text()) for f in ("ft.json", "zs.json"))
+    assert set(tuned_m) == set(zero_m)  # the same figures, side by side
+    assert f"pair: hf:{clip_folder}" in (ft / "config.yaml").read_text()  # resolved when built
+    from crossalign.runs import load_model
+    from transformers import CLIPModel
+
+    ref = CLIPModel.from_pretrained(clip_folder)
+    model, _ = load_model(ft)
+    assert model.cfg.image.tower == f"clip_image:{clip_folder}" and model.cfg.head == "none"
+    assert model.cfg.image.dropout == model.cfg.text.dropout == 0.0  # no head to regularise
+    tuned = model.image_tower.vision_model.encoder.layers[-1].mlp.fc1.weight
+    first = model.image_tower.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert not torch.allclose(tuned, ref.vision_model.encoder.layers[-1].mlp.fc1.weight)  # it trained
+    torch.testing.assert_close(first, ref.vision_model.encoder.layers[0].mlp.fc1.weight)  # it stayed
+    torch.testing.assert_close(model.text_tower.projection.weight, ref.text_projection.weight)
+    zero, _ = load_model(zs)
+    for a, b in zip(zero.image_tower.parameters(), ref.vision_model.parameters()):
+        torch.testing.assert_close(a, b)  # nothing trained
