@@ -81,3 +81,55 @@ def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, t
     zero, _ = load_model(zs)
     for a, b in zip(zero.image_tower.parameters(), ref.vision_model.parameters()):
         torch.testing.assert_close(a, b)  # nothing trained
+
+
+def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shapes_dir, tmp_path):
+    from crossalign.models.wise import wise, zero_shot_state
+    from crossalign.runs import load_model
+    from transformers import CLIPModel
+
+    base = [f"model.pair=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
+            f"cache.dir={tmp_path / 'cache'}", "train.lr=1e-3"]
+    zs, ft = tmp_path / "zs", tmp_path / "ft"
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs), *sets(base + ["train.epochs=0"])]) == 0
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(ft),
+                 *sets(base + ["train.epochs=1", "model.image.freeze=last:1", "model.text.freeze=last:1"])]) == 0
+    tuned, _ = load_model(ft)
+    zero = zero_shot_state(tuned)
+    ref, _ = load_model(zs)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(zero[k], v, rtol=0, atol=0)  # the checkpoint as it was
+    at0, at1 = wise(zero, tuned.state_dict(), 0.0), wise(zero, tuned.state_dict(), 1.0)
+    half = wise(zero, tuned.state_dict(), 0.5)
+    for k, v in tuned.state_dict().items():
+        assert torch.equal(at0[k], zero[k]) and torch.equal(at1[k], v)
+        torch.testing.assert_close(half[k], (zero[k] + v) / 2) if v.is_floating_point() else None
+    # evaluate --wise: alpha 0 scores as the zero-shot run, alpha 1 as the fine-tune
+    for run, name in ((zs, "zs"), (ft, "ft")):
+        assert main(["-q", "evaluate", str(run), "--split", "test", "--json", str(tmp_path / f"{name}.json")]) == 0
+    assert main(["-q", "evaluate", str(ft), "--split", "test", "--wise", "0,0.5,1",
+                 "--json", str(tmp_path / "wise.json")]) == 0
+    sweep = json.loads((tmp_path / "wise.json").read_text())["wise"]
+    assert list(sweep) == ["0", "0.5", "1"]
+    for alpha, name in (("0", "zs"), ("1", "ft")):
+        want = json.loads((tmp_path / f"{name}.json").read_text())
+        for key in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "t2i_mean_rank"):
+            assert sweep[alpha][key] == pytest.approx(want[key], abs=1e-9), (alpha, key)
+    # export: transformers loads the fine-tune back and embeds as the run does
+    out = tmp_path / "exported"
+    assert main(["-q", "export", str(ft), "--out", str(out)]) == 0
+    back = CLIPModel.from_pretrained(out).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    tok = tuned.text_tower.tokenize(["a red circle", "two blue squares"])
+    tuned.eval()
+
+    def features(o):
+        return torch.nn.functional.normalize(getattr(o, "pooler_output", o), dim=-1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(features(back.get_image_features(pixel_values=pixels)),
+                                   tuned.encode_image(pixels), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(features(back.get_text_features(**tok)), tuned.encode_text(**tok),
+                                   rtol=1e-5, atol=1e-6)
+    assert float(back.logit_scale.exp()) == pytest.approx(float(tuned.scale()), rel=1e-6)
+    assert main(["-q", "export", str(ft), "--out", str(out)]) == 2  # an existing folder is kept

@@ -134,6 +134,9 @@ class TrainConfig:
 
     epochs: int = 40
     batch_size: int = 256
+    # a pretrained pair's run: the saved best weights become the WiSE-FT ensemble
+    # (1 - wise_alpha) * zero-shot + wise_alpha * fine-tuned (1 = the fine-tune alone)
+    wise_alpha: float = 1.0
     lr: float = 2e-4  # frozen-feature heads overfit within one epoch at 1e-3 on Flickr8k
     backbone_lr: float = 0.0  # learning rate of tower parameters that train; 0 = lr
     # a run folder whose model_best starts this run (same towers and heads): the converged heads

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also the label agreement of the rankings by this label column (e.g. genre; several "
                         "classes joined by '|'): precision@K, R-precision, MAP@R and Jaccard@K beside chance, "
                         "per class too")
+    p.add_argument("--wise", metavar="A,B,...",
+                   help="a pretrained pair's run: evaluate the WiSE-FT weight ensembles (1 - a) * zero-shot "
+                        "+ a * fine-tuned for each a (0 = the checkpoint as it was, 1 = the run), one table")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -135,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if args.float16 and not args.matrix:
         raise ConfigError("--float16 applies to --matrix; give --matrix FILE.npy too")
+    if args.wise:
+        return _run_wise(args, ks)
     metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
                        progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
                        matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k,
@@ -151,4 +156,33 @@ def run(args: argparse.Namespace) -> int:
         print(format_seed(metrics["seed_protocol"]))
     if args.json:
         atomic_write_json(args.json, metrics)
+    return 0
+
+
+def _run_wise(args: argparse.Namespace, ks: list[int]) -> int:
+    """``--wise``: the same evaluation for each alpha, then one table of them."""
+    from crossalign._io import atomic_write_json
+    from crossalign.evaluate.run import evaluate
+
+    try:
+        alphas = [float(a) for a in args.wise.split(",") if a.strip()]
+    except ValueError:
+        raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {args.wise!r}") from None
+    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {args.wise!r}")
+    out = {}
+    for a in alphas:
+        out[f"{a:g}"] = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
+                                 progress=not args.quiet, ranking=args.ranking, qb_beta=args.qb_beta,
+                                 qb_bank=args.qb_bank, wise=a)
+    k = sorted(set(ks))
+    head = ["alpha"] + [f"t2i R@{x}" for x in k] + [f"i2t R@{x}" for x in k] + ["rsum"]
+    rows = [[name] + [f"{m[f't2i_R@{x}']:.2f}" for x in k] + [f"{m[f'i2t_R@{x}']:.2f}" for x in k]
+            + [f"{sum(m[f't2i_R@{x}'] + m[f'i2t_R@{x}'] for x in k):.1f}"] for name, m in out.items()]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    print(f"WiSE-FT over alpha (0 = zero-shot, 1 = fine-tuned), {args.split} split")
+    if args.json:
+        atomic_write_json(args.json, {"wise": out})
     return 0

@@ -30,6 +30,7 @@ COMMANDS = {
     "explain": "explain",
     "embed": "embed",
     "caption": "caption",
+    "export": "export",
 }
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from crossalign.errors import ConfigError
 from crossalign.models.registry import register
 
-__all__ = ["CLIPImageTower", "CLIPTextTower", "PAIR_PREFIXES", "pair_towers", "build_pair", "resolve_pair"]
+__all__ = ["CLIPImageTower", "CLIPTextTower", "PAIR_PREFIXES", "pair_towers", "build_pair", "resolve_pair",
+           "export_pair", "tower_pair"]
 
 PAIR_PREFIXES = ("hf",)
 
@@ -188,3 +189,52 @@ def build_pair(cfg, load: dict[str, bool]) -> tuple[CLIPImageTower, CLIPTextTowe
     if pretrained:
         cfg.logit_scale_init = min(image.pair_logit_scale, cfg.logit_scale_max)
     return image, text
+
+
+def tower_pair(model) -> tuple[CLIPImageTower, CLIPTextTower]:
+    img, txt = model.image_tower, model.text_tower
+    if not (isinstance(img, CLIPImageTower) and isinstance(txt, CLIPTextTower)):
+        raise ConfigError(f"only a CLIP pair's run exports to a CLIPModel folder; this one has "
+                          f"{img.name} and {txt.name}")
+    return img, txt
+
+
+def export_pair(model, out) -> None:
+    """Write a pair's weights as a Hugging Face ``CLIPModel`` folder that
+    ``CLIPModel.from_pretrained(out)`` loads with the same vectors: the checkpoint's config,
+    tokenizer and image processor, and the run's towers, projections and logit scale.
+
+    The folder is written beside ``out`` under a temporary name and renamed into place whole.
+    """
+    import os
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    img, txt = tower_pair(model)
+    source = model.cfg.pair.partition(":")[2] or img.name.partition(":")[2]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not empty; choose another --out")
+    clip, tokenizer, processor = _load(source, False)  # the checkpoint's config, no weights
+    clip.vision_model.load_state_dict(img.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(img.projection.state_dict())
+    clip.text_model.load_state_dict(txt.text_model.state_dict())
+    clip.text_projection.load_state_dict(txt.projection.state_dict())
+    with torch.no_grad():
+        clip.logit_scale.copy_(model.logit_scale.detach().to(clip.logit_scale))
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        clip.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        from crossalign._io import DISK_ERRNOS, disk_error
+
+        if e.errno in DISK_ERRNOS:
+            raise disk_error(out, e) from e
+        raise

@@ -111,6 +111,21 @@ def _fit(engine: Engine, logger: RunLogger, gen_state: torch.Tensor | None) -> N
         engine.save_resume(logger, engine.gen.get_state())
 
 
+def _apply_wise(run: Path, alpha: float) -> None:
+    """``train.wise_alpha``: ``model_best`` becomes the WiSE-FT ensemble of the checkpoint's
+    zero-shot weights and the best fine-tuned ones; those stay as ``model_finetuned``."""
+    from crossalign.models.wise import wise, zero_shot_state
+    from crossalign.runs import load_model
+
+    model, _ = load_model(run, "best")
+    meta = json.loads((run / "model_best.json").read_text())
+    ensembled = wise(zero_shot_state(model), model.state_dict(), float(alpha))
+    save_model(model, run / "model_finetuned.safetensors", meta)
+    model.load_state_dict(ensembled)
+    save_model(model, run / "model_best.safetensors", {**meta, "wise_alpha": float(alpha)})
+    log.info("model_best: WiSE-FT ensemble, alpha %g (the fine-tuned weights are model_finetuned)", alpha)
+
+
 def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: bool, fresh: bool) -> TrainResult:
     t_start = time.perf_counter()
     if cfg.train.keep not in ("best", "last"):
@@ -130,6 +145,8 @@ def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: 
         report_problems(engine.problems)
         atomic_write_json(run / "problems.json", [p.to_dict() for p in engine.problems])
     _fit(engine, logger, gen_state)
+    if cfg.train.wise_alpha != 1.0 and dist.is_main:
+        _apply_wise(run, cfg.train.wise_alpha)
     logger.close()
     elapsed = time.perf_counter() - t_start
     best_val = next((r for r in logger.epochs if r["epoch"] == engine.pos.best_epoch), {})

@@ -1,0 +1,44 @@
+"""WiSE-FT (Wortsman et al. 2022): weight-space ensembles of a pair's zero-shot and fine-tuned
+weights, so a fine-tune that forgets keeps part of what the checkpoint knew."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from crossalign.errors import ConfigError
+from crossalign.models.dual import build_model
+from crossalign.models.pairs import tower_pair
+
+__all__ = ["wise", "zero_shot_state"]
+
+
+def wise(zero_shot: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict:
+    """WiSE-FT (Wortsman et al. 2022): ``(1 - alpha) * zero_shot + alpha * tuned`` for every
+    floating tensor of two state dicts of one model; ``alpha`` 0 gives the zero-shot weights,
+    1 the fine-tuned ones, exactly. Integer tensors (counters) come from ``tuned``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"the WiSE-FT alpha must be in [0, 1], got {alpha}")
+    if zero_shot.keys() != tuned.keys():
+        raise ConfigError("WiSE-FT needs two state dicts of one model")
+    out = {}
+    for k, t in tuned.items():
+        z = zero_shot[k]
+        if not t.is_floating_point() or alpha == 1.0:
+            out[k] = t.clone()
+        elif alpha == 0.0:
+            out[k] = z.clone().to(t.dtype)
+        else:
+            out[k] = torch.lerp(z.to(t.dtype), t, alpha)
+    return out
+
+
+def zero_shot_state(model) -> dict[str, torch.Tensor]:
+    """The state dict ``model`` (a pair's run) had before any training: both towers from the
+    checkpoint, the logit scale the checkpoint learned."""
+    tower_pair(model)
+    cfg = copy.deepcopy(model.cfg)
+    fresh = build_model(cfg).state_dict()  # pretrained weights, the checkpoint's logit scale
+    # what the checkpoint has no counterpart for (a SigLIP loss's bias) keeps the run's value
+    return {k: fresh.get(k, v).to(v.device) for k, v in model.state_dict().items()}
