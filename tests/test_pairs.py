@@ -18,6 +18,16 @@ from _kill_runner import sets
 from _tiny_clip import make_tiny_clip
 
 
+def assert_same_figures(got: dict, want: dict, n_images: int = 60, n_captions: int = 300) -> None:
+    """One model scored by two paths (cached features and a live tower, another batch): the
+    scores agree to the last bits, so a near-tied query of these tiny random towers may rank
+    either way; allow two such queries per figure (see tests/_ties.py)."""
+    for key, n in (("t2i_R@1", n_captions), ("t2i_R@5", n_captions), ("i2t_R@1", n_images), ("i2t_R@5", n_images)):
+        assert got[key] == pytest.approx(want[key], abs=200 / n + 1e-9), key
+    for key, n in (("t2i_mean_rank", n_captions), ("i2t_mean_rank", n_images)):
+        assert got[key] == pytest.approx(want[key], abs=2 * n_images / n + 1e-9), key
+
+
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory) -> Path:
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
@@ -33,7 +43,7 @@ def test_a_pair_gives_the_librarys_own_vectors(clip_folder):
     assert model.cfg.embed_dim == 24 and model.cfg.head == "none"
     assert model.image_tower.data_config["input_size"] == (3, 32, 32)
     assert model.image_tower.data_config["crop_pct"] == pytest.approx(32 / 36)
-    assert float(model.logit_scale.exp()) == pytest.approx(float(ref.logit_scale.exp()), rel=1e-6)
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(float(ref.logit_scale.exp()), rel=1e-6)
     pixels = torch.randn(3, 3, 32, 32)
     texts = ["a red circle", "two blue squares on the left", "x"]
     tok = model.text_tower.tokenize(texts)
@@ -58,6 +68,13 @@ def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, t
     # zero-shot: no step, the checkpoint measured as it is (epoch 0), the baseline of a fine-tune
     assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs), *sets(base + ["train.epochs=0"])]) == 0
     assert main(["-q", "evaluate", str(zs), "--split", "test", "--json", str(tmp_path / "zs.json")]) == 0
+    # the pair itself, no run folder: the same figures on the data's own split
+    assert main(["-q", "evaluate", f"hf:{clip_folder}", "--data", str(shapes_dir), "--split", "test",
+                 "--json", str(tmp_path / "pair.json")]) == 0
+    by_run, by_pair = (json.loads((tmp_path / f).read_text()) for f in ("zs.json", "pair.json"))
+    for key in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "t2i_mean_rank", "i2t_mrr"):
+        assert by_pair[key] == pytest.approx(by_run[key], abs=1e-9), key
+    assert main(["-q", "evaluate", f"hf:{clip_folder}", "--split", "test"]) == 2  # no data of its own
     (row,) = list(csv.DictReader(open(zs / "metrics.csv")))
     assert row["epoch"] == "0" and float(row["temperature"]) == pytest.approx(np.exp(-3.0), rel=1e-5)
     assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(ft),
@@ -83,7 +100,26 @@ def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, t
         torch.testing.assert_close(a, b)  # nothing trained
 
 
-def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shapes_dir, tmp_path):
+def test_zeroshot_classifies_with_a_pair_as_it_is(clip_folder, shapes_dir, labelled_shapes, tmp_path):
+    from crossalign.evaluate.zeroshot import zeroshot
+
+    zs = tmp_path / "zs"
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs),
+                 *sets([f"model.pair=hf:{clip_folder}", "train.epochs=0", "train.tensorboard=false",
+                        f"cache.dir={tmp_path / 'cache'}"])]) == 0
+    by_run = zeroshot(zs, labelled_shapes, "colour", split="all", progress=False)
+    by_pair = zeroshot(f"hf:{clip_folder}", labelled_shapes, "colour", split="all", progress=False)
+    assert by_pair["n_items"] == by_run["n_items"] == 60 and by_pair["n_classes"] >= 2
+    assert by_pair["accuracy"] == pytest.approx(by_run["accuracy"], abs=1e-9)
+    assert by_pair["confusion"] == by_run["confusion"]
+    out = tmp_path / "zs.json"
+    assert main(["-q", "zeroshot", f"hf:{clip_folder}", "--data", str(labelled_shapes), "--label-column",
+                 "colour", "--split", "all", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["accuracy"] == pytest.approx(by_pair["accuracy"], abs=1e-9)
+
+
+def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shapes_dir, labelled_shapes,
+                                                               tmp_path):
     from crossalign.models.wise import wise, zero_shot_state
     from crossalign.runs import load_model
     from transformers import CLIPModel
@@ -112,9 +148,24 @@ def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shap
     sweep = json.loads((tmp_path / "wise.json").read_text())["wise"]
     assert list(sweep) == ["0", "0.5", "1"]
     for alpha, name in (("0", "zs"), ("1", "ft")):
-        want = json.loads((tmp_path / f"{name}.json").read_text())
-        for key in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "t2i_mean_rank"):
-            assert sweep[alpha][key] == pytest.approx(want[key], abs=1e-9), (alpha, key)
+        assert_same_figures(sweep[alpha], json.loads((tmp_path / f"{name}.json").read_text()))
+    # a second data set the run never trained on: all of it, alpha 0 is the pair as it is
+    assert main(["-q", "evaluate", str(ft), "--split", "test", "--wise", "0,1", "--wise-data",
+                 str(labelled_shapes), "--json", str(tmp_path / "wise2.json")]) == 0
+    second = json.loads((tmp_path / "wise2.json").read_text())["wise_pools"]["second"]
+    assert second["split"] == "all" and list(second["alphas"]) == ["0", "1"]
+    assert main(["-q", "evaluate", f"hf:{clip_folder}", "--data", str(labelled_shapes), "--split", "all",
+                 "--json", str(tmp_path / "pair2.json")]) == 0
+    assert_same_figures(second["alphas"]["0"], json.loads((tmp_path / "pair2.json").read_text()))
+    assert main(["-q", "evaluate", str(ft), "--wise-data", str(labelled_shapes)]) == 2  # needs --wise
+    # the report puts the fine-tune's zero-shot baseline beside it, scored on the run's split
+    from crossalign.report import report
+
+    res = report([ft], shapes_dir, tmp_path / "report.html", k=4, explain=0, progress=False)
+    assert list(res.metrics) == ["ft", "ft (zero-shot)"]
+    assert_same_figures(res.metrics["ft (zero-shot)"], json.loads((tmp_path / "zs.json").read_text()))
+    assert res.metrics["ft (zero-shot)"] != res.metrics["ft"]
+    assert "ft (zero-shot)" in (tmp_path / "report.html").read_text()
     # export: transformers loads the fine-tune back and embeds as the run does
     out = tmp_path / "exported"
     assert main(["-q", "export", str(ft), "--out", str(out)]) == 0

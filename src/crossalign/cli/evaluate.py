@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics of a trained run",
                        description="Recall@K, median and mean rank, MRR, top-1 and R-sum in both directions, "
                                    "from embeddings, with the chance level beside each number.")
-    p.add_argument("run", help="run folder written by 'crossalign train'")
+    p.add_argument("run", metavar="RUN_OR_PAIR",
+                   help="run folder written by 'crossalign train', or a pretrained pair measured zero-shot "
+                        "(hf:FOLDER, open_clip:NAME with --pair-weights) on --data's own split")
     p.add_argument("--data", help="data folder (default: the one the run was trained on, from its run.json)")
     p.add_argument("--split", default="test", help="train, val, test, several joined by commas, or all (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
@@ -40,9 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also the label agreement of the rankings by this label column (e.g. genre; several "
                         "classes joined by '|'): precision@K, R-precision, MAP@R and Jaccard@K beside chance, "
                         "per class too")
+    p.add_argument("--pair-weights", default="", metavar="FILE_OR_TAG",
+                   help="the weights of an open_clip:NAME pair (a file or a pretrained tag)")
     p.add_argument("--wise", metavar="A,B,...",
                    help="a pretrained pair's run: evaluate the WiSE-FT weight ensembles (1 - a) * zero-shot "
                         "+ a * fine-tuned for each a (0 = the checkpoint as it was, 1 = the run), one table")
+    p.add_argument("--wise-data", metavar="DIR",
+                   help="with --wise: also a second data set the run never trained on (all its items), "
+                        "to see what the fine-tune kept of the checkpoint's generality")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -138,11 +145,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if args.float16 and not args.matrix:
         raise ConfigError("--float16 applies to --matrix; give --matrix FILE.npy too")
+    if args.wise_data and not args.wise:
+        raise ConfigError("--wise-data goes with --wise A,B,...")
     if args.wise:
         return _run_wise(args, ks)
     metrics = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
                        progress=not args.quiet, gap=args.gap, seen=args.seen, seed=args.seed,
                        matrix=args.matrix, float16=args.float16, lists=args.lists, lists_k=args.lists_k,
+                       pair_weights=args.pair_weights,
                        ranking=args.ranking, qb_beta=args.qb_beta, qb_bank=args.qb_bank,
                        protocol=args.protocol, label_column=args.label_column)
     ks = sorted(set(ks))
@@ -159,30 +169,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wise_alphas(text: str) -> list[float]:
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        alphas = []
+    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {text!r}")
+    return alphas
+
+
+def format_wise(sweep: dict[str, dict], ks: list[int], title: str) -> str:
+    """One row per alpha: R@K both ways and the R-sum."""
+    head = ["alpha"] + [f"t2i R@{x}" for x in ks] + [f"i2t R@{x}" for x in ks] + ["rsum"]
+    rows = [[name] + [f"{m[f't2i_R@{x}']:.2f}" for x in ks] + [f"{m[f'i2t_R@{x}']:.2f}" for x in ks]
+            + [f"{sum(m[f't2i_R@{x}'] + m[f'i2t_R@{x}'] for x in ks):.1f}"] for name, m in sweep.items()]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    return "\n".join([title] + lines)
+
+
 def _run_wise(args: argparse.Namespace, ks: list[int]) -> int:
-    """``--wise``: the same evaluation for each alpha, then one table of them."""
+    """``--wise``: the same evaluation for each alpha (WiSE-FT, 0 = zero-shot, 1 = fine-tuned) on
+    the run's split, and with ``--wise-data`` on all of a second data set; one table each."""
     from crossalign._io import atomic_write_json
     from crossalign.evaluate.run import evaluate
 
-    try:
-        alphas = [float(a) for a in args.wise.split(",") if a.strip()]
-    except ValueError:
-        raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {args.wise!r}") from None
-    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
-        raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {args.wise!r}")
-    out = {}
-    for a in alphas:
-        out[f"{a:g}"] = evaluate(args.run, args.data, args.split, ks, args.checkpoint, args.device,
-                                 progress=not args.quiet, ranking=args.ranking, qb_beta=args.qb_beta,
-                                 qb_bank=args.qb_bank, wise=a)
-    k = sorted(set(ks))
-    head = ["alpha"] + [f"t2i R@{x}" for x in k] + [f"i2t R@{x}" for x in k] + ["rsum"]
-    rows = [[name] + [f"{m[f't2i_R@{x}']:.2f}" for x in k] + [f"{m[f'i2t_R@{x}']:.2f}" for x in k]
-            + [f"{sum(m[f't2i_R@{x}'] + m[f'i2t_R@{x}'] for x in k):.1f}"] for name, m in out.items()]
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    for r in [head] + rows:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    print(f"WiSE-FT over alpha (0 = zero-shot, 1 = fine-tuned), {args.split} split")
+    alphas = _wise_alphas(args.wise)
+    ks = sorted(set(ks))
+    pools = [("data", args.data, args.split)] + ([("second", args.wise_data, "all")] if args.wise_data else [])
+    out: dict[str, dict] = {}
+    for key, data, split in pools:
+        sweep = {f"{a:g}": evaluate(args.run, data, split, ks, args.checkpoint, args.device,
+                                    progress=not args.quiet, ranking=args.ranking, qb_beta=args.qb_beta,
+                                    qb_bank=args.qb_bank, wise=a)
+                 for a in alphas}
+        where = f"{split} split" if key == "data" else f"all of {data} (a second data set)"
+        print(format_wise(sweep, ks, f"WiSE-FT over alpha (0 = zero-shot, 1 = fine-tuned), {where}"))
+        out[key] = {"data": str(data) if data else None, "split": split, "alphas": sweep}
     if args.json:
-        atomic_write_json(args.json, {"wise": out})
+        atomic_write_json(args.json, {"wise": out["data"]["alphas"], "wise_pools": out})
     return 0

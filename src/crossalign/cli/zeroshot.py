@@ -13,7 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "the class whose prompt is nearest: accuracy, per-class accuracy, confusion "
                                    "matrix. A value may hold several classes separated by '|'; such an image "
                                    "is a hit when the predicted class is any of them.")
-    p.add_argument("run", help="run folder written by 'crossalign train'")
+    p.add_argument("run", metavar="RUN_OR_PAIR",
+                   help="run folder written by 'crossalign train', or a pretrained pair as it is "
+                        "(hf:FOLDER, open_clip:NAME with --pair-weights) on --data's own split")
+    p.add_argument("--pair-weights", default="", metavar="FILE_OR_TAG",
+                   help="the weights of an open_clip:NAME pair (a file or a pretrained tag)")
     p.add_argument("--data", required=True, help="data folder")
     p.add_argument("--label-column", required=True, help="a column of the data kept as a label (genre, colour, ...)")
     p.add_argument("--template", action="append", default=None, metavar="TEXT",
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     result = zeroshot(args.run, args.data, args.label_column, args.template or DEFAULT_TEMPLATES, args.split,
-                      args.checkpoint, args.device, progress=not args.quiet, classes=classes, sep=args.sep)
+                      args.checkpoint, args.device, progress=not args.quiet, classes=classes, sep=args.sep,
+                      pair_weights=args.pair_weights)
     print(format_result(result))
     if args.json:
         atomic_write_json(args.json, result)

@@ -226,9 +226,15 @@ def _comparison_plots(data: list[RunReport], out: Path, ctx: dict) -> list[Path]
     ctx["recall_bars"] = _png_uri(bars)
     if not any(d.history for d in data):
         return [bars]
-    curves = plots.rsum_curves({d.name: d.history for d in data}, out.with_name(f"{out.stem}_rsum.png"))
+    curves = plots.rsum_curves({d.name: d.history for d in data if d.history},
+                               out.with_name(f"{out.stem}_rsum.png"))
     ctx["rsum_curves"] = _png_uri(curves)
     return [bars, curves]
+
+
+def _fine_tuned_pair(d: RunReport) -> bool:
+    """A pretrained pair's run that trained: the report adds its zero-shot baseline."""
+    return bool(d.cfg.model.pair) and any((row.get("epoch") or 0) > 0 for row in d.history)
 
 
 def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str | Path, split: str = "test",
@@ -237,7 +243,8 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     """Write ``out`` (HTML, self-contained) and its plots as PNGs beside it.
 
     Args:
-        runs: one run folder or several (several add a comparison table and bar chart).
+        runs: one run folder or several (several add a comparison table and bar chart); a
+            fine-tuned pretrained pair (``model.pair``) adds its zero-shot baseline to the table.
         data: the data folder the runs were trained on.
         out: the HTML file to write; PNGs go next to it as ``<stem>_<run>_<plot>.png``.
         split: the split the heatmap, galleries and rank histograms use.
@@ -260,6 +267,8 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     data_runs = [collect_run(r, data, split, n, seed, device, progress, which, label_column)
                  for r, n in zip(runs, names)]
     report_problems(data_runs[0].problems)  # the same data and rules for every run: said once
+    baselines = [collect_run(d.path, data, split, f"{d.name} (zero-shot)", seed, device, progress, which,
+                             label_column, zero_shot=True) for d in data_runs if _fine_tuned_pair(d)]
     thumbs, written, sections = Thumbnails(), [], []
     for i, d in enumerate(data_runs):
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", d.name)
@@ -267,12 +276,13 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
         section, pngs = _run_section(d, i, k, seed, top, thumbs, png, explain)
         sections.append(section)
         written += pngs
-    ctx = {"comparison": _comparison(data_runs), "runs": sections, "data": str(data), "split": split,
+    compared = data_runs + baselines
+    ctx = {"comparison": _comparison(compared), "runs": sections, "data": str(data), "split": split,
            "seed": seed, "k": k, "top": top, "generated": time.strftime("%Y-%m-%d %H:%M")}
-    if len(data_runs) > 1:
-        written += _comparison_plots(data_runs, out, ctx)
+    if len(compared) > 1:
+        written += _comparison_plots(compared, out, ctx)
     atomic_write_text(out, render(ctx))
     seconds = time.perf_counter() - t0
     log.info("wrote %s and %d plots in %.1f s", out, len(written), seconds)
-    return ReportResult(out, written, names, {d.name: d.metrics for d in data_runs},
+    return ReportResult(out, written, names, {d.name: d.metrics for d in compared},
                         {d.name: count_skipped(d.problems) for d in data_runs}, seconds)

@@ -104,11 +104,15 @@ def _seen_metrics(rd: RunData, sub, seed: int, progress: bool, label_column: str
 
 def collect_run(run: str | Path, data: str | Path, split: str = "test", name: str = "",
                 seed: int = 0, device: str = "cpu", progress: bool = True,
-                which: str = "best", label_column: str = "") -> RunReport:
+                which: str = "best", label_column: str = "", zero_shot: bool = False) -> RunReport:
     """Open ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap
-    (and with ``label_column``, the label agreement of the same rankings, seen and unseen)."""
+    (and with ``label_column``, the label agreement of the same rankings, seen and unseen).
+
+    ``zero_shot`` (a pretrained pair's run): its checkpoint as it was before any training, on
+    the run's split, with no history of its own; the baseline a fine-tune is compared with.
+    """
     run = Path(run)
-    rd = open_run(run, data, which, device, quiet=True)
+    rd = open_run(run, data, which, device, quiet=True, wise=0.0 if zero_shot else None)
     sub = select_split(rd.table, split)
     if label_column:
         require_label_column(sub, label_column)
@@ -116,8 +120,11 @@ def collect_run(run: str | Path, data: str | Path, split: str = "test", name: st
     seen = _seen_metrics(rd, sub, seed, progress, label_column)
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    history = read_history(run / "metrics.csv")
+    if zero_shot:
+        summary, history = {"epochs_run": 0}, []
     return RunReport(
-        name=name or run.name, path=run, cfg=rd.cfg, history=read_history(run / "metrics.csv"),
+        name=name or run.name, path=run, cfg=rd.cfg, history=history,
         summary=summary, split=split, emb=emb, metrics=metrics, ranks_t2i=res.t2i_ranks,
         ranks_i2t=res.i2t_ranks, ranking=res, seen=seen, problems=rd.problems + emb.problems,
         model=rd.model, label_column=label_column,
