@@ -296,6 +296,7 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
         assert len(list(csv.DictReader(f))) == cfg.train.epochs  # the chosen epoch count, no early stop
     summary = json.loads((run / "summary.json").read_text())
     assert cfg.train.keep == "last" and summary["best_epoch"] == cfg.train.epochs  # model_best is that epoch
+    assert cfg.train.fit_on == "train+val"  # the final fit learns from every image the search held out
     from crossalign.report import report
 
     html = report(run, shapes_dir, tmp_path / "report.html", k=4).html.read_text()
@@ -346,3 +347,29 @@ def test_train_with_no_recipe_searches_and_fixed_does_not(tmp_path, shapes_dir, 
     assert main(["-q", "train", "--fixed", "--budget", "1m", "--data", str(shapes_dir), "--out",
                  str(tmp_path / "x")]) == 2
     assert "--fixed" in capsys.readouterr().err
+
+
+def test_a_refit_learns_from_train_and_val_at_the_chosen_epoch_count(tmp_path, shapes_dir):
+    """``train.fit_on=train+val`` (what a search's final fit uses) steps over the captions of
+    both splits; val can then neither pick the epoch nor stop the run."""
+    from crossalign.api import train
+    from crossalign.cli.main import main
+    from crossalign.errors import ConfigError
+
+    cfg = load_config(None, FAST)
+    table, _ = prepare_table(shapes_dir, cfg.data, quiet=True)
+    n_train, n_val = len(table.select("train")), len(table.select("val"))
+    assert n_val >= 8  # a refit takes at least one more batch
+    steps = {}
+    for fit_on in ("train", "train+val"):
+        run = tmp_path / fit_on
+        train(shapes_dir, run, overrides=FAST + ["train.batch_size=8", "train.epochs=1", "train.keep=last",
+                                                 "train.early_stopping=false", f"train.fit_on={fit_on}"],
+              progress=False)
+        with open(run / "metrics.csv") as f:
+            steps[fit_on] = int(float(next(csv.DictReader(f))["step"]))
+    assert steps == {"train": n_train // 8, "train+val": (n_train + n_val) // 8}
+    with pytest.raises(ConfigError, match="keep=last"):
+        train(shapes_dir, tmp_path / "bad", overrides=FAST + ["train.fit_on=train+val"], progress=False)
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(tmp_path / "bad2"),
+                 "--set", "train.fit_on=everything", *sum((["--set", s] for s in FAST), [])]) == 2

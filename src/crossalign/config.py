@@ -106,7 +106,10 @@ class ModelConfig:
 
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    pair: str = ""  # hf:FOLDER: both towers, projections and logit scale from one CLIP checkpoint
+    # both towers, projections and logit scale (and a SigLIP bias) from one pretrained checkpoint:
+    # hf:FOLDER_OR_NAME (a CLIPModel or SiglipModel) or open_clip:NAME (a name or a config JSON)
+    pair: str = ""
+    pair_weights: str = ""  # open_clip pairs: a checkpoint file or a pretrained tag
     embed_dim: int = 256
     head: str = "linear"  # linear | mlp | none
     head_hidden: int = 1024
@@ -150,6 +153,9 @@ class TrainConfig:
     # which epoch model_best keeps: best (by the monitor) or last (the epoch count itself was
     # chosen, as a recipe search chooses it on held-out data)
     keep: str = "best"
+    # what the weights learn from: train, or train+val (the refit after a recipe search chose the
+    # epoch count on held-out data: no early stopping, keep=last; val figures are then of seen data)
+    fit_on: str = "train"
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -28,6 +28,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prune", action="store_true", help="run every trial to its last epoch")
     g.add_argument("--keep", default="", metavar="P,Q",
                    help="parameters not to search (the base config's value), e.g. ranking,loss")
+    g.add_argument("--no-refit", action="store_true",
+                   help="fit the chosen recipe on train alone (default: train + val, at the chosen epoch count)")
 
 
 def search_config(args: argparse.Namespace):
@@ -39,7 +41,7 @@ def search_config(args: argparse.Namespace):
                         towers=towers, seed=args.search_seed, folds=args.folds,
                         min_val_images=args.min_val_images, objective=args.objective,
                         max_epochs=args.max_epochs, prune=not args.no_prune,
-                        count_extraction=args.count_extraction,
+                        count_extraction=args.count_extraction, refit=not args.no_refit,
                         keep=tuple(k.strip() for k in args.keep.split(",") if k.strip()))
 
 

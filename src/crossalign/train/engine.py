@@ -92,6 +92,23 @@ class _Position:
     loss_sum: float = 0.0  # training loss summed over this epoch's finished steps
 
 
+FIT_ON = {"train": ["train"], "train+val": ["train", "val"]}
+
+
+def fit_splits(cfg) -> list[str]:
+    """The splits the weights learn from (``train.fit_on``). Learning from val too is a refit:
+    val can neither choose the epoch (``keep=last``) nor stop the run early."""
+    if cfg.fit_on not in FIT_ON:
+        raise ConfigError(f"train.fit_on must be one of {', '.join(FIT_ON)}, got {cfg.fit_on!r}")
+    if cfg.fit_on == "train+val" and (cfg.keep != "last" or cfg.early_stopping):
+        raise ConfigError("train.fit_on=train+val trains on the val split, so val cannot pick the epoch: "
+                          "set train.keep=last and train.early_stopping=false (the epoch count is the "
+                          "one chosen on held-out data)")
+    if cfg.fit_on == "train+val":
+        log.info("train.fit_on=train+val: the val split is trained on; its figures are of seen data")
+    return FIT_ON[cfg.fit_on]
+
+
 class Engine:
     """Owns the model, optimizer, schedule, data sides and position of one run."""
 
@@ -124,7 +141,7 @@ class Engine:
         self.texts = TextSide(self.model, used, self.device, cache_root, bs, progress, cfg=cfg, dist=dist,
                               training=True)
         self.val = used.select("val")
-        self.rows = np.array([self.texts.index[o] for o in used.select("train").origin])
+        self.rows = np.array([self.texts.index[o] for o in used.select(fit_splits(cfg.train)).origin])
         self.t2i = np.array([self.images.index[i] for i in self.texts.image_ids])
         self._start_training()
 

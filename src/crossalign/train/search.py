@@ -27,6 +27,10 @@ The run folder gains:
   (holdout or K-fold, in words too), the chosen trial and its score, the time spent;
 - ``config.yaml``: the chosen recipe, so ``crossalign train --config RUN/config.yaml`` repeats
   it without a search.
+
+The final fit (``auto_train``) then learns from train + val (``train.fit_on``; ``refit=False``
+keeps it on train): once the recipe and its epoch count are chosen, the held-out images have
+done their job, and on small data they are a large share of what there is to learn from.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class SearchConfig:
     prune: bool = True
     keep: tuple[str, ...] = ()  # parameters of the space not searched: the base config's value
     count_extraction: bool = True  # False: the budget starts once the first tower's features are cached
+    # the chosen recipe learns from train + val (train.fit_on): every held-out image the search
+    # scored on joins the final fit, at the epoch count the search chose
+    refit: bool = True
 
 
 @dataclass
@@ -333,6 +340,8 @@ def _conclude(run: Path, study, s: _Search, info: dict, seconds: float) -> TuneR
                         f"give more --trials or --budget")
     best = study.best_trial
     chosen = recipe(s.base, chosen_params(best))
+    if s.search.refit:
+        chosen.train.fit_on = "train+val"
     save_config(chosen, run / "config.yaml")
     rows = _rows(study, len(s.plan.folds), s.towers[0])
     _write_trials(run / TRIALS, rows, len(s.plan.folds))
