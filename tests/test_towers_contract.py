@@ -1,7 +1,8 @@
 """One contract over every tower the registry can build (timm's test_models.py, in small).
 
 Hub-only names use tiny randomly initialised configs, since nothing may download: timm's own
-``test_*`` networks and ResNet-18 at 32 px, and a two-layer BERT written to a temp folder.
+``test_*`` networks and ResNet-18 at 32 px, a two-layer BERT written to a temp folder, and tiny
+CLIP models (a Hugging Face folder, an open_clip model-config JSON with its weights file).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ TEXTS = ["a red circle", "two blue squares beside a big green triangle on the le
 WORDS = "a the red blue green yellow big small circle circles square squares triangle two three on left of".split()
 HF_TINY = "hf:TINY"  # replaced by the tiny BERT folder
 CLIP_TINY = "TINYCLIP"  # replaced by the tiny CLIP folder
+SIGLIP_TINY = "SIGLIPFOLDER"  # replaced by the tiny SigLIP folder
+OC_TINY, OC_WEIGHTS = "OCTINY.json", "OCWEIGHTS"  # replaced by the tiny open_clip config and weights
 
 # split: False where the tower cannot cut its forward pass (an architecture it has no layout for)
 IMAGE_CASES = {
@@ -37,6 +40,8 @@ IMAGE_CASES = {
     "timm:test_convnext": dict(tower="timm:test_convnext", pretrained=False, image_size=32),
     "timm:test_byobnet": dict(tower="timm:test_byobnet", pretrained=False, image_size=64, split=False),
     "clip_image": dict(tower=f"clip_image:{CLIP_TINY}", split=False),
+    "clip_image-siglip": dict(tower=f"clip_image:{SIGLIP_TINY}", split=False),
+    "open_clip_image": dict(tower=f"open_clip_image:{OC_TINY}", checkpoint=OC_WEIGHTS, split=False),
 }
 TEXT_CASES = {
     "minilm": dict(tower="minilm", max_tokens=32),
@@ -46,6 +51,8 @@ TEXT_CASES = {
     "hf:TINY-cls": dict(tower=HF_TINY, pooling="cls"),
     "hf:TINY-pooler": dict(tower=HF_TINY, pooling="pooler"),
     "clip_text": dict(tower=f"clip_text:{CLIP_TINY}", split=False),
+    "clip_text-siglip": dict(tower=f"clip_text:{SIGLIP_TINY}", split=False),
+    "open_clip_text": dict(tower=f"open_clip_text:{OC_TINY}", checkpoint=OC_WEIGHTS, split=False),
 }
 CASES = {**{k: ("image", v) for k, v in IMAGE_CASES.items()}, **{k: ("text", v) for k, v in TEXT_CASES.items()}}
 PARTNER = {"image": dict(tower="small_cnn", width=16, image_size=32),
@@ -72,6 +79,15 @@ def tiny_clip(tmp_path_factory) -> str:
     return _CLIP["folder"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tiny_pairs(tmp_path_factory) -> None:
+    from _tiny_clip import make_tiny_open_clip, make_tiny_siglip
+
+    _CLIP["siglip"] = str(make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip")))
+    config, weights = make_tiny_open_clip(tmp_path_factory.mktemp("tiny-open-clip"))
+    _CLIP["open_clip"], _CLIP["open_clip_weights"] = str(config), str(weights)
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
     """A two-layer BERT with a word-piece vocabulary, saved the way the hub lays it out."""
@@ -94,7 +110,11 @@ def tiny_bert(tmp_path_factory) -> str:
 
 def _side_cfg(modality: str, case: dict, tiny_bert: str) -> ImageTowerConfig | TextTowerConfig:
     kw = {k: v for k, v in case.items() if k != "split"}
-    kw["tower"] = kw["tower"].replace(CLIP_TINY, _CLIP.get("folder", CLIP_TINY)).replace("TINY", tiny_bert)
+    kw["tower"] = (kw["tower"].replace(CLIP_TINY, _CLIP.get("folder", CLIP_TINY))
+                   .replace(SIGLIP_TINY, _CLIP.get("siglip", SIGLIP_TINY))
+                   .replace(OC_TINY, _CLIP.get("open_clip", OC_TINY)).replace("TINY", tiny_bert))
+    if kw.get("checkpoint") == OC_WEIGHTS:
+        kw["checkpoint"] = _CLIP.get("open_clip_weights", OC_WEIGHTS)
     return (ImageTowerConfig if modality == "image" else TextTowerConfig)(**kw)
 
 
@@ -183,17 +203,19 @@ def test_last_n_unfreezes_exactly_n_blocks(name, tiny_bert):
     t = tower(model, modality)
     blocks = t.blocks()
     first_block_param = next(p for b in blocks for p in b.parameters())
-    stem = []  # parameters registered before the first block: never trained by last:N
+    tail = getattr(t, "tail_parameters", list)()  # after the blocks, registered before them
+    stem = []  # the rest of what is registered before the first block: never trained by last:N
     for p in t.parameters():
         if p is first_block_param:
             break
-        stem.append(p)
+        stem.append(p) if not any(p is q for q in tail) else None
     for n in sorted({0, 1, 2, len(blocks)} & set(range(len(blocks) + 1))):
         apply_freeze(t, f"last:{n}")
         for i, b in enumerate(blocks):
             flags = {p.requires_grad for p in b.parameters()}
             assert flags <= {i >= len(blocks) - n}, (n, i)
         assert not any(p.requires_grad for p in stem), n
+        assert all(p.requires_grad == (n > 0) for p in tail), n
         # frozen parts keep their batch-norm statistics and dropout off in training mode
         model.train()
         for m in t.modules():

@@ -113,6 +113,11 @@ def test_models_list_command(capsys):
     assert rows["efficientnet_lite0"]["width"] == 1280 and rows["lstm"]["weights"] == "from scratch"
     assert rows["small_cnn"]["params"] == sum(p.numel() for p in build_model(ModelConfig(
         image=ImageTowerConfig(tower="small_cnn"), text=TextTowerConfig(tower="lstm"))).image_tower.parameters())
+    assert rows["hf:"]["modality"] == rows["open_clip:"]["modality"] == "pair"  # pretrained pairs
+    assert "pair_weights" in rows["open_clip:"]["description"]
+    assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "pretrained pairs" in listed and "open_clip:NAME" in listed
     assert main(["models", "show", "timm:test_vit"]) == 0 and "width" in capsys.readouterr().out
     assert main(["models", "show", "no_such_tower"]) == 2
 

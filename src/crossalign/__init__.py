@@ -12,11 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["load", "tune", "__version__"]
 
 
-def load(run, which: str = "best", device: str = "cpu"):
-    """Open a run folder for embedding; see :func:`crossalign.api.load`."""
+def load(run, which: str = "best", device: str = "cpu", pair_weights: str = ""):
+    """Open a run folder, or a pretrained pair (``hf:FOLDER``, ``open_clip:NAME`` with
+    ``pair_weights``), for embedding; see :func:`crossalign.api.load`."""
     from crossalign.api import load as _load
 
-    return _load(run, which, device)
+    return _load(run, which, device, pair_weights)
 
 
 def tune(data, out, config=None, overrides=(), **settings):

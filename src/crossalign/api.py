@@ -139,21 +139,21 @@ class Aligner:
         return explain_pair(self.model, image, text, method, steps, self.cfg.data.max_pixels)
 
 
-def load(run: str | Path, which: str = "best", device: str = "cpu") -> Aligner:
-    """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding, or,
-    for ``"hf:FOLDER"``, a pretrained CLIP pair as it is, before any training (its vectors
-    are the library's own normalised ``get_image_features`` / ``get_text_features``)."""
-    from crossalign.models.pairs import PAIR_PREFIXES
+def load(run: str | Path, which: str = "best", device: str = "cpu", pair_weights: str = "") -> Aligner:
+    """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding, or a
+    pretrained pair as it is, before any training: ``"hf:FOLDER"`` (a CLIPModel or
+    SiglipModel) or ``"open_clip:NAME"`` with ``pair_weights`` (a checkpoint file or a
+    pretrained tag). A pair's vectors are its library's own, normalised
+    (``get_image_features`` / ``get_text_features``, ``encode_image`` / ``encode_text``)."""
+    from crossalign.runs import is_pair_spec, load_model, load_pair
 
-    if isinstance(run, str) and run.partition(":")[0] in PAIR_PREFIXES and not Path(run).exists():
-        from crossalign.config import load_config
-        from crossalign.models.dual import build_model
-
-        cfg = load_config(None, [f"model.pair={run}"])
-        model = build_model(cfg.model, loss=cfg.loss).to(device).eval()
+    if is_pair_spec(run):
+        model, cfg = load_pair(str(run), pair_weights, device)
         return Aligner(model, cfg, device)
-    from crossalign.runs import load_model
+    if pair_weights:
+        from crossalign.errors import ConfigError
 
+        raise ConfigError(f"pair_weights is for a pair (open_clip:NAME), not the run folder {run}")
     model, cfg = load_model(run, which, device)
     return Aligner(model, cfg, device)
 

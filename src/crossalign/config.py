@@ -123,7 +123,7 @@ class ModelConfig:
 class LossConfig:
     """Contrastive objective."""
 
-    name: str = "clip"  # clip | siglip
+    name: str = "clip"  # clip | siglip (a pretrained SigLIP pair, model.pair, always trains with siglip)
     margin: float = 0.0  # clip only: subtracted from positive similarities
     gather_with_grad: bool = True  # exact global gradients across processes (see losses.py)
     local_loss: bool = True  # each process scores only its own rows: [local, global] logits

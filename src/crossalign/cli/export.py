@@ -1,4 +1,4 @@
-"""``crossalign export RUN --out FOLDER [--wise A] [--checkpoint best|last]``"""
+"""``crossalign export RUN --out PATH [--wise A] [--checkpoint best|last]``"""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a fine-tuned CLIP pair as a Hugging Face CLIPModel folder",
-                       description="Write the run of a pretrained pair (model.pair=hf:...) as a folder that "
-                                   "transformers' CLIPModel.from_pretrained loads with the same vectors: the "
-                                   "checkpoint's config, tokenizer and image processor with the run's weights "
-                                   "and logit scale. --wise A writes the WiSE-FT ensemble (1 - A) * zero-shot "
-                                   "+ A * fine-tuned instead.")
+    p = sub.add_parser("export", help="write a fine-tuned pretrained pair in its library's own format",
+                       description="Write the run of a pretrained pair in the format of the library it came "
+                                   "from, which loads it with the same vectors, logit scale and (SigLIP) "
+                                   "bias: an hf: pair as a folder that transformers' CLIPModel / "
+                                   "SiglipModel.from_pretrained loads (the checkpoint's config, tokenizer and "
+                                   "image processor with the run's weights); an open_clip: pair as a "
+                                   "checkpoint file that open_clip.create_model(NAME, pretrained=FILE) loads "
+                                   "(safetensors when FILE ends in .safetensors). --wise A writes the WiSE-FT "
+                                   "ensemble (1 - A) * zero-shot + A * fine-tuned instead.")
     p.add_argument("run", help="run folder written by 'crossalign train' with model.pair")
-    p.add_argument("--out", required=True, metavar="FOLDER", help="a new (or empty) folder")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="a new (or empty) folder for an hf: pair, a new file for an open_clip: pair")
     p.add_argument("--wise", type=float, metavar="A", help="WiSE-FT mixing weight in [0, 1]")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.set_defaults(func=run)
@@ -27,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_model(args.run, args.checkpoint)
     if args.wise is not None:
         model.load_state_dict(wise(zero_shot_state(model), model.state_dict(), args.wise))
-    export_pair(model, args.out)
-    print(f"wrote {args.out}: CLIPModel.from_pretrained({str(args.out)!r}) loads it"
-          + (f" (WiSE-FT alpha {args.wise:g})" if args.wise is not None else ""))
+    how = export_pair(model, args.out)
+    print(f"wrote {args.out}: {how}" + (f" (WiSE-FT alpha {args.wise:g})" if args.wise is not None else ""))
     return 0

@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Registered towers with their width, parameter count, default "
                                    "preprocessing and whether their weights are on this machine.")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ls = msub.add_parser("list", help="every registered tower, then the timm: and hf: prefixes")
+    ls = msub.add_parser("list", help="every registered tower, the timm: and hf: prefixes, then the pretrained "
+                                      "pairs (model.pair)")
     ls.add_argument("--modality", choices=["image", "text"], help="only image or only text towers")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=run_list)
@@ -38,10 +39,19 @@ def _table(rows: list[dict]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from crossalign.models.pairs import PAIR_KINDS
     from crossalign.models.registry import describe_models
 
     rows = describe_models(args.modality)
-    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    pairs = [{"name": f"{prefix}:", "modality": "pair", "description": text} for prefix, text in PAIR_KINDS.items()]
+    if args.json:
+        print(json.dumps(rows + ([] if args.modality else pairs), indent=2))
+        return 0
+    print(_table(rows))
+    if not args.modality:  # a pair is both towers at once
+        print("\npretrained pairs (both towers, their projections and the logit scale: --set model.pair=...)")
+        for p in pairs:
+            print(f"  {p['description']}")
     return 0
 
 

@@ -182,13 +182,14 @@ def dhash(source: ImageSource, bits: int = 8) -> int:
 
 
 def eval_transform(data_config: dict) -> Callable:
-    """Deterministic preprocessing of a tower (resize shorter side, centre crop, normalise)."""
+    """Deterministic preprocessing of a tower (resize the shorter side and crop the centre, or
+    with ``crop_mode`` ``squash`` resize both sides; normalise)."""
     from timm.data import create_transform
 
     return create_transform(
         input_size=data_config["input_size"], interpolation=data_config["interpolation"],
-        crop_pct=data_config["crop_pct"], mean=data_config["mean"], std=data_config["std"],
-        is_training=False,
+        crop_pct=data_config["crop_pct"], crop_mode=data_config.get("crop_mode", "center"),
+        mean=data_config["mean"], std=data_config["std"], is_training=False,
     )
 
 

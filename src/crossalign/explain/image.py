@@ -138,13 +138,16 @@ def image_heat(model: nn.Module, pixels: torch.Tensor, text_vectors: torch.Tenso
 
 def crop_box(width: int, height: int, data_config: dict) -> tuple[float, float, float, float]:
     """The region ``(left, top, right, bottom)`` of an image of ``width`` x ``height`` that the
-    tower's eval preprocessing (shorter side to ``size / crop_pct``, centre crop) keeps."""
+    tower's eval preprocessing (shorter side to ``size / crop_pct``, or with ``crop_mode``
+    ``squash`` each side to its ``size / crop_pct``; centre crop) keeps."""
     size_h, size_w = data_config["input_size"][-2:]
-    scale_size = math.floor(min(size_h, size_w) / float(data_config.get("crop_pct", 1.0)))
-    s = scale_size / min(width, height)
-    rw, rh = width * s, height * s
-    left, top = (rw - size_w) / 2.0, (rh - size_h) / 2.0
-    return left / s, top / s, (left + size_w) / s, (top + size_h) / s
+    pct = float(data_config.get("crop_pct", 1.0))
+    if data_config.get("crop_mode", "center") == "squash":
+        sx, sy = math.floor(size_w / pct) / width, math.floor(size_h / pct) / height
+    else:
+        sx = sy = math.floor(min(size_h, size_w) / pct) / min(width, height)
+    left, top = (width * sx - size_w) / 2.0, (height * sy - size_h) / 2.0
+    return left / sx, top / sy, (left + size_w) / sx, (top + size_h) / sy
 
 
 def heat_in_frame(heat: np.ndarray, width: int, height: int, data_config: dict) -> np.ndarray:

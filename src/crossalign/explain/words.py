@@ -41,7 +41,8 @@ def _embedding_layer(tower: nn.Module) -> nn.Module:
     get = getattr(getattr(tower, "model", None), "get_input_embeddings", None)
     if get is None:
         raise ConfigError(f"text tower {getattr(tower, 'name', type(tower).__name__)!r}: no token "
-                          "embedding layer to attribute to")
+                          "embedding layer to attribute words to (word scores need a transformers "
+                          "encoder tower or a word-level one trained from scratch)")
     return get()
 
 
@@ -101,6 +102,7 @@ def word_scores(model: nn.Module, text: str, image_vector: torch.Tensor, steps: 
     from captum.attr import LayerIntegratedGradients
 
     tower = model.text_tower
+    layer = _embedding_layer(tower)  # first: a tower without one fails before any tokenizing
     ids, owners, words, truncated = split_words(tower, text)
     mask = torch.ones_like(ids)
     image_vector = image_vector.reshape(1, -1).float()
@@ -113,7 +115,7 @@ def word_scores(model: nn.Module, text: str, image_vector: torch.Tensor, steps: 
     model.eval()
     try:
         with torch.enable_grad():
-            lig = LayerIntegratedGradients(similarity, _embedding_layer(tower))
+            lig = LayerIntegratedGradients(similarity, layer)
             base = _baseline(tower, ids, owners)
             attr, delta = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), n_steps=steps,
                                         return_convergence_delta=True)

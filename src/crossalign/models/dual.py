@@ -91,6 +91,8 @@ def apply_freeze(tower: nn.Module, spec: str) -> None:
             seen_first = True
         if seen_first and id(p) not in block_params:
             p.requires_grad_(True)
+    for p in getattr(tower, "tail_parameters", list)():  # after the blocks, registered before them
+        p.requires_grad_(True)
 
 
 def lock_frozen_modules(module: nn.Module) -> None:
@@ -185,14 +187,30 @@ def _resolve_freeze(cfg: ModelConfig) -> None:
                          "use trainable or frozen")
 
 
+def _pair_bias(image_tower: nn.Module, cfg: ModelConfig, loss) -> float | None:
+    """The logit bias a pretrained pair's checkpoint learned (SigLIP), else None. Such a pair
+    trains with the sigmoid loss it was trained with: ``loss.name`` becomes ``siglip`` (in
+    place, before the loss is made from it)."""
+    bias = getattr(image_tower, "pair_logit_bias", None) if cfg.pair else None
+    if bias is not None and loss is not None and loss.name != "siglip":
+        log.info("%s learned a logit bias with the sigmoid loss: it trains with loss.name=siglip, not %s",
+                 cfg.pair, loss.name)
+        loss.name = "siglip"
+    return bias
+
+
 def wrap_towers(image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig, loss=None) -> DualEncoder:
     """Heads and logit scale around two built towers; SigLIP (``loss``) adds a logit bias and
-    starts from its own scale. Several models may share frozen towers (recipe search)."""
+    starts from its own scale and bias, except that a pretrained pair starts from its
+    checkpoint's scale (``cfg.logit_scale_init``, set by ``build_pair``) and bias (a SigLIP
+    checkpoint's, which also sets the loss). Several models may share frozen towers (recipe
+    search)."""
     import dataclasses
 
-    bias = None
-    if loss is not None and loss.name == "siglip":
-        cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
+    bias = _pair_bias(image_tower, cfg, loss)
+    if bias is None and loss is not None and loss.name == "siglip":
+        if not cfg.pair:
+            cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
         bias = getattr(loss, "siglip_bias_init", -10.0)
     return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)
 

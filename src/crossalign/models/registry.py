@@ -16,13 +16,20 @@ Every tower
     ``forward_suffix(forward_prefix(x, n), n) == forward(x)``; ``.supports_split`` is False
     where the prefix is only the raw input (an architecture the tower cannot cut), so
     caching it saves nothing. The prefix dict's keys are the tower's own business; callers
-    hand it back unchanged (slicing every tensor along dim 0 selects items).
+    hand it back unchanged (slicing every tensor along dim 0 selects items). Under ``last:N``
+    the parameters registered after the first of the last N blocks train too (a final norm, a
+    projection); a tower whose output parameters are registered before its blocks (a bare
+    projection matrix) lists them in ``tail_parameters() -> list[nn.Parameter]``.
 Image towers
-    ``.data_config`` (``input_size``, ``interpolation``, ``crop_pct``, ``mean``, ``std``),
-    ``forward(pixels [batch, 3, H, W]) -> [batch, width]``.
+    ``.data_config`` (``input_size``, ``interpolation``, ``crop_pct``, ``mean``, ``std``, and
+    optionally timm's ``crop_mode``: ``squash`` resizes both sides; absent, the shorter side is
+    resized and the centre cropped), ``forward(pixels [batch, 3, H, W]) -> [batch, width]``.
 Text towers
     ``tokenize(texts) -> dict[str, Tensor]``, ``forward(**tokens) -> [batch, width]``,
     ``preprocess_config() -> dict`` (everything besides the weights that changes outputs).
+    The token dict's keys are the tower's own (``input_ids`` and ``attention_mask`` for
+    transformers encoders, ``text`` for open_clip's token ids); code that needs those of a
+    transformers encoder (the ONNX export, word attributions) checks for them.
     Towers with a vocabulary learned from the training captions also have
     ``fit_vocabulary(texts)``, ``save_extras(run_dir)`` and ``load_extras(run_dir)`` (JSON).
 """
@@ -135,7 +142,7 @@ def _preprocessing(tower: torch.nn.Module) -> str:
         return (f"{c['input_size'][-1]}px {c['interpolation']} crop {c['crop_pct']:g} "
                 f"mean {tuple(round(m, 3) for m in c['mean'])} std {tuple(round(s, 3) for s in c['std'])}")
     p = tower.preprocess_config()
-    return f"{p['tokenizer']} <= {p['max_tokens']} tokens, {p['pooling']} pooling"
+    return f"{p['tokenizer']} <= {p['max_tokens']} tokens, {p.get('pooling', 'its own')} pooling"
 
 
 def describe(name: str, **overrides) -> dict:
