@@ -184,3 +184,15 @@ def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shap
                                    rtol=1e-5, atol=1e-6)
     assert float(back.logit_scale.exp()) == pytest.approx(float(tuned.scale()), rel=1e-6)
     assert main(["-q", "export", str(ft), "--out", str(out)]) == 2  # an existing folder is kept
+
+
+def test_wise_and_export_refuse_a_run_that_is_no_pair():
+    from crossalign.config import ImageTowerConfig, ModelConfig, TextTowerConfig
+    from crossalign.errors import ConfigError
+    from crossalign.models.dual import build_model
+    from crossalign.models.wise import zero_shot_state
+
+    model = build_model(ModelConfig(image=ImageTowerConfig(tower="small_cnn", width=8, image_size=32),
+                                    text=TextTowerConfig(tower="lstm", width=8, vocab_size=32)))
+    with pytest.raises(ConfigError, match="need the run of a pretrained pair"):
+        zero_shot_state(model)

@@ -103,8 +103,8 @@ def tower_pair(model):
     """The two towers of a pair's run (a ConfigError for any other run)."""
     img, txt = model.image_tower, model.text_tower
     if not any(isinstance(img, i) and isinstance(txt, t) for i, t in _PAIR_TYPES):
-        raise ConfigError(f"only the run of a pretrained pair (model.pair) exports; this one has "
-                          f"{img.name} and {txt.name}")
+        raise ConfigError(f"export and WiSE-FT need the run of a pretrained pair (model.pair); "
+                          f"this one has {img.name} and {txt.name}")
     return img, txt
 
 
