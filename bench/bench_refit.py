@@ -15,21 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_recipes import SUBSETS, bootstrap, make_demo, make_subset  # noqa: E402
-
-
-def _run(cmd: list[str], log: Path) -> float:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-    return time.perf_counter() - t0
+from bench_recipes import SUBSETS, _run, bootstrap, make_demo, make_subset  # noqa: E402
 
 
 def fit_and_score(cli: str, data: Path, search: Path, run: Path, fit_on: str) -> dict:
@@ -59,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = make_demo(out / "data", cli) if name == "demo" else make_subset(Path(args.flickr), out / "data",
                                                                                *sets[name])
         search = out / "runs" / name / "search"
+        search.parent.mkdir(parents=True, exist_ok=True)  # the logs go beside the runs
         if not (search / "config.yaml").is_file():
             _run([cli, "tune", "--data", str(data), "--out", str(search), "--budget", args.budget],
                  search.with_suffix(".log"))

@@ -18,7 +18,6 @@ read; CoCa, whose text side also decodes, is refused. open_clip is an optional d
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,16 +47,12 @@ class _DropRootRecords(logging.Filter):
         return "open_clip" not in record.pathname
 
 
-@contextmanager
 def _quiet_open_clip():
     """open_clip reports on the root logger ("initialized randomly" when a run's checkpoint
     brings the weights); those records are dropped while it builds, and only those."""
-    root, drop = logging.getLogger(), _DropRootRecords()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
+    from crossalign.models.text import filtered_records
+
+    return filtered_records(logging.getLogger(), _DropRootRecords())
 
 
 def _model_name(oc, name: str) -> str:

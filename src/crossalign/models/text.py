@@ -19,8 +19,8 @@ from crossalign.config import TextTowerConfig
 from crossalign.errors import ConfigError
 from crossalign.models.registry import register
 
-__all__ = ["HFTextTower", "count_tokens", "masked_mean", "minilm_path", "quiet_length_warning",
-           "token_counter"]
+__all__ = ["HFTextTower", "count_tokens", "filtered_records", "masked_mean", "minilm_path",
+           "quiet_length_warning", "token_counter"]
 
 _TOO_LONG = "Token indices sequence length is longer than the specified maximum sequence length"
 
@@ -31,19 +31,22 @@ class _DropTooLong(logging.Filter):
 
 
 @contextmanager
+def filtered_records(logger: logging.Logger, flt: logging.Filter):
+    """``flt`` on ``logger`` while the block runs, and removed after it, whatever happens."""
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
 def quiet_length_warning():
     """Drop transformers' "Token indices sequence length is longer ..." warning, and only it.
 
     crossalign truncates or chunks every long text before a model sees it (and ``data
     check`` reports long captions itself), so the warning would only alarm the user.
     """
-    logger = logging.getLogger("transformers.tokenization_utils_base")
-    drop = _DropTooLong()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    return filtered_records(logging.getLogger("transformers.tokenization_utils_base"), _DropTooLong())
 
 
 def count_tokens(tokenizer, text: str) -> int:
