@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from crossalign.errors import ConfigError
+from crossalign.models.image import UnsplitImageTower
 from crossalign.models.registry import register
 
 __all__ = ["CLIPImageTower", "CLIPTextTower", "HF_KINDS", "load_hf", "hf_pair", "export_hf"]
@@ -83,13 +84,9 @@ def _data_config(processor) -> dict:
     return {"input_size": (3, h, w), "crop_pct": 1.0, "crop_mode": "squash", **common}
 
 
-class CLIPImageTower(nn.Module):
+class CLIPImageTower(UnsplitImageTower):
     """The image side of a CLIPModel (vision transformer and projection) or a SiglipModel
     (vision transformer with its pooling head): ``get_image_features``."""
-
-    modality = "image"
-    supports_split = False  # last:N runs the whole tower each step; only the last layers learn
-    channels_last = False
 
     def __init__(self, model, processor, source: str) -> None:
         super().__init__()
@@ -106,12 +103,6 @@ class CLIPImageTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.vision_model(pixel_values=pixels).pooler_output  # [batch, hidden]
         return self.projection(pooled)  # [batch, width]
-
-    def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
-        return {"pixels": pixels}
-
-    def forward_suffix(self, prefix: dict[str, torch.Tensor], n_last: int) -> torch.Tensor:
-        return self.forward(prefix["pixels"])
 
     def blocks(self) -> list[nn.Module]:
         """The embeddings and the transformer layers; the final norm, SigLIP's pooling head and

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from crossalign.errors import ConfigError
+from crossalign.models.image import UnsplitImageTower
 from crossalign.models.registry import register
 
 __all__ = ["OpenClipImageTower", "OpenClipTextTower", "open_clip_module", "load_open_clip",
@@ -136,12 +137,8 @@ def _blocks(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-class OpenClipImageTower(nn.Module):
+class OpenClipImageTower(UnsplitImageTower):
     """An open_clip model's ``visual``: ``encode_image``."""
-
-    modality = "image"
-    supports_split = False  # last:N runs the whole tower each step; only the last blocks learn
-    channels_last = False
 
     def __init__(self, model, source: str) -> None:
         super().__init__()
@@ -157,12 +154,6 @@ class OpenClipImageTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual(pixels)  # [batch, embed_dim]
-
-    def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
-        return {"pixels": pixels}
-
-    def forward_suffix(self, prefix: dict[str, torch.Tensor], n_last: int) -> torch.Tensor:
-        return self.forward(prefix["pixels"])
 
     def blocks(self) -> list[nn.Module]:
         """The patch embedding and the transformer blocks; the pooling, final norm and

@@ -16,7 +16,7 @@ from torch import nn
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign.models.registry import register, register_join
 
-__all__ = ["ImageTower", "ConcatTower", "use_channels_last", "apply_channels_last", "remap_efficientnet_lite",
+__all__ = ["ImageTower", "ConcatTower", "UnsplitImageTower", "use_channels_last", "apply_channels_last", "remap_efficientnet_lite",
            "efficientnet_lite_weights_path"]
 
 
@@ -154,6 +154,22 @@ class ImageTower(nn.Module):
         for block in self.blocks()[k:]:
             x = block(x)
         return self._tail(x)
+
+
+class UnsplitImageTower(nn.Module):
+    """Base of an image tower that cannot be cut before its last blocks (a pretrained pair's
+    vision transformer): its prefix is the pixels themselves, so ``last:N`` runs the whole
+    tower each step and only the last blocks learn."""
+
+    modality = "image"
+    supports_split = False
+    channels_last = False
+
+    def forward_prefix(self, pixels: torch.Tensor, n_last: int) -> dict[str, torch.Tensor]:
+        return {"pixels": pixels}
+
+    def forward_suffix(self, prefix: dict[str, torch.Tensor], n_last: int) -> torch.Tensor:
+        return self.forward(prefix["pixels"])
 
 
 class ConcatTower(nn.Module):
