@@ -62,7 +62,9 @@ ROWS = (
     Row("lite2", "Lite2 frozen instead of Lite0", ("model.image.tower=efficientnet_lite2",)),
     Row("lite0_lite2_qbnorm", "Lite0 and Lite2 features concatenated, batch 4096, qbnorm",
         _BIG + _BOTH, "qbnorm"),
-    Row("best", f"{BEST}: concatenated towers, dropout, mirror view, flip averaging, qbnorm",
+    Row("best_heads", f"{BEST}, its first stage alone: heads over concatenated towers, dropout, mirror "
+        "view, flip averaging, qbnorm", ("then=[]",), ranking="qbnorm", config=BEST),
+    Row("best", f"{BEST}: its first stage, then MiniLM's last two layers from its heads, qbnorm",
         ranking="qbnorm", config=BEST),
     Row("best_plain", f"{BEST} ranked by plain cosine", ranking="plain", config=BEST),
     Row("lstm", "LSTM text tower from scratch", ("model.text.tower=lstm", "train.lr=1e-3")),

@@ -140,6 +140,21 @@ def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shap
     for k, v in tuned.state_dict().items():
         assert torch.equal(at0[k], zero[k]) and torch.equal(at1[k], v)
         torch.testing.assert_close(half[k], (zero[k] + v) / 2) if v.is_floating_point() else None
+    # train.wise_alpha: model_best is the ensemble, model_finetuned the fine-tune; a resume of the
+    # finished run leaves the ensemble as it is
+    ens = tmp_path / "ens"
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(ens),
+                 *sets(base + ["train.epochs=1", "model.image.freeze=last:1", "model.text.freeze=last:1",
+                               "train.wise_alpha=0.5"])]) == 0
+    fine, _ = load_model(ens, "finetuned")
+    mixed, _ = load_model(ens)
+    for k, v in fine.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, tuned.state_dict()[k], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(mixed.state_dict()[k], (zero[k] + v) / 2)
+    assert main(["-q", "train", "--resume", str(ens)]) == 0
+    for k, v in load_model(ens)[0].state_dict().items():
+        assert torch.equal(v, mixed.state_dict()[k]), k
     # evaluate --wise: alpha 0 scores as the zero-shot run, alpha 1 as the fine-tune
     for run, name in ((zs, "zs"), (ft, "ft")):
         assert main(["-q", "evaluate", str(run), "--split", "test", "--json", str(tmp_path / f"{name}.json")]) == 0

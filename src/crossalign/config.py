@@ -32,6 +32,7 @@ __all__ = [
     "save_config",
     "apply_overrides",
     "default_cache_dir",
+    "stage_configs",
 ]
 
 
@@ -232,6 +233,11 @@ class RunConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # the later stages of a staged recipe, in order: each a mapping of the settings it changes from
+    # the stage before (dotted keys as --set takes them, or nested sections), trained from that
+    # stage's model_best (train.init_from): the heads converge over frozen features first, then a
+    # tower's last blocks train at a lower rate. Empty: one stage
+    then: list = field(default_factory=list)
 
 
 def default_cache_dir(cfg: CacheConfig) -> Path:
@@ -313,6 +319,19 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _set_dotted(data: dict, key: str, value: Any, where: str = "config") -> None:
+    """Set the dotted ``key`` of the plain-dict config ``data`` to ``value``."""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise ConfigError(f"{where}: unknown section {p!r} in {key!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"{where}: unknown key {key!r}; known here: {sorted(node)}")
+    node[parts[-1]] = value
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``key.sub=value`` strings (``--set``) to a config, returning a new one."""
     data = to_dict(cfg)
@@ -320,16 +339,60 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"config: unknown section {p!r} in {key!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ConfigError(f"config: unknown key {key!r}; known here: {sorted(node)}")
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
-    return from_dict(RunConfig, data)
+        _set_dotted(data, key, yaml.safe_load(value) if value.strip() else "")
+    return _checked_stages(from_dict(RunConfig, data))
+
+
+def _flatten(changes: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    """A stage's changes as dotted keys: ``{"train": {"lr": 1e-4}}`` and ``{"train.lr": 1e-4}`` alike."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where} must be a mapping of settings to change, got {changes!r}")
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, where, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# what a later stage may not change: the data and its split (a stage starts from the stage before
+# on the same split), the stages themselves, and where it starts from (the stage before)
+_STAGE_FIXED = ("data.", "then", "train.init_from")
+
+
+def stage_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The stages of a staged recipe (``then``), each resolved: the first is ``cfg`` without its
+    ``then``; each later one is the stage before with its changes (its ``train.init_from`` is
+    left for the trainer to point at the stage before's folder). One stage when ``then`` is empty.
+
+    Raises:
+        ConfigError: a stage is not a mapping, names an unknown key or a bad value, or changes
+            the data (``data.*``), ``train.init_from`` or ``then``.
+    """
+    stages = [dataclasses.replace(cfg, then=[])]
+    for i, changes in enumerate(cfg.then, start=2):
+        where = f"then: stage {i}"
+        data = to_dict(stages[-1])
+        for key, value in _flatten(changes, where).items():
+            if key == "then" or key.startswith(_STAGE_FIXED):
+                raise ConfigError(f"{where}: {key} cannot change between stages (a stage trains on the "
+                                  f"stage before's data and split, from its model_best)")
+            _set_dotted(data, key, value, where)
+        stages.append(from_dict(RunConfig, data, where))
+    return stages
+
+
+def _checked_stages(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``then`` as a list of mappings, every stage resolved once so that a bad key of
+    the last stage fails now, not after the first stage has trained."""
+    if cfg.then is None or isinstance(cfg.then, dict):
+        cfg = dataclasses.replace(cfg, then=[cfg.then] if cfg.then else [])
+    elif not isinstance(cfg.then, list):
+        raise ConfigError(f"config: then must be a list of stages (mappings of settings), got {cfg.then!r}")
+    stage_configs(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -237,6 +237,16 @@ def _fine_tuned_pair(d: RunReport) -> bool:
     return bool(d.cfg.model.pair) and any((row.get("epoch") or 0) > 0 for row in d.history)
 
 
+def _earlier_stages(d: RunReport) -> list[tuple[int, Path]]:
+    """A staged run's earlier stages (``RUN/stages/K``, see ``train.loop``), in order: the report
+    puts each beside the last."""
+    folder = d.path / "stages"
+    if not folder.is_dir():
+        return []
+    return sorted((int(p.name), p) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / "model_best.safetensors").is_file())
+
+
 def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str | Path, split: str = "test",
            k: int = 8, seed: int = 0, top: int = 5, device: str = "cpu", progress: bool = True,
            which: str = "best", label_column: str = "", explain: int = -1) -> ReportResult:
@@ -244,7 +254,8 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
 
     Args:
         runs: one run folder or several (several add a comparison table and bar chart); a
-            fine-tuned pretrained pair (``model.pair``) adds its zero-shot baseline to the table.
+            fine-tuned pretrained pair (``model.pair``) adds its zero-shot baseline to the table,
+            and a staged run (``then``) its earlier stages.
         data: the data folder the runs were trained on.
         out: the HTML file to write; PNGs go next to it as ``<stem>_<run>_<plot>.png``.
         split: the split the heatmap, galleries and rank histograms use.
@@ -267,8 +278,10 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     data_runs = [collect_run(r, data, split, n, seed, device, progress, which, label_column)
                  for r, n in zip(runs, names)]
     report_problems(data_runs[0].problems)  # the same data and rules for every run: said once
-    baselines = [collect_run(d.path, data, split, f"{d.name} (zero-shot)", seed, device, progress, which,
-                             label_column, zero_shot=True) for d in data_runs if _fine_tuned_pair(d)]
+    baselines = [collect_run(path, data, split, f"{d.name} (stage {k})", seed, device, progress, which,
+                             label_column) for d in data_runs for k, path in _earlier_stages(d)]
+    baselines += [collect_run(d.path, data, split, f"{d.name} (zero-shot)", seed, device, progress, which,
+                              label_column, zero_shot=True) for d in data_runs if _fine_tuned_pair(d)]
     thumbs, written, sections = Thumbnails(), [], []
     for i, d in enumerate(data_runs):
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", d.name)

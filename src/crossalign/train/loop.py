@@ -7,6 +7,7 @@ run and ends with exactly the metrics the uninterrupted run reaches.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import torch
 
 from crossalign.errors import ConfigError, RunError
 from crossalign._io import atomic_write_json
-from crossalign.config import RunConfig, load_config, save_config, to_dict
+from crossalign.config import RunConfig, load_config, save_config, stage_configs, to_dict
 from crossalign.data.prepare import prepare_table
 from crossalign.errors import DataError
 from crossalign.data.splits import write_split_files
@@ -119,6 +120,8 @@ def _apply_wise(run: Path, alpha: float) -> None:
 
     model, _ = load_model(run, "best")
     meta = json.loads((run / "model_best.json").read_text())
+    if "wise_alpha" in meta:  # a finished run resumed: model_best is the ensemble already
+        return
     ensembled = wise(zero_shot_state(model), model.state_dict(), float(alpha))
     save_model(model, run / "model_finetuned.safetensors", meta)
     model.load_state_dict(ensembled)
@@ -159,14 +162,64 @@ def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: 
     return TrainResult(run, engine.pos.best_epoch, best_val, logger.epochs, elapsed)
 
 
+# a staged run: its recipe as given (with ``then``), and the folders of the stages before the last
+RECIPE = "recipe.yaml"
+STAGES = "stages"
+
+
+def _stages(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: bool,
+            resuming: bool) -> TrainResult:
+    """Train the stages of ``cfg.then`` in turn: stage k < last into ``run/stages/k``, the last into
+    ``run`` itself, each from the model_best of the stage before. ``resuming``: a stage that
+    finished (``summary.json``) is skipped and one that stopped is resumed, so a staged run resumes
+    as a whole; otherwise every stage trains afresh."""
+    configs = stage_configs(cfg)
+    if dist.is_main and not resuming:
+        save_config(cfg, run / RECIPE)
+    done: list[dict] = []
+    before: Path | None = None
+    seconds = 0.0
+    result = None
+    for k, stage in enumerate(configs, start=1):
+        folder = run if k == len(configs) else run / STAGES / str(k)
+        if before is not None:
+            stage.train.init_from = str(before.resolve())
+        if resuming and k < len(configs) and (folder / "summary.json").is_file():
+            log.info("stage %d of %d: finished before (%s)", k, len(configs), folder)
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        else:
+            fresh = not (resuming and has_resume_point(folder))
+            if not fresh:
+                load_resume_point(folder)
+            log.info("stage %d of %d: %s into %s", k, len(configs), "training" if fresh else "resuming", folder)
+            result = _run(data, folder, stage, dist, progress, fresh=fresh)
+            seconds += result.train_seconds
+            _barrier(dist)  # the next stage starts from this one's model_best, which rank 0 wrote
+            summary = {"best_epoch": result.best_epoch, "best_val": result.best_metrics,
+                       "train_seconds": result.train_seconds}
+        done.append({"stage": k, "run": str(folder.relative_to(run)) if folder != run else ".",
+                     "best_epoch": summary["best_epoch"], "best_val": summary["best_val"],
+                     "train_seconds": summary["train_seconds"]})
+        before = folder
+    if dist.is_main:  # the last stage's summary names every stage
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        atomic_write_json(run / "summary.json", {**summary, "stages": done})
+    assert result is not None  # the last stage always runs (or resumes)
+    result.train_seconds = seconds
+    return result
+
+
 def train(data: str | Path, out: str | Path, cfg: RunConfig, progress: bool = True,
           dist: DistInfo | None = None) -> TrainResult:
     """Train a dual encoder on ``data`` and write the run folder ``out``.
 
     Writes ``config.yaml``, ``run.json``, ``splits/``, ``metrics.csv``, ``steps.csv``,
     ``tensorboard/``, ``model_best.safetensors``, ``model_last.safetensors``, ``resume/``
-    and ``summary.json``.
+    and ``summary.json``. A staged recipe (``cfg.then``) also writes ``recipe.yaml`` (the recipe
+    as given, which ``--config`` repeats) and the earlier stages' run folders under ``stages/``.
     """
+    if cfg.then:
+        return _stages(data, Path(out), cfg, dist or DistInfo(), progress, resuming=False)
     return _run(data, Path(out), cfg, dist or DistInfo(), progress, fresh=True)
 
 
@@ -178,6 +231,11 @@ def resume(run: str | Path, progress: bool = True, dist: DistInfo | None = None)
     reused.
     """
     run = Path(run)
+    if (run / RECIPE).is_file():  # a staged run: each stage finished, resumed or started in turn
+        cfg = load_config(run / RECIPE)
+        first = run / STAGES / "1"
+        return _stages(recorded_data(first if (first / "run.json").is_file() else run), run, cfg,
+                       dist or DistInfo(), progress, resuming=True)
     if not is_run_folder(run) or not (run / "run.json").is_file():
         raise RunError(f"{run}: not a run folder (config.yaml or run.json missing) - nothing to continue")
     cfg = load_config(run / "config.yaml")

@@ -359,6 +359,9 @@ def tune(data: str | Path, out: str | Path, base: RunConfig, search: SearchConfi
     """Search recipes for ``data`` into the folder ``out`` (no final fit); see the module docstring."""
     run = Path(out)
     search = _check(search or SearchConfig())
+    if base.then:
+        raise ConfigError("a staged recipe (then) is not searched: search its first stage (crossalign tune, "
+                          "without then), then train the stages from the chosen config.yaml with then added")
     if (run / STUDY).exists():
         raise RunError(f"{run}: already holds a search ({STUDY}); continue it with --resume, or give "
                        f"another --out")
