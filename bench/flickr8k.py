@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 __all__ = ["Row", "ROWS", "main"]
 
 
@@ -106,14 +108,23 @@ def _subset(data: Path, out: Path, limit: int) -> Path:
     return sub
 
 
+# a quick check's caps (--limit, --epochs): set on every stage of a staged config too, whose later
+# stages would otherwise set their own batch size and epoch count
+_CAPS = ("train.batch_size", "train.epochs")
+
+
 def _train(row: Row, data: Path, run: Path, common: list[str]) -> dict:
     import crossalign.api
+    from crossalign.config import load_config
 
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     config = str(Path(__file__).resolve().parents[1] / row.config) if row.config else None
-    res = crossalign.api.train(data, run, config=config, overrides=[*common, *row.sets],
-                           progress=False)
+    cfg = load_config(config, [*common, *row.sets])
+    caps = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in [*common, *row.sets])
+            if k in _CAPS}
+    cfg.then = [{**stage, **caps} for stage in cfg.then]
+    res = crossalign.api.train(data, run, config=cfg, progress=False)
     return {"train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch,
             "epochs_run": len(res.history)}
 
