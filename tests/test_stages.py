@@ -11,6 +11,7 @@ from crossalign.api import train
 from crossalign.cli.main import main
 from crossalign.config import load_config, stage_configs
 from crossalign.errors import ConfigError
+from crossalign.models.dual import build_model
 from crossalign.runs import load_model
 
 FAST = {"train": {"batch_size": 32, "tensorboard": False, "checkpoint_every": 0, "epochs": 2, "lr": 3e-3}}
@@ -115,3 +116,23 @@ def test_the_report_puts_the_earlier_stages_beside_the_last(staged, shapes_dir, 
     assert list(res.metrics) == ["run", "run (stage 1)"]
     assert res.metrics["run"] != res.metrics["run (stage 1)"]
     assert "run (stage 1)" in (tmp_path / "report.html").read_text()
+
+
+def test_a_tower_trained_in_one_stage_and_frozen_in_the_next_keeps_its_training(tmp_path, shapes_dir):
+    # stage 1 trains MiniLM's last layer; stage 2 freezes it again: stage 2's features and
+    # checkpoints must hold the trained weights, not MiniLM's as it ships
+    recipe = _write(tmp_path / "recipe.yaml", {
+        **FAST, "model": {"text": {"freeze": "last:1"}},
+        "then": [{"model.text.freeze": "frozen", "train.epochs": 1}]})
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(run), "--config", str(recipe)]) == 0
+    meta = json.loads((run / "model_best.json").read_text())
+    assert "text_tower." not in meta["skipped"]
+    first, _ = load_model(run / "stages" / "1")
+    last, cfg = load_model(run)  # before the fix: a fingerprint mismatch with MiniLM's own weights
+    assert cfg.model.text.freeze == "frozen"
+    trained = first.text_tower.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in last.text_tower.state_dict().items())
+    shipped = build_model(load_config(None).model).text_tower.state_dict()  # MiniLM as it ships
+    assert any(not torch.equal(v, shipped[k]) for k, v in trained.items())
+    assert main(["-q", "evaluate", str(run), "--data", str(shapes_dir), "--split", "test"]) == 0

@@ -88,10 +88,15 @@ def _rebuilt_from_source(tcfg) -> bool:
     return frozen and bool(tcfg.pretrained or tcfg.checkpoint) and not model_info(tcfg.tower).scratch
 
 
-def rebuilt_tower_prefixes(model_cfg) -> list[str]:
-    """State-dict prefixes of the towers a checkpoint leaves out (frozen, rebuilt from source)."""
+def rebuilt_tower_prefixes(model_cfg, model: DualEncoder | None = None) -> list[str]:
+    """State-dict prefixes of the towers a checkpoint leaves out (frozen, rebuilt from source).
+
+    With ``model``, a frozen tower that holds weights trained in another run (a warm start from a
+    stage that trained it: ``model.weights_from_run``) stays in: its source no longer has them.
+    """
+    kept = getattr(model, "weights_from_run", set()) if model is not None else set()
     return [f"{side}_tower." for side in ("image", "text")
-            if _rebuilt_from_source(getattr(model_cfg, side))]
+            if _rebuilt_from_source(getattr(model_cfg, side)) and side not in kept]
 
 
 def tower_fingerprints(model: DualEncoder, sides: Sequence[str] = ("image", "text")) -> dict[str, str]:
@@ -185,6 +190,11 @@ def warm_start(model: DualEncoder, cfg: RunConfig, run: str | Path) -> list[str]
                           f"model.embed_dim, model.head_hidden): {(differ or heads)[:3]}")
     copied = {k: v for k, v in given.items() if k in own}
     model.load_state_dict(copied, strict=False)
+    # a tower frozen here that the source run trained (it stored its weights): this run's
+    # checkpoints must store them too, since rebuilding it from its source would undo that training
+    model.weights_from_run = {side for side in ("image", "text")
+                              if _rebuilt_from_source(getattr(cfg.model, side))
+                              and any(k.startswith(f"{side}_tower.") for k in copied)}
     return sorted(copied)
 
 

@@ -120,6 +120,9 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.image_tower = image_tower
         self.text_tower = text_tower
+        # sides whose frozen tower holds weights another run trained (a warm start): checkpoints
+        # store them rather than rebuild them from the tower's source
+        self.weights_from_run: set[str] = set()
         self.image_head = make_head(image_tower.width, cfg)
         self.text_head = make_head(text_tower.width, cfg)
         # feature dropout in front of each head (no weights: checkpoints keep their keys)

@@ -2,7 +2,9 @@
 
 Training writes checkpoints here; :mod:`crossalign.runs` reads them back (``load_model``).
 A frozen pretrained tower is not copied into every run: its weights come back from their
-source, and the fingerprint stored beside the checkpoint proves they are the same. The JSON
+source, and the fingerprint stored beside the checkpoint proves they are the same. One that an
+earlier run trained (a warm start, a later stage of a staged recipe) is copied: its source no
+longer has its weights. The JSON
 beside each safetensors file holds the file's SHA-256, written after the file itself.
 """
 
@@ -30,7 +32,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> str:
 
 def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint must hold to restore ``model``."""
-    skip = rebuilt_tower_prefixes(model.cfg)
+    skip = rebuilt_tower_prefixes(model.cfg, model)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if not any(k.startswith(p) for p in skip)}
 
@@ -46,7 +48,7 @@ def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -
             tower.save_extras(path.parent)
     info = dict(meta or {})
     info["sha256"] = save_tensors(path, checkpoint_state(model))
-    info["skipped"] = rebuilt_tower_prefixes(model.cfg)
+    info["skipped"] = rebuilt_tower_prefixes(model.cfg, model)
     skipped = tuple(side for side in ("image", "text") if f"{side}_tower." in info["skipped"])
     info["fingerprints"] = tower_fingerprints(model, skipped)
     atomic_write_json(path.with_suffix(".json"), info)

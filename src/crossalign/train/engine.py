@@ -124,7 +124,9 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
-        if fresh and cfg.train.init_from:  # a resumed run restores its own weights instead
+        # a resumed run restores its own weights afterwards, but a frozen tower that the source
+        # trained must hold that training before its features are extracted below
+        if cfg.train.init_from:
             from crossalign.runs import warm_start
 
             names = warm_start(self.model, cfg, cfg.train.init_from)
