@@ -6,13 +6,15 @@ Heavy libraries are imported inside the command that needs them, so ``--help`` i
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import logging
+import os
 import sys
 
 from crossalign.errors import CrossalignError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "keep_freed_memory"]
 
 # command name -> module under crossalign.cli that defines add_parser(sub) and run(args)
 COMMANDS = {
@@ -34,6 +36,38 @@ COMMANDS = {
 }
 
 
+# commands that run towers over many images (extraction, training): their freed memory stays with
+# them (see keep_freed_memory). Not the service, which lives on, nor index and search, whose large
+# arrays grow by copies that a never-trimmed heap would keep as holes.
+_KEEP_FREED = {"train", "tune", "evaluate", "embed", "zeroshot", "report", "caption", "explain"}
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed blocks instead of giving them back to the system.
+
+    PyTorch on the CPU allocates every large tensor (a batch of pixels, a block's activations)
+    with malloc, and glibc serves blocks over 32 MB with a fresh ``mmap`` and returns them with
+    ``munmap`` when freed: each training step or extraction batch then faults in, and the kernel
+    zeroes, gigabytes of new pages, which cost a third to a half of the CPU time of a frozen
+    tower's extraction or of a step through a tower's last blocks. Served from the heap and never
+    trimmed, the same blocks are reused. The price is memory: the process keeps its peak heap
+    until it exits (bench/RESULTS.md has both figures). Off with ``CROSSALIGN_MALLOC=system``;
+    a no-op where the C library is not glibc. Returns whether it was set.
+    """
+    if os.environ.get("CROSSALIGN_MALLOC", "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 -- glibc's alone: the parameters below are its own
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # no mmap for large blocks, and no trimming of the heap's top (-1: never)
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossalign", description="Train, evaluate and serve CLIP-style image-text alignment.")
@@ -53,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(message)s", force=True)
+    if args.command in _KEEP_FREED:
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except CrossalignError as e:  # the user's to fix: one line; anything else is a bug (traceback)
