@@ -113,7 +113,7 @@ class Engine:
     """Owns the model, optimizer, schedule, data sides and position of one run."""
 
     def __init__(self, run: Path, cfg: RunConfig, table: PairTable, problems: list[Problem],
-                 dist: DistInfo, progress: bool, fresh: bool = True) -> None:
+                 dist: DistInfo, progress: bool) -> None:
         self.run, self.cfg, self.dist, self.progress = run, cfg, dist, progress
         self.device = resolve_device(cfg.train.device, dist)
         from crossalign.data.augment import check_augment

@@ -135,7 +135,7 @@ def _run(data: str | Path, run: Path, cfg: RunConfig, dist: DistInfo, progress: 
         raise ConfigError(f"train.keep must be best or last, got {cfg.train.keep!r}")
     seed_everything(cfg.train.seed + dist.rank)
     table, problems = _prepare(data, run, cfg, dist, fresh)
-    engine = Engine(run, cfg, table, problems, dist, progress, fresh=fresh)
+    engine = Engine(run, cfg, table, problems, dist, progress)
     gen_state = None
     if fresh:
         logger = RunLogger(run, dist.is_main, cfg.train.tensorboard)
