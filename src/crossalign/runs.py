@@ -88,15 +88,12 @@ def _rebuilt_from_source(tcfg) -> bool:
     return frozen and bool(tcfg.pretrained or tcfg.checkpoint) and not model_info(tcfg.tower).scratch
 
 
-def rebuilt_tower_prefixes(model_cfg, model: DualEncoder | None = None) -> list[str]:
-    """State-dict prefixes of the towers a checkpoint leaves out (frozen, rebuilt from source).
-
-    With ``model``, a frozen tower that holds weights trained in another run (a warm start from a
-    stage that trained it: ``model.weights_from_run``) stays in: its source no longer has them.
-    """
-    kept = getattr(model, "weights_from_run", set()) if model is not None else set()
+def rebuilt_tower_prefixes(model: DualEncoder) -> list[str]:
+    """State-dict prefixes of the towers a checkpoint of ``model`` leaves out (frozen, rebuilt
+    from source). A frozen tower that holds weights another run trained (a warm start from a stage
+    that trained it: ``model.weights_from_run``) stays in: its source no longer has them."""
     return [f"{side}_tower." for side in ("image", "text")
-            if _rebuilt_from_source(getattr(model_cfg, side)) and side not in kept]
+            if _rebuilt_from_source(getattr(model.cfg, side)) and side not in model.weights_from_run]
 
 
 def tower_fingerprints(model: DualEncoder, sides: Sequence[str] = ("image", "text")) -> dict[str, str]:

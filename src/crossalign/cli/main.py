@@ -49,7 +49,7 @@ def keep_freed_memory() -> bool:
     PyTorch on the CPU allocates every large tensor (a batch of pixels, a block's activations)
     with malloc, and glibc serves blocks over 32 MB with a fresh ``mmap`` and returns them with
     ``munmap`` when freed: each training step or extraction batch then faults in, and the kernel
-    zeroes, gigabytes of new pages, which cost a third to a half of the CPU time of a frozen
+    zeroes, gigabytes of new pages, which cost a quarter to a half of the CPU time of a frozen
     tower's extraction or of a step through a tower's last blocks. Served from the heap and never
     trimmed, the same blocks are reused. The price is memory: the process keeps its peak heap
     until it exits (bench/RESULTS.md has both figures). Off with ``CROSSALIGN_MALLOC=system``;

@@ -32,7 +32,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> str:
 
 def checkpoint_state(model: DualEncoder) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint must hold to restore ``model``."""
-    skip = rebuilt_tower_prefixes(model.cfg, model)
+    skip = rebuilt_tower_prefixes(model)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if not any(k.startswith(p) for p in skip)}
 
@@ -48,7 +48,7 @@ def save_model(model: DualEncoder, path: str | Path, meta: dict | None = None) -
             tower.save_extras(path.parent)
     info = dict(meta or {})
     info["sha256"] = save_tensors(path, checkpoint_state(model))
-    info["skipped"] = rebuilt_tower_prefixes(model.cfg, model)
+    info["skipped"] = rebuilt_tower_prefixes(model)
     skipped = tuple(side for side in ("image", "text") if f"{side}_tower." in info["skipped"])
     info["fingerprints"] = tower_fingerprints(model, skipped)
     atomic_write_json(path.with_suffix(".json"), info)
