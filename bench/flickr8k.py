@@ -64,11 +64,13 @@ ROWS = (
     Row("lite2", "Lite2 frozen instead of Lite0", ("model.image.tower=efficientnet_lite2",)),
     Row("lite0_lite2_qbnorm", "Lite0 and Lite2 features concatenated, batch 4096, qbnorm",
         _BIG + _BOTH, "qbnorm"),
-    Row("best_heads", f"{BEST}, its first stage alone: heads over concatenated towers at 300 px, dropout, "
+    Row("best_heads", f"{BEST}, its first stage alone: heads over concatenated towers at 340 px, dropout, "
         "mirror and two cropped views, flip averaging, qbnorm", ("then=[]",), ranking="qbnorm", config=BEST),
     Row("best_heads_own_size", "the same at each tower's own input size (Lite0 224 px, Lite2 260 px)",
         ("then=[]", "model.image.image_size=0"), ranking="qbnorm", config=BEST),
-    Row("best_heads_no_crops", "the same at 300 px without the cropped views (the mirror only)",
+    Row("best_heads_300px", "the same at 300 px", ("then=[]", "model.image.image_size=300"), ranking="qbnorm",
+        config=BEST),
+    Row("best_heads_no_crops", "the same at 340 px without the cropped views (the mirror only)",
         ("then=[]", "augment.image=false"), ranking="qbnorm", config=BEST),
     Row("best", f"{BEST}: its first stage, then MiniLM's last two layers from its heads, qbnorm",
         ranking="qbnorm", config=BEST),
