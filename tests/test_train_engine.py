@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from _resume import epoch_rows, killed_at_step
 
 from crossalign.api import resume, train
 from crossalign.train import engine as engine_mod
@@ -13,34 +14,18 @@ FAST = ["train.batch_size=32", "train.checkpoint_every=3", "train.early_stopping
         "train.tensorboard=false", "model.head=mlp", "model.head_dropout=0.2"]
 
 
-def _epochs(run):
-    with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_resume_after_crash_mid_epoch_is_exact(tmp_path, shapes_dir, monkeypatch):
     full = train(shapes_dir, tmp_path / "full", overrides=FAST + ["train.epochs=3"], progress=False)
     # crash in the middle of epoch 2, after a resume point and a few more steps
-    real_step = engine_mod.Engine._optimizer_step
-    calls = {"n": 0}
-
-    def crashing_step(self):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self)
-
-    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 12):
         train(shapes_dir, tmp_path / "cut", overrides=FAST + ["train.epochs=3"], progress=False)
-    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", real_step)
     latest = json.loads((tmp_path / "cut" / "resume" / "latest.json").read_text())["tag"]
     assert latest.startswith("0002-")  # the resume point is inside epoch 2
     resumed = resume(tmp_path / "cut", progress=False)
     timing = {"samples_per_s", "epoch_seconds"}
     assert {k: v for k, v in resumed.best_metrics.items() if k not in timing} == \
         {k: v for k, v in full.best_metrics.items() if k not in timing}
-    a, b = _epochs(tmp_path / "full"), _epochs(tmp_path / "cut")
+    a, b = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "cut")
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert [r["val_rsum"] for r in a] == [r["val_rsum"] for r in b]
     with open(tmp_path / "cut" / "steps.csv") as f:
@@ -64,7 +49,7 @@ def test_plateau_accumulation_and_early_stopping(tmp_path, shapes_dir):
         "train.batch_size=16", "train.accum_steps=2", "train.tensorboard=false", "train.epochs=12",
         "train.scheduler=plateau", "train.plateau_patience=0", "train.lr=1e-6", "train.patience=2",
         "train.monitor=t2i_R@1"], progress=False)
-    rows = _epochs(tmp_path / "p")
+    rows = epoch_rows(tmp_path / "p")
     best, bad, lr = -1.0, 0, 1e-6
     for r in rows:
         score = float(r["val_t2i_R@1"])
@@ -101,7 +86,7 @@ def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
 def test_bf16_autocast_and_siglip_train_on_cpu(tmp_path, shapes_dir):
     res = train(shapes_dir, tmp_path / "b", overrides=FAST + ["train.epochs=2", "train.precision=bf16",
                 "loss.name=siglip", "train.lr=0.003"], progress=False)
-    rows = _epochs(tmp_path / "b")
+    rows = epoch_rows(tmp_path / "b")
     assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # the checkpoint holds the SigLIP bias, and loads back

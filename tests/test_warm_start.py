@@ -1,10 +1,10 @@
 """train.init_from: a run starts from another run's model_best (the converged heads first)."""
 
-import csv
 import shutil
 
 import pytest
 import torch
+from _resume import epoch_rows, killed_at_step
 
 from crossalign.api import train
 from crossalign.config import load_config
@@ -13,11 +13,6 @@ from crossalign.models.dual import build_model
 from crossalign.runs import load_model, warm_start
 
 FAST = ["train.batch_size=32", "train.tensorboard=false", "train.checkpoint_every=0", "train.epochs=2"]
-
-
-def _epochs(run):
-    with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +58,6 @@ def test_a_warm_started_run_resumed_mid_epoch_freezes_the_tower_its_source_train
     otherwise they would come from the freshly built tower, and the resumed run would train on
     other features than the uninterrupted one."""
     from crossalign.api import resume
-    from crossalign.train import engine as engine_mod
 
     tiny = ["model.image.tower=small_cnn", "model.image.pretrained=false", "model.image.width=8",
             "model.text.tower=lstm", "model.text.pretrained=false", "model.text.width=16",
@@ -74,24 +68,13 @@ def test_a_warm_started_run_resumed_mid_epoch_freezes_the_tower_its_source_train
     sets = tiny + ["model.image.freeze=frozen", f"train.init_from={source}", "train.epochs=3",
                    "train.checkpoint_every=3", "train.early_stopping=false"]
     train(shapes_dir, tmp_path / "full", overrides=sets + [f"cache.dir={tmp_path / 'c1'}"], progress=False)
-    real_step = engine_mod.Engine._optimizer_step
-    calls = {"n": 0}
-
-    def crashing_step(self):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self)
-
-    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 12):
         train(shapes_dir, tmp_path / "cut", overrides=sets + [f"cache.dir={tmp_path / 'c2'}"], progress=False)
-    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", real_step)
     assert (tmp_path / "cut" / "resume" / "latest.json").is_file()
     shutil.rmtree(tmp_path / "c2")  # the resumed run extracts its features again
     resume(tmp_path / "cut", progress=False)
     # every epoch, the ones after the resume included, saw the same features
-    a, b = _epochs(tmp_path / "full"), _epochs(tmp_path / "cut")
+    a, b = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "cut")
     assert len(a) == len(b) == 3
     for key in ("train_loss", "val_rsum"):
         assert [float(r[key]) for r in b] == pytest.approx([float(r[key]) for r in a], abs=1e-6), key
