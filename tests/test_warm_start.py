@@ -6,7 +6,7 @@ import pytest
 import torch
 from _resume import epoch_rows, killed_at_step
 
-from crossalign.api import train
+from crossalign.api import resume, train
 from crossalign.config import load_config
 from crossalign.errors import ConfigError
 from crossalign.models.dual import build_model
@@ -57,8 +57,6 @@ def test_a_warm_started_run_resumed_mid_epoch_freezes_the_tower_its_source_train
     features. Resumed after a kill, the run must warm-start again before it extracts them:
     otherwise they would come from the freshly built tower, and the resumed run would train on
     other features than the uninterrupted one."""
-    from crossalign.api import resume
-
     tiny = ["model.image.tower=small_cnn", "model.image.pretrained=false", "model.image.width=8",
             "model.text.tower=lstm", "model.text.pretrained=false", "model.text.width=16",
             "train.tensorboard=false", "train.batch_size=32"]
