@@ -52,3 +52,47 @@ class _NullLogger:
 
     def flush_steps(self):
         pass
+
+
+def test_length_chunks_cover_every_position_once_shortest_first():
+    from crossalign.train.sides import length_chunks
+
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    groups = length_chunks(lengths, 3)
+    assert [len(g) for g in groups] == [3, 3, 1]
+    flat = np.concatenate(groups)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+def _embed_and_grads(eng, rows, weights):
+    eng.model.zero_grad()
+    emb = eng.texts.train_embed(rows)  # [n, embed_dim]
+    (emb * weights).sum().backward()
+    grads = {k: p.grad.clone() for k, p in eng.model.text_tower.named_parameters() if p.grad is not None}
+    return emb.detach(), grads
+
+
+def test_a_steps_captions_run_in_length_groups_with_the_same_result(tmp_path, shapes_dir, monkeypatch):
+    """A step's captions go through the text tower in groups of similar length (less padding);
+    the embeddings and the gradients are those of one padded batch, in the rows' order."""
+    from crossalign.train import sides
+
+    table, problems = prepare_table(shapes_dir, load_config(None, SETS).data)
+    for freeze in ("last:1", "trainable"):  # the cached prefix, and the whole tower each step
+        cfg = load_config(None, SETS + [f"model.text.freeze={freeze}"])
+        eng = Engine(tmp_path / freeze.replace(":", ""), cfg, table, problems, DistInfo(), progress=False)
+        assert eng.texts.mode == ("prefix" if freeze == "last:1" else "raw")
+        eng.model.eval()  # no dropout: the two paths must agree
+        rows = np.random.default_rng(0).permutation(len(eng.texts.captions))[:40]
+        lengths = {len(eng.texts.captions[r].split()) for r in rows}
+        assert len(lengths) > 3, lengths  # captions of several lengths, so the groups pad differently
+        weights = torch.randn(len(rows), eng.model.cfg.embed_dim, generator=torch.Generator().manual_seed(1))
+        monkeypatch.setattr(sides, "TEXT_CHUNK", 10**6)
+        whole, whole_grads = _embed_and_grads(eng, rows, weights)
+        monkeypatch.setattr(sides, "TEXT_CHUNK", 6)
+        grouped, grouped_grads = _embed_and_grads(eng, rows, weights)
+        assert torch.allclose(grouped, whole, atol=1e-5)
+        assert whole_grads and whole_grads.keys() == grouped_grads.keys()
+        for k, g in whole_grads.items():
+            assert torch.allclose(grouped_grads[k], g, atol=1e-5, rtol=1e-4), k

@@ -66,6 +66,32 @@ def _pad_prefix(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return out
 
 
+TEXT_CHUNK = 128  # captions per forward of a training step's text tower, grouped by length
+
+
+def length_chunks(lengths: Sequence[int], chunk: int) -> list[np.ndarray]:
+    """Positions ``0..len(lengths)-1`` sorted by length and cut into groups of ``chunk``.
+
+    A step's captions run through the text tower group by group, each padded to its own longest
+    caption instead of the batch's: a batch of 1,024 random Flickr8k captions pads to 2.4 times
+    its tokens, groups of 128 of similar length to 1.2 times. The contrastive loss still sees
+    the whole batch; only the padding, which the attention mask and the pooling leave out, goes.
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[s:s + chunk] for s in range(0, len(order), chunk)]
+
+
+def _in_chunks(forward, items: list, lengths: Sequence[int]) -> torch.Tensor:
+    """``forward(list of items) -> [n, width]`` over length groups, rows back in input order."""
+    groups = length_chunks(lengths, TEXT_CHUNK)
+    if len(groups) == 1:
+        return forward(items)
+    outs = torch.cat([forward([items[i] for i in g]) for g in groups])  # [n, width], grouped order
+    back = np.empty(len(items), np.int64)
+    back[np.concatenate(groups)] = np.arange(len(items))
+    return outs[torch.from_numpy(back).to(outs.device)]
+
+
 def _split_prefix(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """Per-item prefix outputs, padding trimmed so memory holds only real tokens."""
     n = next(iter(batch.values())).shape[0]
@@ -374,14 +400,25 @@ class TextSide(_Side):
             return self.model.project_text(self.feats.take(rows, [v + 1 for v in views]))
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.text.freeze)
-            batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
-            batch = {k: t.to(self.device) for k, t in batch.items()}
-            return self.model.project_text(self.tower.forward_suffix(batch, n_last=n_last))
+            items = [self.prefix[v + 1][r] for r, v in zip(rows, views)]
+
+            def suffix(group: list[dict]) -> torch.Tensor:
+                batch = {k: t.to(self.device) for k, t in _pad_prefix(group).items()}
+                return self.tower.forward_suffix(batch, n_last=n_last)  # [len(group), width]
+
+            if "attention_mask" not in items[0]:  # fixed length: nothing to group
+                return self.model.project_text(suffix(items))
+            lengths = [int(it["attention_mask"].shape[0]) for it in items]
+            return self.model.project_text(_in_chunks(suffix, items, lengths))
         texts = [self.captions[r] for r in rows]
         if self.aug is not None and epoch >= 0:
             from crossalign.data.augment import augment_text
 
             texts = [augment_text(t, self.aug, stable_seed(self.seed, "text", "e", epoch, int(r)))
                      for t, r in zip(texts, rows)]
-        tok = self.tower.tokenize(texts)
-        return self.model.encode_text(**{k: v.to(self.device) for k, v in tok.items()})
+
+        def encode(group: list[str]) -> torch.Tensor:
+            tok = self.tower.tokenize(group)
+            return self.tower(**{k: v.to(self.device) for k, v in tok.items()})  # [len(group), width]
+
+        return self.model.project_text(_in_chunks(encode, texts, [len(t) for t in texts]))
