@@ -72,8 +72,11 @@ ROWS = (
         config=BEST),
     Row("best_heads_no_crops", "the same at 340 px without the cropped views (the mirror only)",
         ("then=[]", "augment.image=false"), ranking="qbnorm", config=BEST),
-    Row("best", f"{BEST}: its first stage, then MiniLM's last two layers from its heads, qbnorm",
+    Row("best", f"{BEST}: its first stage, then MiniLM's last five layers from its heads, qbnorm",
         ranking="qbnorm", config=BEST),
+    Row("best_text_last2", "the same with MiniLM's last two layers in the second stage",
+        ("then=[{model.text.freeze: 'last:2', train: {lr: 1.0e-4, backbone_lr: 5.0e-5, batch_size: 1024, "
+         "epochs: 8, keep: best}}]",), ranking="qbnorm", config=BEST),
     Row("best_plain", f"{BEST} ranked by plain cosine", ranking="plain", config=BEST),
     Row("lstm", "LSTM text tower from scratch", ("model.text.tower=lstm", "train.lr=1e-3")),
     Row("transformer", "small Transformer text tower from scratch",
