@@ -73,8 +73,9 @@ def length_chunks(lengths: Sequence[int], chunk: int) -> list[np.ndarray]:
     """Positions ``0..len(lengths)-1`` sorted by length and cut into groups of ``chunk``.
 
     A step's captions run through the text tower group by group, each padded to its own longest
-    caption instead of the batch's: a batch of 1,024 random Flickr8k captions pads to 2.4 times
-    its tokens, groups of 128 of similar length to 1.2 times. The contrastive loss still sees
+    caption instead of the batch's: a batch of 1,024 random Flickr8k captions pads to 2.16 times
+    its tokens, groups of 128 of similar length to 1.14 times (``bench/bench_text_steps.py``,
+    which times both). The contrastive loss still sees
     the whole batch; only the padding, which the attention mask and the pooling leave out, goes.
     """
     order = np.argsort(np.asarray(lengths), kind="stable")
