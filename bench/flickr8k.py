@@ -72,7 +72,7 @@ ROWS = (
         config=BEST),
     Row("best_heads_no_crops", "the same at 340 px without the cropped views (the mirror only)",
         ("then=[]", "augment.image=false"), ranking="qbnorm", config=BEST),
-    Row("best", f"{BEST}: its first stage, then MiniLM's last five layers from its heads, qbnorm",
+    Row("best", f"{BEST}: its first stage, then all six of MiniLM's layers from its heads, qbnorm",
         ranking="qbnorm", config=BEST),
     Row("best_text_last2", "the same with MiniLM's last two layers in the second stage",
         ("then=[{model.text.freeze: 'last:2', train: {lr: 1.0e-4, backbone_lr: 5.0e-5, batch_size: 1024, "
