@@ -7,6 +7,7 @@ unless ``--all`` (or ``--gpu``, which also trains on CUDA). Writes a Markdown ta
 
     python bench/flickr8k.py --data ../shared/data/flickr8k --out runs/grid --cache-dir CACHE
     python bench/flickr8k.py --data ../shared/data/flickr8k --out runs/grid --rows lite0,qbnorm
+    python bench/flickr8k.py --data ../shared/data/flickr8k --out runs/grid --rows best,best_plain --merge
     python bench/flickr8k.py --data ../shared/data/flickr8k --out /tmp/g --limit 120 --epochs 1 --md /tmp/g.md
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["Row", "ROWS", "main"]
+__all__ = ["Row", "ROWS", "main", "merge"]
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,27 @@ _COLS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "rs
          "i2t_median_rank", "t2i_mean_rank", "i2t_mean_rank", "t2i_mrr", "i2t_mrr")
 
 
+def merge(old: list[dict], new: list[dict], command: str) -> list[dict]:
+    """The rows of an earlier grid (``old``, its JSON's rows) with this run's rows (``new``) put in:
+    a row measured now replaces the earlier row of its name; the others stay as measured, each with
+    the command that measured it. Rows come out in the grid's order (``ROWS``), unknown names last."""
+    now = {r["row"]: {**r, "command": command} for r in new}
+    kept = {r["row"]: r for r in old if r["row"] not in now}
+    order = {r.name: i for i, r in enumerate(ROWS)}
+    rows = [*kept.values(), *now.values()]
+    return sorted(rows, key=lambda r: order.get(r["row"], len(order)))
+
+
 def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
     head = ["row", "what", "ranking", *_COLS, "train s", "evaluate s", "wall s"]
-    lines = [f"# Flickr8k ablation grid (test split)\n\nCommand: `{command}`\n",
+    commands = list(dict.fromkeys(r.get("command", command) for r in results)) or [command]
+    if len(commands) == 1:
+        said = f"Command: `{commands[0]}`\n"
+    else:  # a merged grid: each row says which command measured it
+        said = "Commands (a row's number in the last column):\n\n" + "\n".join(
+            f"{i}. `{c}`" for i, c in enumerate(commands, 1)) + "\n"
+        head.append("command")
+    lines = [f"# Flickr8k ablation grid (test split)\n\n{said}",
              f"Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
              f"Python {platform.python_version()}; wall s = train + evaluate of the row "
              f"(a ranking row reuses its run: train time 0).\n",
@@ -171,6 +190,8 @@ def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
         cells = [r["row"], r["what"], r["ranking"]] + [
             f"{m[c]:.3f}" if c.endswith("mrr") else f"{m[c]:.2f}" for c in _COLS]
         cells += [f"{r['train_seconds']:.0f}", f"{m['evaluate_seconds']:.0f}", f"{r['wall_seconds']:.0f}"]
+        if len(commands) > 1:
+            cells.append(str(commands.index(r.get("command", command)) + 1))
         lines.append("| " + " | ".join(cells) + " |")
     slow = [r for r in skipped if r.slow]
     if slow:
@@ -202,6 +223,17 @@ def _run_rows(rows: list[Row], data: Path, out: Path, common: list[str], device:
     return results
 
 
+def _earlier(path: Path) -> list[dict]:
+    """The rows of an earlier grid's JSON, each with the command that measured it."""
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return [{"command": old["command"], **r} for r in old["rows"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--merge: {path} is not a grid's JSON ({e})") from e
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="Flickr8k folder (images/, captions.txt, splits/)")
@@ -212,6 +244,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=0, help="cap every row's epochs (a quick check)")
     p.add_argument("--md", default="bench/flickr8k.md", help="Markdown table to write (JSON beside it)")
     p.add_argument("--all", action="store_true", help="also run the rows too slow for two CPU cores")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other rows of the existing table (its JSON); the rows run now replace theirs")
     p.add_argument("--gpu", action="store_true", help="train and evaluate on CUDA; runs every row")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
@@ -226,13 +260,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.epochs:
         rows = [Row(r.name, r.what, (*r.sets, f"train.epochs={args.epochs}"), r.ranking, r.slow, r.config)
                 for r in rows]
-    skipped = [r for r in ROWS if r.name not in {x.name for x in rows}]
+    md = Path(args.md)
+    earlier = _earlier(md.with_suffix(".json")) if args.merge else []
     results = _run_rows(rows, data, out, common, device)
     command = "python bench/flickr8k.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = Path(args.md)
+    results = merge(earlier, results, command)
+    skipped = [r for r in ROWS if r.name not in {x["row"] for x in results}]
+    from crossalign._io import atomic_write_text  # whole or not at all: no half-written table
+
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(_markdown(results, skipped, command), encoding="utf-8")
-    md.with_suffix(".json").write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")
+    atomic_write_text(md, _markdown(results, skipped, command))
+    atomic_write_text(md.with_suffix(".json"), json.dumps({"command": command, "rows": results}, indent=1) + "\n")
     print(f"wrote {md} and {md.with_suffix('.json')}", file=sys.stderr)
     return results
 
