@@ -64,6 +64,8 @@ def test_plateau_accumulation_and_early_stopping(tmp_path, shapes_dir):
     assert [int(r["step"]) for r in rows] == [7 * (k + 1) for k in range(len(rows))]
 
 
+# the test puts its own optimizer step in; torch's scheduler warns that the step was replaced
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden:UserWarning")
 def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
     from crossalign.config import load_config
     from crossalign.data.prepare import prepare_table
