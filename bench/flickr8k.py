@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from crossalign._io import atomic_write_text  # a table is written whole or not at all
+
 __all__ = ["Row", "ROWS", "main", "merge"]
 
 
@@ -266,8 +268,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     command = "python bench/flickr8k.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = merge(earlier, results, command)
     skipped = [r for r in ROWS if r.name not in {x["row"] for x in results}]
-    from crossalign._io import atomic_write_text  # whole or not at all: no half-written table
-
     md.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(md, _markdown(results, skipped, command))
     atomic_write_text(md.with_suffix(".json"), json.dumps({"command": command, "rows": results}, indent=1) + "\n")
