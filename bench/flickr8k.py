@@ -175,7 +175,9 @@ def merge(old: list[dict], new: list[dict], command: str) -> list[dict]:
 
 def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
     head = ["row", "what", "ranking", *_COLS, "train s", "evaluate s", "wall s"]
-    commands = list(dict.fromkeys(r.get("command", command) for r in results)) or [command]
+    # every row carries the command that measured it (``merge``); numbered when there are several
+    number = {c: i for i, c in enumerate(dict.fromkeys(r["command"] for r in results), 1)}
+    commands = list(number) or [command]
     if len(commands) == 1:
         said = f"Command: `{commands[0]}`\n"
     else:  # a merged grid: each row says which command measured it
@@ -193,7 +195,7 @@ def _markdown(results: list[dict], skipped: list[Row], command: str) -> str:
             f"{m[c]:.3f}" if c.endswith("mrr") else f"{m[c]:.2f}" for c in _COLS]
         cells += [f"{r['train_seconds']:.0f}", f"{m['evaluate_seconds']:.0f}", f"{r['wall_seconds']:.0f}"]
         if len(commands) > 1:
-            cells.append(str(commands.index(r.get("command", command)) + 1))
+            cells.append(str(number[r["command"]]))
         lines.append("| " + " | ".join(cells) + " |")
     slow = [r for r in skipped if r.slow]
     if slow:
