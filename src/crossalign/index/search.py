@@ -9,25 +9,36 @@ vectors, so every score printed is a true cosine similarity.
 Search ranks by plain cosine (``evaluate``'s query-bank normalisation needs a bank of
 training queries, which an index does not keep), and every result says so: a hit carries
 ``score`` (what ranked it) and ``cosine``, and a result its ``ranking`` and ``score_kind``.
+
+An :class:`Index` follows the index folder while it serves: each call first looks whether
+``CURRENT`` changed (one ``stat``), and if it did, one thread opens the new version while
+the others go on with the old one; then the call pins the version served at its start and
+uses that one alone. A version no longer served is closed when its last call ends, and its
+folder removed when no other process holds it either (see :mod:`crossalign.index.store`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
-from crossalign.index.store import Filters, IndexStore
+from crossalign.index.store import Filters, IndexStore, read_current, relative_message
 from crossalign.index.tune import apply_params, approximate_top, tuned_params
 
-__all__ = ["Index", "Hit", "SearchResult", "Filters", "open_index", "TARGETS", "RANKING",
-           "SCORE_KIND"]
+__all__ = ["Index", "ServedVersion", "Hit", "SearchResult", "Filters", "open_index", "TARGETS",
+           "RANKING", "SCORE_KIND"]
+
+log = logging.getLogger("crossalign.index")
 
 TARGETS = ("images", "captions")
 RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
@@ -37,6 +48,7 @@ HNSW_EF_SEARCH = 128
 IVF_NPROBE = 32
 SUBSET_EXACT = 100_000  # a filter that keeps at most this many vectors is searched exactly
 QUERY_CACHE = 1024  # text queries whose vectors are kept, the most recent first
+RETRY_S = 1.0  # seconds before a version that failed to open is tried again (or CURRENT changes)
 
 
 @dataclass
@@ -70,6 +82,7 @@ class SearchResult:
     seconds: float
     ranking: str = RANKING  # which ranking produced the hits' scores
     score_kind: str = SCORE_KIND  # what those scores are
+    version: str = ""  # the version of the index that answered
 
 
 def _as_list(x) -> list:
@@ -80,19 +93,18 @@ def _as_list(x) -> list:
     return list(x)
 
 
-class Index:
-    """An index folder opened for searching, with the model of the run that built it.
+class ServedVersion:
+    """One version of the index opened for searching: its store, the FAISS search breadth set
+    on its indexes, its re-scoring depths, and how many calls are using it.
 
-    Use :func:`open_index` to make one.
+    Args:
+        store: the version, opened.
+        ef_search, nprobe: search breadths that override what the build tuned.
     """
 
-    def __init__(self, store: IndexStore, embedder=None, ef_search: int | None = None,
+    def __init__(self, store: IndexStore, ef_search: int | None = None,
                  nprobe: int | None = None) -> None:
-        self.store, self.embedder = store, embedder
-        self._lock = threading.Lock()  # one query at a time through the model
-        self._explain_lock = threading.Lock()
-        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
-        self._cache_lock = threading.Lock()
+        self.store = store
         self.rerank = {}  # candidates fetched per result by an approximate index, scored exactly
         for target in TARGETS:
             tuned, self.rerank[target] = tuned_params(store.info, target)
@@ -102,21 +114,187 @@ class Index:
             if nprobe is not None:
                 params["nprobe"] = nprobe
             apply_params(store.faiss[target], params)
+        self.pins = 0  # calls using this version now (counted under the Index's lock)
+        self.retired = False  # another version is served: close this one when its calls end
+        self._closed = False
 
-    def __len__(self) -> int:
-        return len(self.store)
+    @property
+    def version(self) -> str:
+        return self.store.version
 
     @property
     def info(self) -> dict:
         return self.store.info
 
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.store.close()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """What tells a replaced or rewritten file from the one seen before, for one ``stat``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class Index:
+    """An index folder opened for searching, with the model of the run that built it; it
+    serves the version ``CURRENT`` names, following it when a build replaces it.
+
+    Every call uses one version from start to end (see :meth:`pinned`). A new version built
+    with another model than the one embedding the queries is not switched to, nor one that
+    cannot be opened: the version served goes on, and :meth:`problems` says why.
+
+    Use :func:`open_index` to make one.
+    """
+
+    def __init__(self, store: IndexStore, embedder=None, ef_search: int | None = None,
+                 nprobe: int | None = None) -> None:
+        self.embedder, self.root = embedder, store.root
+        self._breadth = (ef_search, nprobe)
+        self._served = ServedVersion(store, ef_search, nprobe)
+        self._state = threading.Lock()  # the version served, and every version's pins
+        self._switching = threading.Lock()  # held by the one thread opening a new version
+        self._seen: tuple | None = None  # CURRENT's stat when its name was last read
+        self._retry_at: float | None = None  # when to try again a version that failed to open
+        self._refused: str | None = None  # why the version CURRENT names is not served
+        self._closed = False
+        self._lock = threading.Lock()  # one query at a time through the model
+        self._explain_lock = threading.Lock()
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text query vectors
+        self._cache_lock = threading.Lock()
+
+    @contextmanager
+    def pinned(self) -> Iterator[ServedVersion]:
+        """The version served now, kept open until the block ends: a switch to a newer
+        version goes on meanwhile, and this one is closed when its last call ends."""
+        self._follow()
+        with self._state:
+            served = self._served
+            served.pins += 1
+        try:
+            yield served
+        finally:
+            with self._state:
+                served.pins -= 1
+                last = served.retired and served.pins == 0
+            if last:
+                served.close()
+
+    @property
+    def store(self) -> IndexStore:
+        """The store of the version served now (a call that must see one version throughout
+        holds :meth:`pinned` instead)."""
+        self._follow()
+        return self._served.store
+
+    @property
+    def version(self) -> str:
+        """The name of the version served now."""
+        return self.store.version
+
+    @property
+    def info(self) -> dict:
+        return self.store.info
+
+    @property
+    def rerank(self) -> dict[str, int]:
+        """Candidates per result of the version served that its approximate indexes fetch,
+        to be scored exactly."""
+        self._follow()
+        return self._served.rerank
+
+    def __len__(self) -> int:
+        with self.pinned() as served:
+            return len(served.store)
+
+    def _follow(self) -> None:
+        """Switch to the version ``CURRENT`` names when it changed. One thread opens it; the
+        others meanwhile go on with the version served, so no call waits for a load."""
+        key = _stat_key(self.root / "CURRENT")
+        if self._closed or not self._due(key) or not self._switching.acquire(blocking=False):
+            return
+        try:
+            if self._due(key):  # not done by another thread just before
+                self._seen, self._retry_at = key, None
+                self._check()
+        finally:
+            self._switching.release()
+
+    def _due(self, key) -> bool:
+        retry = self._retry_at is not None and time.monotonic() >= self._retry_at
+        return key != self._seen or retry
+
+    def _check(self) -> None:
+        """Read the name in ``CURRENT`` and serve that version, if it can be served."""
+        before, self._refused = self._refused, None
+        served = self._served.version
+        try:
+            name = read_current(self.root)
+        except (OSError, UnicodeDecodeError):
+            return  # the store's problems() says so; the version served goes on
+        if name == served:
+            return
+        try:
+            new = self._open_current()
+        except Exception as e:  # noqa: BLE001 - whatever a damaged version raises, calls go on
+            why = relative_message(self.root, str(e) or type(e).__name__)
+            self._refused = (f"CURRENT names {name}, which cannot be opened ({why}); still "
+                             f"serving {served}")
+            self._retry_at = time.monotonic() + RETRY_S
+        else:
+            if new.version == served:  # CURRENT names the version served again
+                new.close()
+                return
+            self._refused = self._refusal(new, served)
+            if self._refused is None:
+                self._switch(new)
+                log.info("%s: now serving %s (was %s)", self.root, new.version, served)
+                return
+            new.close()
+        if self._refused != before:  # once, not at every try
+            log.warning("%s: %s", self.root, self._refused)
+
+    def _open_current(self) -> ServedVersion:
+        store = IndexStore(self.root)
+        try:
+            return ServedVersion(store, *self._breadth)
+        except BaseException:
+            store.close()
+            raise
+
+    def _refusal(self, new: ServedVersion, served: str) -> str | None:
+        """Why ``new`` must not be served (one line), or None."""
+        if self.embedder is None:
+            return None  # no queries to embed: any model's vectors can be searched by item
+        theirs, ours = new.info.get("weights_hash", ""), self.embedder.weights_hash
+        if theirs == ours:
+            return None
+        return (f"CURRENT names {new.version}, built with another model (weights {theirs[:12]}) "
+                f"than the one embedding queries here ({ours[:12]}); still serving {served}")
+
+    def _switch(self, new: ServedVersion) -> None:
+        with self._state:
+            if self._closed:
+                old, last = new, True
+            else:
+                old, self._served = self._served, new
+                old.retired = True
+                last = old.pins == 0
+        if last:
+            old.close()
+
     def _model(self):
         if self.embedder is None:
-            raise RunError(f"{self.store.root}: opened without a model; text and image queries "
+            raise RunError(f"{self.root}: opened without a model; text and image queries "
                            f"need one")
         return self.embedder
 
-    def _terms(self, text, image, like, minus, weights) -> np.ndarray:
+    def _terms(self, store: IndexStore, text, image, like, minus, weights) -> np.ndarray:
         """The query vector ``[dim]``: weighted terms minus the ones pushed away, normalised."""
         texts, images, likes, minus = (_as_list(text), _as_list(image), _as_list(like),
                                        _as_list(minus))
@@ -129,15 +307,15 @@ class Index:
         if len(weights) != n:
             raise ConfigError(f"{len(weights)} weights for {n} query terms (texts, then images, "
                               f"then items)")
-        tv = self._text_vectors([str(t) for t in texts + minus])  # [texts + minus, dim]
-        vecs, pushed = list(tv[:len(texts)]), list(tv[len(texts):])
+        tv = self._text_vectors([str(t) for t in texts + minus], store.info["dim"])
+        vecs, pushed = list(tv[:len(texts)]), list(tv[len(texts):])  # [dim] each
         with self._lock:
             for im in images:
                 model = self._model()
                 v = model.picture(im, "upload")
                 vecs.append(v[0])
         for item in likes:
-            v = self.store.vector("images", int(item))
+            v = store.vector("images", int(item))
             if v is None:
                 raise UnknownItem(f"image id {item} is not in the index")
             vecs.append(v)
@@ -147,10 +325,11 @@ class Index:
             raise ConfigError("the query terms cancel out (their weighted sum is zero)")
         return (q / norm).astype(np.float32)
 
-    def _text_vectors(self, texts: list[str]) -> np.ndarray:
-        """``[len(texts), dim]`` vectors of text terms; recent ones come from memory."""
+    def _text_vectors(self, texts: list[str], dim: int) -> np.ndarray:
+        """``[len(texts), dim]`` vectors of text terms; recent ones come from memory (they
+        hold for every version served: all are built with the same model)."""
         if not texts:
-            return np.zeros((0, self.store.info["dim"]), np.float32)
+            return np.zeros((0, dim), np.float32)
         with self._cache_lock:
             got = {t: self._texts[t] for t in texts if t in self._texts}
         missing = [t for t in dict.fromkeys(texts) if t not in got]
@@ -193,27 +372,35 @@ class Index:
             raise ConfigError(f"target must be 'images' or 'captions', got {target!r}")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
-        q = self._terms(text, image, like, minus, weights)
-        return self.search_vector(q, k, target, filters, min_score, t0)
+        with self.pinned() as served:
+            q = self._terms(served.store, text, image, like, minus, weights)
+            return self._search(served, q, k, target, filters, min_score, t0)
 
     def search_vector(self, q: np.ndarray, k: int = 10, target: str = "images",
                       filters: Filters | None = None, min_score: float | None = None,
                       started: float | None = None) -> SearchResult:
         """The ``k`` nearest items to a query vector ``[dim]`` (normalised by the caller)."""
         t0 = time.perf_counter() if started is None else started
-        rows, scores = self._nearest(np.asarray(q, np.float32), int(k), target, filters)
+        with self.pinned() as served:
+            return self._search(served, q, k, target, filters, min_score, t0)
+
+    def _search(self, served: ServedVersion, q: np.ndarray, k: int, target: str,
+                filters: Filters | None, min_score: float | None, t0: float) -> SearchResult:
+        rows, scores = self._nearest(served, np.asarray(q, np.float32), int(k), target, filters)
         if min_score is not None:
             keep = scores >= float(min_score)
             rows, scores = rows[keep], scores[keep]
-        return SearchResult(self._hits(rows, scores, target), target, time.perf_counter() - t0)
+        return SearchResult(self._hits(served.store, rows, scores, target), target,
+                            time.perf_counter() - t0, version=served.version)
 
-    def _nearest(self, q: np.ndarray, k: int, target: str,
+    def _nearest(self, served: ServedVersion, q: np.ndarray, k: int, target: str,
                  filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """FAISS rows and exact scores of the nearest ``k`` vectors that pass ``filters``, best
         first. A filter that keeps few vectors is searched exactly over just those."""
-        index, vecs = self.store.faiss[target], self.store.vectors[target]
-        exact = self.store.info["factory"][target] == "Flat"
-        allowed = self.store.rows_matching(target, filters) if filters else None
+        store = served.store
+        index, vecs = store.faiss[target], store.vectors[target]
+        exact = store.info["factory"][target] == "Flat"
+        allowed = store.rows_matching(target, filters) if filters else None
         if index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and (exact or len(allowed) <= SUBSET_EXACT):
@@ -224,44 +411,50 @@ class Index:
             return rows[0][keep], scores[0][keep]
         selector = None if allowed is None else _selector(allowed)  # alive while FAISS uses it
         params = None if selector is None else _params(index, selector)
-        rows, scores = approximate_top(index, vecs, q[None, :], k, self.rerank[target], params)
+        rows, scores = approximate_top(index, vecs, q[None, :], k, served.rerank[target], params)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
-    def _hits(self, rows: np.ndarray, scores: np.ndarray, target: str) -> list[Hit]:
-        ids = [int(self.store.row_ids[target][r]) for r in rows]
+    def _hits(self, store: IndexStore, rows: np.ndarray, scores: np.ndarray,
+              target: str) -> list[Hit]:
+        ids = [int(store.row_ids[target][r]) for r in rows]
         if target == "captions":
-            caps = self.store.captions(ids)
-            images = self.store.images({c.image for c in caps.values()})
+            caps = store.captions(ids)
+            images = store.images({c.image for c in caps.values()})
             return [_hit(rank, s, "caption", cid, images[caps[cid].image], [caps[cid].text])
                     for rank, (cid, s) in enumerate(zip(ids, scores), 1)]
-        images = self.store.images(ids)
+        images = store.images(ids)
         return [_hit(rank, s, "image", i, images[i], [c.text for c in images[i].captions])
                 for rank, (i, s) in enumerate(zip(ids, scores), 1)]
 
     def problems(self) -> list[str]:
-        """What makes the index unusable now (empty when nothing): its files and counts (see
-        :meth:`IndexStore.problems`), then a one-result search of each target by a stored vector,
-        which must find an item of the index."""
-        out = self.store.problems()
-        if out:
+        """What makes the index unusable now (empty when nothing), in lines that name files
+        relative to the index folder: a version ``CURRENT`` names that is not served, and why;
+        the served version's files and counts (see :meth:`IndexStore.problems`); then a
+        one-result search of each target by a stored vector, which must find an item."""
+        with self.pinned() as served:
+            refused = self._refused
+            out = ([refused] if refused else []) + served.store.problems()
+            if out:
+                return out
+            for target in TARGETS:
+                if len(served.store.row_ids[target]) == 0:
+                    continue
+                try:
+                    q = np.array(served.store.vectors[target][0], np.float32)  # [dim]
+                    hits = self._search(served, q, 1, target, None, None, time.perf_counter()).hits
+                except Exception as e:  # noqa: BLE001 - any failure here is what the check reports
+                    out.append(f"a search of the {target} fails: {type(e).__name__}: "
+                               f"{relative_message(self.root, str(e))}")
+                    continue
+                if len(hits) != 1 or not np.isfinite(hits[0].score):
+                    out.append(f"a search of the {target} finds no item")
             return out
-        for target in TARGETS:
-            if len(self.store.row_ids[target]) == 0:
-                continue
-            try:
-                q = np.array(self.store.vectors[target][0], np.float32)  # [dim]
-                hits = self.search_vector(q, 1, target).hits
-            except Exception as e:  # noqa: BLE001 - any failure here is what the check reports
-                out.append(f"a search of the {target} fails: {type(e).__name__}: {e}")
-                continue
-            if len(hits) != 1 or not np.isfinite(hits[0].score):
-                out.append(f"a search of the {target} finds no item")
-        return out
 
     def image(self, image_id: int):
         """The record of an indexed image; raises :class:`UnknownItem`."""
-        rec = self.store.images([image_id]).get(int(image_id))
+        with self.pinned() as served:
+            rec = served.store.images([image_id]).get(int(image_id))
         if rec is None:
             raise UnknownItem(f"image id {image_id} is not in the index")
         return rec
@@ -283,7 +476,14 @@ class Index:
             return explain_pair(model.model, rec.path, str(text), method, steps, model.cfg.data.max_pixels)
 
     def close(self) -> None:
-        self.store.close()
+        """Close the version served: now, or when the calls still using it end."""
+        with self._state:
+            self._closed = True
+            served = self._served
+            served.retired = True
+            last = served.pins == 0
+        if last:
+            served.close()
 
 
 def _hit(rank: int, score, kind: str, item_id: int, im, captions: list[str]) -> Hit:

@@ -5,6 +5,7 @@ One folder holds everything::
     INDEX/
       CURRENT              the name of the live version (replaced atomically)
       v-<token>/
+        .held              an empty lock file: whoever has the version open holds it shared
         meta.sqlite        info, sources, images (path, content hash, labels), captions
         images.npy         [n_images, dim] L2-normalised (FAISS row order); float32 (memory-
                            mapped), or float16 for IVF-PQ, whose candidates are re-scored
@@ -12,11 +13,16 @@ One folder holds everything::
         captions.npy       [n_captions, dim]
         images.faiss       FAISS index over images.npy (inner product = cosine)
         captions.faiss
+      .v-<token>.tmp/      a version being written (held by its build), or what a killed build
+                           or an interrupted removal left behind
 
 A build writes a whole new version beside the live one and then replaces ``CURRENT``, so
 a build killed half-way leaves the previous index as it was. Item ids are stable across
 versions: an unchanged image keeps its id; FAISS row ``r`` maps to an id through the
 ``row`` column.
+
+Versions are held, and removed only when nobody holds them, across processes: see
+:mod:`crossalign.index._versions`.
 
 Index types (``index_type``), as FAISS factory strings over inner product:
 
@@ -39,11 +45,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 import sqlite3
 import threading
-import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -52,12 +56,16 @@ import numpy as np
 
 from crossalign._io import atomic_path, atomic_write_bytes, atomic_write_text
 from crossalign.errors import ConfigError, InputNotFound
+from crossalign.index._filters import Filters
 from crossalign.index._rows import RowFile
+from crossalign.index._versions import (hold_version, is_index, new_folder, read_current,
+                                        relative_message, remove_unheld)
 from crossalign.index.tune import DEFAULT_RECALL, tune
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index", "hnsw_bytes",
-           "machine_memory"]
+           "machine_memory", "read_current", "hold_version", "remove_unheld", "relative_message",
+           "MATCH_CACHE_BYTES"]
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_BELOW = 100_000  # exact search stays fast (a few ms per query at 256-d) below this
@@ -66,6 +74,7 @@ AUTO_MEMORY_SHARE = 0.25  # of the machine's memory, the most one target's HNSW 
 IVFPQ_MIN = 1_000  # fewer vectors cannot train 256 PQ centroids and the coarse lists well
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
 TUNE_OTHER, TUNE_OWN = 400, 200  # tuning queries from the other target, and from the target
+MATCH_CACHE_BYTES = 64 * 1024 ** 2  # the most bytes of filtered row lists one open version keeps
 
 _SCHEMA = """
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,11 +117,6 @@ class ImageRecord:
     date: str = ""  # when the picture was taken (EXIF) or else its file's mtime, ISO 8601
 
 
-def is_index(root: str | Path) -> bool:
-    """True when ``root`` holds an index (a ``CURRENT`` file naming a version)."""
-    return (Path(root) / "CURRENT").is_file()
-
-
 def _open_vectors(path: Path, dtype: str | None):
     """An index's stored vectors: float16 ones (IVF-PQ's, re-scored a few scattered rows per
     query, from files that may be larger than memory) read row by row (:class:`RowFile`), float32
@@ -120,6 +124,16 @@ def _open_vectors(path: Path, dtype: str | None):
     if dtype == "float16":
         return RowFile(path)
     return np.load(path, mmap_mode="r")
+
+
+def _read_faiss(path: Path, factory: str | None):
+    """A stored FAISS index. A flat one is memory-mapped where FAISS can do that: its vectors
+    stay in the page cache, one copy shared by every process serving the index, instead of a
+    private copy in each. The approximate ones are read into memory."""
+    import faiss
+
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if factory == "Flat" else 0
+    return faiss.read_index(str(path), flags)
 
 
 def machine_memory() -> int:
@@ -264,112 +278,40 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
             "factory": {t: factory_string(kinds[t], n, dim) for t, n in counts.items()},
             "vector_dtype": {t: "float16" if kinds[t] == "ivfpq" else "float32" for t in counts},
             "search": {}}
-    name = f"v-{uuid.uuid4().hex[:12]}"
-    tmp_dir = root / f".{name}.tmp"
-    tmp_dir.mkdir()
+    name, tmp_dir, held = new_folder(root)
+    try:
+        _write_targets(tmp_dir, info, kinds, image_vecs, caption_vecs, recall)
+        _write_db(tmp_dir / "meta.sqlite", info, sources, images)
+        tmp_dir.rename(root / name)
+        atomic_write_text(root / "CURRENT", name + "\n")
+    finally:
+        if held is not None:
+            held.close()  # a build that failed leaves its folder to the next removal
+    remove_unheld(root)  # what readers still hold stays, for the last of them to remove
+    return name
+
+
+def _write_targets(folder: Path, info: dict, kinds: dict, image_vecs: np.ndarray,
+                   caption_vecs: np.ndarray, recall: float) -> None:
+    """Each target's stored vectors and FAISS index, tuned where approximate (recorded in
+    ``info["search"]``)."""
+    dim = int(info["dim"])
     vecs = {t: np.ascontiguousarray(v, dtype=np.float32).reshape(-1, dim)
             for t, v in (("images", image_vecs), ("captions", caption_vecs))}
     for target, other in (("images", "captions"), ("captions", "images")):
         index = _build_faiss(vecs[target], kinds[target])
         stored = vecs[target].astype(info["vector_dtype"][target], copy=False)
-        _write_npy(tmp_dir / f"{target}.npy", stored)
+        _write_npy(folder / f"{target}.npy", stored)
         if kinds[target] != "flat":
             queries, groups = _tuning_queries(vecs[target], vecs[other])
             tuned = tune(index, stored, queries, recall, groups=groups)
             info["search"][target] = tuned.to_dict()
-        _write_faiss(index, tmp_dir / f"{target}.faiss")
+        _write_faiss(index, folder / f"{target}.faiss")
         del index  # one target's index in memory at a time
-    _write_db(tmp_dir / "meta.sqlite", info, sources, images)
-    tmp_dir.rename(root / name)
-    atomic_write_text(root / "CURRENT", name + "\n")
-    _remove_old_versions(root, keep=name)
-    return name
-
-
-def _remove_old_versions(root: Path, keep: str) -> None:
-    """Every version but ``keep``, and what killed builds left behind."""
-    for p in root.iterdir():
-        if p.is_dir() and p.name != keep and (p.name.startswith("v-") or p.name.startswith(".v-")):
-            shutil.rmtree(p, ignore_errors=True)
-
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?$")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which images a search may return; a caption passes when its image does.
-
-    Every field left empty lets everything through; the fields given must all hold.
-
-    Args:
-        split: the image's split, or several separated by commas (``train,val``).
-        folder: the image's folder relative to its source, or any folder below it.
-        since: the picture's date (EXIF, else the file's mtime) is on or after this
-            (``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM:SS``).
-        until: ... on or before this (a bare date includes the whole day).
-        labels: ``(column, value)`` pairs: the image's value in that label column is the
-            value, or one of its classes (``drama|comedy`` holds both).
-    """
-
-    split: str = ""
-    folder: str = ""
-    since: str = ""
-    until: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("since", "until"):
-            value = getattr(self, name)
-            if value and not _DATE.match(value):
-                raise ConfigError(f"{name} must be a date like 2024-05-31 (or 2024-05-31T18:30:00), "
-                                  f"got {value!r}")
-        for column, value in self.labels:
-            if not column or not value:
-                raise ConfigError(f"a label filter needs a column and a value (COLUMN=VALUE), got "
-                                  f"{column!r}={value!r}")
-
-    @classmethod
-    def of(cls, split: str | None = None, folder: str | None = None, since: str | None = None,
-           until: str | None = None, labels: Iterable[str] = ()) -> "Filters":
-        """Filters from the strings a user types; each label filter is ``COLUMN=VALUE``."""
-        pairs = []
-        for text in labels or ():
-            column, eq, value = str(text).partition("=")
-            if not eq:
-                raise ConfigError(f"a label filter is COLUMN=VALUE (say genre=drama), got {text!r}")
-            pairs.append((column.strip(), value.strip()))
-        return cls((split or "").strip(), (folder or "").strip(), (since or "").strip(),
-                   (until or "").strip(), tuple(pairs))
-
-    def __bool__(self) -> bool:
-        return bool(self.split or self.folder or self.since or self.until or self.labels)
-
-    def where(self) -> tuple[str, list]:
-        """The SQL condition on ``images`` and its arguments ("1" when nothing is filtered)."""
-        parts, args = [], []
-        if self.split:
-            splits = [x.strip() for x in self.split.split(",") if x.strip()]
-            parts.append(f"split IN ({','.join('?' * len(splits))})")
-            args += splits
-        if self.folder:
-            folder = self.folder.strip("/")
-            parts.append("(folder = ? OR substr(folder, 1, ?) = ?)")
-            args += [folder, len(folder) + 1, folder + "/"]
-        if self.since:
-            parts.append("date != '' AND date >= ?")
-            args.append(self.since)
-        if self.until:
-            parts.append("date != '' AND date <= ?")
-            args.append(self.until if "T" in self.until else self.until + "T23:59:59")
-        for column, value in self.labels:
-            path = '$."' + column.replace('"', '\\"') + '"'
-            parts.append("instr('|' || CAST(json_extract(labels, ?) AS TEXT) || '|', ?) > 0")
-            args += [path, "|" + value + "|"]
-        return (" AND ".join(f"({p})" for p in parts) or "1"), args
-
 
 class IndexStore:
-    """The live version of an index folder, opened read-only.
+    """The live version of an index folder, opened read-only and held (see the module
+    docstring) until :meth:`close`.
 
     Args:
         root: the index folder.
@@ -382,21 +324,20 @@ class IndexStore:
                                 f"'crossalign index RUN --images FOLDER --out {self.root}'")
         self._lock = threading.Lock()
         self._match_lock = threading.Lock()
+        self._held = self._con = None
         while True:
-            self.version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+            self.version = read_current(self.root)
             try:
+                self._held = hold_version(self.root / self.version)
                 return self._open(self.root / self.version)
             except (OSError, RuntimeError, sqlite3.Error):
-                if hasattr(self, "_con"):
-                    self._con.close()
-                # a build switched CURRENT and removed this version while it was being opened:
-                # open the one named now; the version still named failing is a damaged index
-                if (self.root / "CURRENT").read_text(encoding="utf-8").strip() == self.version:
+                self._let_go()
+                # a build switched CURRENT and removed this version before it was held: open
+                # the one named now; the version still named failing is a damaged index
+                if read_current(self.root) == self.version:
                     raise
 
     def _open(self, vdir: Path) -> None:
-        import faiss
-
         if not (vdir / "meta.sqlite").is_file():
             raise InputNotFound(f"{vdir}: the index version named by CURRENT is missing")
         self._con = sqlite3.connect(f"{(vdir / 'meta.sqlite').resolve().as_uri()}?mode=ro", uri=True,
@@ -406,13 +347,16 @@ class IndexStore:
         # an index written before images had a folder and a date reads them as unknown
         self._image_cols = ("id, row, source, path, name, content_hash, split, labels, " +
                             ("folder, date" if {"folder", "date"} <= have else "'', ''"))
-        self._matching: dict = {}  # (target, Filters) -> FAISS rows, the latest few
+        # (target, normalised Filters) -> FAISS rows, the least recently used first
+        self._matching: OrderedDict[tuple[str, Filters], np.ndarray] = OrderedDict()
+        self._matching_bytes, self.match_cache_bytes = 0, MATCH_CACHE_BYTES
         self._label_columns: list[str] | None = None
         self.sources = [dict(kind=r[1], path=r[2], split=r[3], format=r[4])
                         for r in self._rows("SELECT * FROM sources ORDER BY id")]
         self.vectors = {t: _open_vectors(vdir / f"{t}.npy", self.info.get("vector_dtype", {}).get(t))
                         for t in ("images", "captions")}
-        self.faiss = {t: faiss.read_index(str(vdir / f"{t}.faiss")) for t in ("images", "captions")}
+        self.faiss = {t: _read_faiss(vdir / f"{t}.faiss", self.info.get("factory", {}).get(t))
+                      for t in ("images", "captions")}
         self.row_ids = {t: np.array([r[0] for r in self._rows(f"SELECT id FROM {t} ORDER BY row")],
                                     dtype=np.int64) for t in ("images", "captions")}
         self.id_rows = {t: {int(i): r for r, i in enumerate(self.row_ids[t])} for t in self.row_ids}
@@ -421,45 +365,61 @@ class IndexStore:
         with self._lock:
             return self._con.execute(sql, tuple(args)).fetchall()
 
-    def close(self) -> None:
-        self._con.close()
+    def _let_go(self) -> None:
+        """Close the version's files and its lock (what is open of it so far)."""
+        if self._con is not None:
+            self._con.close()
         for v in getattr(self, "vectors", {}).values():
             if isinstance(v, RowFile):
                 v.close()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def close(self) -> None:
+        """Let go of the version; when ``CURRENT`` names another one by now, remove the
+        versions nobody holds any more (this one too, if this was its last reader)."""
+        self._let_go()
+        try:
+            superseded = read_current(self.root) != self.version
+        except (OSError, UnicodeDecodeError):
+            return
+        if superseded:
+            remove_unheld(self.root)
 
     def problems(self) -> list[str]:
-        """What makes the served version unusable now, looked up on disk; empty when nothing.
+        """What makes the open version unusable now, looked up on disk; empty when nothing.
+        Files are named relative to the index folder (a client may read these lines).
 
-        ``CURRENT`` must be readable and still name the served version, its files must be
-        there, and every count must agree: the metadata's, the SQLite rows, the FAISS indexes,
-        the vectors in memory and those in the files on disk.
+        ``CURRENT`` must be readable, the version's files must be there, and every count must
+        agree: the metadata's, the SQLite rows, the FAISS indexes, the vectors in memory and
+        those in the files on disk.
         """
-        current = self.root / "CURRENT"
         try:
-            named = current.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            return [f"{current}: not readable ({e})"]
-        if named != self.version:
-            return [f"{current} names {named or 'nothing'}, and the service has {self.version} "
-                    f"open; restart it to serve the index on disk"]
+            read_current(self.root)
+        except OSError as e:
+            return [f"CURRENT: not readable ({e.strerror or type(e).__name__})"]
+        except UnicodeDecodeError:
+            return ["CURRENT: not readable (not UTF-8 text)"]
         vdir = self.root / self.version
         files = ["meta.sqlite"] + [f"{t}.{ext}" for t in ("images", "captions")
                                    for ext in ("npy", "faiss")]
-        gone = [name for name in files if not (vdir / name).is_file()]
+        gone = [f"{self.version}/{name}" for name in files if not (vdir / name).is_file()]
         if gone:
-            return [f"{vdir}: {', '.join(gone)} missing"]
+            return [f"{', '.join(gone)} missing"]
         out = []
         for t in ("images", "captions"):
             try:
                 on_disk = np.load(vdir / f"{t}.npy", mmap_mode="r").shape[0]  # reads the header only
                 rows = self._rows(f"SELECT count(*) FROM {t}")[0][0]
             except (OSError, ValueError, sqlite3.Error) as e:
-                out.append(f"{vdir}: the {t} cannot be read ({e})")
+                why = relative_message(self.root, str(e))
+                out.append(f"{self.version}: the {t} cannot be read ({why})")
                 continue
             counts = {"metadata": self.info[f"n_{t}"], "SQLite rows": rows, f"{t}.npy": on_disk,
                       "vectors open": self.vectors[t].shape[0], "FAISS": self.faiss[t].ntotal}
             if len(set(counts.values())) > 1:
-                out.append(f"{vdir}: the {t} counts disagree: "
+                out.append(f"{self.version}: the {t} counts disagree: "
                            + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return out
 
@@ -518,9 +478,10 @@ class IndexStore:
         Raises :class:`ConfigError` for a label column no image has, and for a folder or date
         filter on an index written before images had those.
         """
-        key = (target, filters)
+        key = (target, filters.normalised())
         with self._match_lock:
             if key in self._matching:
+                self._matching.move_to_end(key)
                 return self._matching[key]
         if (filters.folder or filters.since or filters.until) and "folder" not in self._image_cols:
             raise ConfigError(f"{self.root} was built before images had folders and dates; update "
@@ -530,15 +491,25 @@ class IndexStore:
             if column not in known:
                 raise ConfigError(f"no image has a label column {column!r}; the index has: "
                                   f"{', '.join(sorted(known)) or 'none'}")
-        where, args = filters.where()
+        where, args = key[1].where()
         if target == "images":
             sql = f"SELECT row FROM images WHERE {where} ORDER BY row"
         else:
             sql = (f"SELECT captions.row FROM captions JOIN images ON captions.image = images.id "
                    f"WHERE {where} ORDER BY captions.row")
         rows = np.array([r[0] for r in self._rows(sql, args)], dtype=np.int64)
-        with self._match_lock:
-            if len(self._matching) >= 64:
-                self._matching.pop(next(iter(self._matching)))
-            self._matching[key] = rows
+        rows.flags.writeable = False  # one array shared by every search with this filter
+        self._remember(key, rows)
         return rows
+
+    def _remember(self, key: tuple[str, Filters], rows: np.ndarray) -> None:
+        """Keep ``rows`` for ``key``, dropping the least recently used lists until all the kept
+        ones fit in :attr:`match_cache_bytes`; a list larger than that is not kept."""
+        with self._match_lock:
+            if key in self._matching or rows.nbytes > self.match_cache_bytes:
+                return
+            self._matching[key] = rows
+            self._matching_bytes += rows.nbytes
+            while self._matching_bytes > self.match_cache_bytes:
+                _, dropped = self._matching.popitem(last=False)
+                self._matching_bytes -= dropped.nbytes
