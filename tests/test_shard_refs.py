@@ -15,6 +15,8 @@ from PIL import Image
 from crossalign.cli.main import main
 from crossalign.data.members import is_ref, member_ref, parse_ref, read_member, source_size
 
+LOCAL = "http://127.0.0.1"  # a host name the service answers
+
 
 def _write_shards(shapes: Path, out: Path, per_shard: int = 10) -> dict[str, bytes]:
     """The shapes data as uncompressed webdataset shards; returns each image's bytes by key."""
@@ -88,7 +90,7 @@ def test_the_service_reads_a_member_back_by_reference(shard_run, tmp_path):
     build_index(run, tmp_path / "idx", data=root / "shards", progress=False)
     ix = open_index(tmp_path / "idx")
     try:
-        client = TestClient(create_app(ix), raise_server_exceptions=False)
+        client = TestClient(create_app(ix), raise_server_exceptions=False, base_url=LOCAL)
         hit = client.get("/search", params={"q": "a red circle", "k": 1}).json()["hits"][0]
         rec = ix.image(hit["image_id"])
         assert is_ref(rec.path)

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 from crossalign.errors import ImageError
 
 __all__ = ["IMAGE_EXTS", "list_images", "thumbnail", "jpeg_bytes", "ImageSource", "load_image", "inspect_image", "eval_transform", "MAX_PIXELS",
+           "check_upload", "png_data_complete",
            "file_date", "dhash"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # image files we read
@@ -217,3 +218,69 @@ def jpeg_bytes(im: Image.Image, quality: int = 85) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality, optimize=True)
     return buf.getvalue()
+
+
+def _png_raw_size(width: int, height: int, bits: int, colour: int, interlaced: bool) -> int:
+    """Bytes a PNG's image data inflates to: a filter byte per row and the packed samples."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+    row = lambda w: 0 if w == 0 else 1 + (w * channels * bits + 7) // 8  # noqa: E731
+    if not interlaced:
+        return height * row(width)
+    total = 0  # Adam7: seven passes over sub-grids of the image
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)):
+        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        total += 0 if w <= 0 or h <= 0 else h * row(w)
+    return total
+
+
+def png_data_complete(data: bytes) -> bool:
+    """Whether a PNG's compressed image data inflates to all of its pixels.
+
+    Pillow fills the rest of an image whose zlib stream ends early with zeros and raises
+    nothing; this counts the inflated bytes, a megabyte at a time, without keeping them.
+    """
+    import struct
+    import zlib
+
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return True  # not a PNG: Pillow's own checks apply
+    width, height, bits, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    need = _png_raw_size(width, height, bits, colour, interlace == 1)
+    inflate, got, pos = zlib.decompressobj(), 0, 8
+    try:
+        while pos + 8 <= len(data) and got < need:
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            if kind == b"IDAT":
+                chunk = data[pos + 8:pos + 8 + length]
+                while chunk and got < need:
+                    got += len(inflate.decompress(chunk, 1 << 20))
+                    chunk = inflate.unconsumed_tail
+            pos += 12 + length
+    except zlib.error:
+        return False
+    return got >= need
+
+
+def check_upload(data: bytes, max_pixels: int, name: str = "upload") -> tuple[int, int]:
+    """The size of an uploaded image, checked before anything is decoded: its pixel count
+    from its header against ``max_pixels``, and a PNG's data against its declared size.
+    Raises :class:`ImageError` (``too_large``, ``truncated``, ``empty_file``, ``unreadable``)."""
+    if not data:
+        raise ImageError(f"{name}: image file is empty (0 bytes)", "empty_file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                size = im.size
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image is over the pixel limit of {max_pixels}", "too_large") from None
+    except Exception:  # noqa: BLE001 - not an image Pillow knows; never the object in the message
+        raise ImageError(f"{name}: not an image file this service can read", "unreadable") from None
+    if size[0] * size[1] > max_pixels:
+        raise ImageError(f"{name}: {size[0]}x{size[1]} pixels is over the limit of {max_pixels} "
+                         f"pixels", "too_large")
+    if not png_data_complete(data):
+        raise ImageError(f"{name}: image file is truncated (its data ends before its last row)",
+                         "truncated")
+    return size

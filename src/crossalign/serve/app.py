@@ -2,33 +2,49 @@
 
 Errors the user caused (a bad query, an unknown id, an upload that is not an image) are
 answered with a 4xx and a message; anything else is logged with its traceback and answered
-with a 500. Images are served only by their id in the index, never by a path.
+with a 500 (by ``guard.Front``). No answer carries a path of the server, an object's repr or a
+traceback: images are served only by their id in the index, and every message passes
+:func:`public` first.
+
+In front of the routes (``guard.py``): the host allow-list, the token, the security headers,
+a request id, the metrics. Heavy work (decoding an upload, embedding a query, drawing a
+thumbnail, explaining a match) runs in bounded pools (``work.py``) and is refused with a 503
+at once when they are full.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import mimetypes
+import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from crossalign.errors import ConfigError, CrossalignError
+from crossalign.errors import ConfigError, CrossalignError, ImageError, UnknownItem
 from crossalign.index.search import RANKING, SCORE_KIND, Filters, Index, SearchResult
-from crossalign.errors import UnknownItem
+from crossalign.serve.guard import Access, Front, HostCheck, TokenCheck, UploadLimit
+from crossalign.serve.work import Busy, PoolSizes, WorkPool
 
-__all__ = ["create_app", "ServiceLimits"]
+__all__ = ["create_app", "ServiceLimits", "public", "THUMB_SIZES"]
 
-log = logging.getLogger("crossalign.serve")
 STATIC = Path(__file__).parent / "static"
 MAX_ID = 2**62  # ids are SQLite integers; larger numbers are simply unknown
 Target = Literal["images", "captions"]
+THUMB_SIZES = (64, 128, 256, 512, 1024)  # a thumbnail asked for is drawn at the next of these
+POOLS = {"query": PoolSizes(slots=4, queue=64, wait_s=5.0),  # text queries, more like this
+         "upload": PoolSizes(slots=1, queue=4, wait_s=5.0),  # decode and embed an upload
+         "thumb": PoolSizes(slots=2, queue=64, wait_s=5.0),  # a page asks for 24 at once
+         "explain": PoolSizes(slots=1, queue=2, wait_s=30.0)}  # seconds of every core each
+POOL_WORK = {"query": "searching", "upload": "reading uploads", "thumb": "drawing thumbnails",
+             "explain": "explaining other matches"}
+CACHE_BYTES = {"thumb": 64 * 2**20, "explain": 16 * 2**20}
 
 
 class ServiceLimits:
@@ -41,64 +57,64 @@ class ServiceLimits:
             read whole).
         max_thumb: the largest thumbnail side.
         page_k: the results the web page asks for (at most ``max_k``).
+        max_pixels: the most pixels of an uploaded image, read from its header before any
+            decoding.
     """
 
     def __init__(self, max_k: int = 100, max_query_chars: int = 500,
                  max_upload_bytes: int = 10 * 1024 * 1024, max_thumb: int = 1024,
-                 page_k: int = 24) -> None:
-        if max_k < 1 or page_k < 1:
-            raise ConfigError(f"the most results per query (--max-k) and the page's k must be "
-                              f"positive, got {max_k} and {page_k}")
+                 page_k: int = 24, max_pixels: int = 40_000_000) -> None:
+        if max_k < 1 or page_k < 1 or max_pixels < 1:
+            raise ConfigError(f"the most results per query (--max-k), the page's k and the pixel "
+                              f"limit (--max-pixels) must be positive, got {max_k}, {page_k} and "
+                              f"{max_pixels}")
         self.max_k, self.max_query_chars = max_k, max_query_chars
         self.max_upload_bytes, self.max_thumb = max_upload_bytes, max_thumb
         self.page_k = min(page_k, max_k)
         self.default_k = min(10, max_k)  # k of a request that names none
+        self.max_pixels = max_pixels
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
+_PATH = re.compile(r"(?<![\w.:/])(?:~|\.{1,2})?/(?:[^\s'\"/<>]+/)+([^\s'\"/<>]*)")
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
-class _UploadLimit:
-    """ASGI middleware: a body over the limit on ``path`` gets a 413 before it is read whole.
+def public(message: str) -> str:
+    """A message fit for a client: absolute paths cut to their last part, object reprs out."""
+    message = _REPR.sub("the upload", str(message))
+    return _PATH.sub(lambda m: m.group(1) or "a folder of the server", message)
 
-    A declared ``Content-Length`` over the limit is refused without reading; a body sent in
-    chunks is counted as it arrives and refused at the first byte past the limit.
-    """
 
-    def __init__(self, app, path: str, limit: int) -> None:
-        self.app, self.path, self.limit = app, path, limit
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": public(message)}, status_code=status, headers=headers)
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"detail": f"upload larger than {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                return await self._refuse(send)
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        replay = iter([{"type": "http.request", "body": b"".join(chunks), "more_body": False}])
+class _ByteCache:
+    """A least-recently-used map bounded by the bytes of its values (thread-safe)."""
 
-        async def receive_again():
-            return next(replay, {"type": "http.disconnect"})
+    def __init__(self, max_bytes: int, size=len) -> None:
+        self.max_bytes, self.size, self.bytes = max_bytes, size, 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
-        return await self.app(scope, receive_again, send)
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        n = self.size(value)
+        if n > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self.size(self._items.pop(key))
+            self._items[key] = value
+            self.bytes += n
+            while self.bytes > self.max_bytes:
+                self.bytes -= self.size(self._items.popitem(last=False)[1])
 
 
 def _hit_json(hit) -> dict:
@@ -115,8 +131,27 @@ def _result_json(result: SearchResult, query: dict) -> dict:
             "hits": [_hit_json(h) for h in result.hits]}
 
 
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def _install_errors(app: FastAPI) -> None:
-    from crossalign.errors import ImageError
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(UnknownItem)
     async def _unknown(request: Request, exc: UnknownItem):
@@ -129,11 +164,6 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(CrossalignError)
     async def _user(request: Request, exc: CrossalignError):
         return _error(400, str(exc))
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception):
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal error (logged by the service)")
 
 
 MAX_LABEL_FILTERS = 8
@@ -167,41 +197,63 @@ class _Narrowing:
                 "min_score": self.min_score}
 
 
-def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
+def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
+                       pools: dict[str, WorkPool]) -> None:
+    from crossalign.data.transforms import check_upload
+
     @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
-    def search(q: str | None = Query(None, max_length=limits.max_query_chars,
-                                     description="text query"),
-               k: int = Query(limits.default_k, ge=1, le=limits.max_k), target: Target = "images",
-               minus: str | None = Query(None, max_length=limits.max_query_chars,
-                                         description="a text to push away"),
-               like: int | None = Query(None, ge=0, le=MAX_ID,
-                                        description="an image id: more like this"),
-               narrow: _Narrowing = Depends()):
+    async def search(q: str | None = Query(None, max_length=limits.max_query_chars,
+                                           description="text query"),
+                     k: int = Query(limits.default_k, ge=1, le=limits.max_k),
+                     target: Target = "images",
+                     minus: str | None = Query(None, max_length=limits.max_query_chars,
+                                               description="a text to push away"),
+                     like: int | None = Query(None, ge=0, le=MAX_ID,
+                                              description="an image id: more like this"),
+                     narrow: _Narrowing = Depends()):
         if (q is None or not q.strip()) and like is None:
             raise HTTPException(422, "give a non-empty query q (or like=ID)")
         if minus is not None and not minus.strip():
             minus = None
-        result = index.search(text=q if q and q.strip() else None, like=like, minus=minus, k=k,
-                              target=target, filters=narrow.filters, min_score=narrow.min_score)
+        text = q if q and q.strip() else None
+
+        def run():
+            return index.search(text=text, like=like, minus=minus, k=k, target=target,
+                                filters=narrow.filters, min_score=narrow.min_score)
+
+        result = await pools["query"].run(run)
         return _result_json(result, {"q": q, "minus": minus, "like": like, "k": k,
                                      **narrow.echo()})
 
     @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
-    def search_image(file: UploadFile = File(..., description="an image file"),
-                     k: int = Query(limits.default_k, ge=1, le=limits.max_k),
-                     target: Target = "images", narrow: _Narrowing = Depends()):
-        data = file.file.read()
-        result = index.search(image=data, k=k, target=target, filters=narrow.filters,
-                              min_score=narrow.min_score)
+    async def search_image(file: UploadFile = File(..., description="an image file"),
+                           k: int = Query(limits.default_k, ge=1, le=limits.max_k),
+                           target: Target = "images", narrow: _Narrowing = Depends()):
+        data = await file.read()
+
+        def run():
+            check_upload(data, limits.max_pixels)  # from the header, before any decoding
+            return index.search(image=data, k=k, target=target, filters=narrow.filters,
+                                min_score=narrow.min_score)
+
+        result = await pools["upload"].run(run)
         return _result_json(result, {"image": file.filename or "upload", "k": k, **narrow.echo()})
 
 
-def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
+def _snap(size: int, largest: int) -> int:
+    """The thumbnail side drawn for a request of ``size``: the next of :data:`THUMB_SIZES` (at
+    most ``largest``), so that a client cannot make a new thumbnail per pixel."""
+    allowed = [s for s in THUMB_SIZES if s <= largest] or [largest]
+    return next((s for s in allowed if s >= size), allowed[-1])
+
+
+def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits,
+                     pools: dict[str, WorkPool]) -> None:
+    from crossalign.data.members import parse_ref, read_member, source_size
     from crossalign.data.transforms import jpeg_bytes, thumbnail
 
-    @functools.lru_cache(maxsize=4096)
-    def thumb(image_id: int, size: int) -> bytes:
-        return jpeg_bytes(thumbnail(index.image(image_id).path, size))
+    thumbs = _ByteCache(CACHE_BYTES["thumb"])
+    private = {"Cache-Control": "private, max-age=3600"}
 
     @app.get("/items/{item_id}", summary="An indexed image with its captions and labels")
     def item(item_id: int = PathParam(..., ge=0, le=MAX_ID)):
@@ -210,27 +262,35 @@ def _add_item_routes(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
                 "date": rec.date, "labels": rec.labels, "captions": [c.text for c in rec.captions],
                 "image_url": f"/images/{rec.id}", "thumb_url": f"/images/{rec.id}?size=256"}
 
-    @app.get("/images/{item_id}", summary="An indexed image file, or its thumbnail (size=N)",
-             response_class=Response)
-    def image(item_id: int = PathParam(..., ge=0, le=MAX_ID),
-              size: int | None = Query(None, ge=16, le=limits.max_thumb)):
-        from crossalign.data.members import parse_ref, read_member, source_size
+    def draw(path: str, key: tuple) -> bytes:
+        data = jpeg_bytes(thumbnail(path, key[1]))
+        thumbs.put(key, data)
+        return data
 
+    @app.get("/images/{item_id}", summary="An indexed image file, or its thumbnail (size=N, drawn "
+                                          "at the next of 64, 128, 256, 512, 1024)",
+             response_class=Response)
+    async def image(item_id: int = PathParam(..., ge=0, le=MAX_ID),
+                    size: int | None = Query(None, ge=16, le=limits.max_thumb)):
         rec = index.image(item_id)
+        if size is not None:
+            key = (rec.content_hash, _snap(size, limits.max_thumb))
+            data = thumbs.get(key)
+            if data is None:
+                if source_size(rec.path) < 0:
+                    raise UnknownItem(f"image id {item_id}: its file is no longer there")
+                data = await pools["thumb"].run(draw, rec.path, key)
+            return Response(data, media_type="image/jpeg", headers=private)
         if source_size(rec.path) < 0:
             raise UnknownItem(f"image id {item_id}: its file is no longer there")
-        if size is None:
-            ref = parse_ref(rec.path)  # a member of a tar shard: its bytes, read in place
-            kind = mimetypes.guess_type(ref.name if ref else rec.path)[0] or "application/octet-stream"
-            if ref is not None:
-                return Response(read_member(ref), media_type=kind)
-            return FileResponse(rec.path, media_type=kind)
-        return Response(thumb(int(item_id), int(size)), media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=3600"})
+        ref = parse_ref(rec.path)  # a member of a tar shard: its bytes, read in place
+        kind = mimetypes.guess_type(ref.name if ref else rec.path)[0] or "application/octet-stream"
+        if ref is not None:
+            return Response(read_member(ref), media_type=kind, headers=private)
+        return FileResponse(rec.path, media_type=kind, headers=private)
 
 
 Method = Literal["layercam", "gradcam++", "gradcam", "hirescam", "xgradcam", "eigencam"]
-EXPLAIN_WAIT_S = 20  # a request waits this long for the explanation before it; then a 503
 OVERLAY_SIDE = 384
 
 
@@ -240,70 +300,105 @@ def _explanation_json(expl) -> dict:
 
     d = expl.to_json()
     return {"similarity": d["similarity"], "method": d["method"], "words": d["words"],
-            "hottest": d["hottest"], "image_size": d["image_size"], "overlay": overlay_uri(expl, OVERLAY_SIDE)}
+            "hottest": d["hottest"], "image_size": d["image_size"],
+            "overlay": overlay_uri(expl, OVERLAY_SIDE)}
 
 
-def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits) -> None:
-    import threading
+def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits,
+                       pools: dict[str, WorkPool]) -> None:
+    explained = _ByteCache(CACHE_BYTES["explain"], size=lambda d: len(d["overlay"]) + 1024)
 
-    busy = threading.Semaphore(1)
-
-    @functools.lru_cache(maxsize=128)
-    def explained(image_id: int, q: str, method: str) -> dict:
-        return _explanation_json(index.explain(image_id, q, method))
+    def explain_now(key: tuple) -> dict:
+        d = _explanation_json(index.explain(key[1], key[2], key[3]))
+        explained.put(key, d)
+        return d
 
     @app.get("/explain", summary="Why an indexed image matches a text: a heat map over the image "
                                  "and a score per word")
-    def explain(id: int = Query(..., ge=0, le=MAX_ID, description="an indexed image id"),
-                q: str = Query(..., max_length=limits.max_query_chars, description="the text"),
-                method: Method = "layercam"):
+    async def explain(id: int = Query(..., ge=0, le=MAX_ID, description="an indexed image id"),
+                      q: str = Query(..., max_length=limits.max_query_chars,
+                                     description="the text"),
+                      method: Method = "layercam"):
         if not q.strip():
             raise HTTPException(422, "give a non-empty text q")
-        index.image(id)  # an unknown id is a 404 before any waiting
-        if not busy.acquire(timeout=EXPLAIN_WAIT_S):
-            raise HTTPException(503, "the service is busy explaining other matches; try again")
-        try:
-            return {"id": id, "q": q, **explained(int(id), q.strip(), method)}
-        finally:
-            busy.release()
+        rec = index.image(id)  # an unknown id is a 404 before any waiting
+        key = (rec.content_hash, int(id), q.strip(), method)
+        d = explained.get(key)  # an answer given before never waits for a slot
+        if d is None:
+            d = await pools["explain"].run(explain_now, key)
+        return {"id": id, "q": q, **d}
 
 
-def create_app(index: Index, limits: ServiceLimits | None = None) -> FastAPI:
-    """The FastAPI application serving ``index`` (and the search page at ``/``)."""
-    limits = limits or ServiceLimits()
-    app = FastAPI(title="crossalign search", version="1",
-                  description="Search an image collection by text or by image.")
-    _install_errors(app)
-
+def _add_service_routes(app: FastAPI, index: Index, limits: ServiceLimits, metrics) -> None:
     @app.get("/health", summary="Whether the index is usable (503 with the reasons if not), "
                                 "and what it holds")
     def health():
-        info = index.info
+        with index.pinned() as served:  # the figures of one version
+            info, version = served.info, served.version
         about = {"images": info["n_images"], "captions": info["n_captions"],
                  "index": info["factory"], "model": info["weights_hash"][:12],
-                 "version": index.store.version,
+                 "version": version,
                  "text_runtime": getattr(index.embedder, "text_runtime_used", None)}
-        problems = index.problems()
+        problems = [public(p) for p in index.problems()]
         if problems:
             return JSONResponse({"status": "unavailable", "detail": "; ".join(problems),
                                  "problems": problems, **about}, status_code=503)
         return {"status": "ok", **about}
 
-    @app.get("/config", summary="What a request may ask for, and what the page asks for")
+    @app.get("/config", summary="What a request may ask for, what the page asks for, and the "
+                                "index version served")
     def config():
         return {"k": limits.page_k, "default_k": limits.default_k, "max_k": limits.max_k,
                 "max_query_chars": limits.max_query_chars,
-                "max_upload_bytes": limits.max_upload_bytes, "max_thumb": limits.max_thumb,
-                "ranking": RANKING, "score_kind": SCORE_KIND}
+                "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
+                "max_thumb": limits.max_thumb, "thumb_sizes": [s for s in THUMB_SIZES
+                                                               if s <= limits.max_thumb],
+                "ranking": RANKING, "score_kind": SCORE_KIND, "version": index.version}
 
-    _add_search_routes(app, index, limits)
-    _add_item_routes(app, index, limits)
-    _add_explain_route(app, index, limits)
+    @app.get("/metrics", summary="The service's metrics in the Prometheus text format",
+             response_class=Response)
+    def prometheus():
+        from crossalign.serve.metrics import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(index: Index, limits: ServiceLimits | None = None, access: Access | None = None,
+               log_queries: bool = False) -> FastAPI:
+    """The FastAPI application serving ``index`` (and the search page at ``/``).
+
+    Args:
+        limits: what one request may ask for.
+        access: the token and the host names answered (default: no token, loopback names).
+        log_queries: put each request's query string into the access log.
+    """
+    from crossalign.serve.docs import add_docs_routes
+    from crossalign.serve.login import add_login_routes
+    from crossalign.serve.metrics import Metrics
+
+    limits, access = limits or ServiceLimits(), access or Access()
+    app = FastAPI(title="crossalign search", version="1", docs_url=None, redoc_url=None,
+                  redirect_slashes=False,  # its redirect would be built from the Host header
+                  description="Search an image collection by text or by image.")
+    pools = {name: WorkPool(POOL_WORK[name], sizes) for name, sizes in POOLS.items()}
+    metrics = Metrics(index, pools)
+    app.state.pools, app.state.metrics = pools, metrics
+    _install_errors(app)
+    _add_service_routes(app, index, limits, metrics)
+    _add_search_routes(app, index, limits, pools)
+    _add_item_routes(app, index, limits, pools)
+    _add_explain_route(app, index, limits, pools)
+    add_login_routes(app, access)
+    add_docs_routes(app)
 
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(_UploadLimit, path="/search/image", limit=limits.max_upload_bytes)
+    # added last = outermost: Front sees every answer, then hosts, then the token
+    app.add_middleware(UploadLimit, path="/search/image", limit=limits.max_upload_bytes)
+    app.add_middleware(TokenCheck, access=access)
+    app.add_middleware(HostCheck, access=access)
+    app.add_middleware(Front, metrics=metrics, log_queries=log_queries)
     return app

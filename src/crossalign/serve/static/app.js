@@ -116,7 +116,9 @@ function shadedWords(words) {
   for (const w of words) {
     const a = Math.min(Math.abs(w.score) / top, 1).toFixed(2);
     const colour = w.score >= 0 ? `rgba(214, 39, 40, ${a})` : `rgba(31, 119, 180, ${a})`;
-    box.appendChild(el("span", {style: `background: ${colour}`, title: `${w.score.toFixed(4)} (${(w.share * 100).toFixed(0)}%)`}, w.word));
+    const word = el("span", {title: `${w.score.toFixed(4)} (${(w.share * 100).toFixed(0)}%)`}, w.word);
+    word.style.background = colour;  // a style property, which the page's policy allows (an attribute it refuses)
+    box.appendChild(word);
     box.appendChild(document.createTextNode(" "));
   }
   return box;
@@ -135,6 +137,7 @@ async function explain(c, img, hit, q, button) {
   button.textContent = "explaining…";
   try {
     const resp = await fetch(`/explain?${new URLSearchParams({id: String(hit.image_id), q})}`);
+    if (signedOut(resp)) return;
     const data = await resp.json();
     if (!resp.ok) {
       setStatus(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail), true);
@@ -155,6 +158,13 @@ async function explain(c, img, hit, q, button) {
   }
 }
 
+// a service shared with a token: a request refused for want of it goes to the sign-in form
+function signedOut(resp) {
+  if (resp.status !== 401) return false;
+  location.assign("/login");
+  return true;
+}
+
 function clean(state) {
   return Object.fromEntries(Object.entries(state).filter(([, v]) => v !== undefined));
 }
@@ -170,6 +180,7 @@ async function run(path, init, label) {
   try {
     await configured;
     const resp = await fetch(path(), init);
+    if (signedOut(resp)) return;
     const data = await resp.json();
     if (!resp.ok) {
       const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
