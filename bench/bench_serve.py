@@ -187,15 +187,16 @@ async def _flood(base: str, headers: dict, n: int, queries: list[str]) -> dict:
             return r.status_code, (time.perf_counter() - t0) * 1000
 
         tasks = [asyncio.create_task(one(i)) for i in range(n)]
-        search_ms, k = [], 0
+        search_ms, began, k = [], [], 0
         while not all(t.done() for t in tasks):
             s0 = time.perf_counter()
             r = await client.get(base + "/search", params={"q": queries[(k + 7) % len(queries)], "k": 10})
             search_ms.append((time.perf_counter() - s0) * 1000 if r.status_code == 200 else float("inf"))
+            began.append((s0 - t0) * 1000)
             k += 1
         answers = [t.result() for t in tasks]
     refused = [ms for status, ms in answers if status == 503]
-    return {"search": np.array(search_ms), "ok": sum(s == 200 for s, _ in answers),
+    return {"search": np.array(search_ms), "began": np.array(began), "ok": sum(s == 200 for s, _ in answers),
             "refused": len(refused), "other": sum(s not in (200, 503) for s, _ in answers),
             "refused_ms": np.array(refused) if refused else np.array([np.nan])}
 
@@ -245,7 +246,8 @@ async def _one_service(args, workers: int, token: str | None) -> None:
               f"(503; p50 {np.nanpercentile(flood['refused_ms'], 50):.0f} ms, max "
               f"{np.nanmax(flood['refused_ms']):.0f} ms after the flood began), {flood['other']} other; "
               f"{len(s)} searches meanwhile: p50 {np.percentile(s, 50):.1f} ms, max {s.max():.1f} ms "
-              f"(bound 3 x idle p50 + 50 = {3 * idle + 50:.1f} ms; over it: {(s > 3 * idle + 50).sum()})")
+              f"(bound 3 x idle p50 + 50 = {3 * idle + 50:.1f} ms; over it: {(s > 3 * idle + 50).sum()}, "
+              f"begun at {', '.join(f'{b:.0f}' for b in flood['began'][s > 3 * idle + 50])} ms)")
     for e in sorted(set(errors))[:10]:
         print(f"  error: {e} (x{errors.count(e)})")
 

@@ -14,6 +14,7 @@ at once when they are full.
 
 from __future__ import annotations
 
+import dataclasses
 import mimetypes
 import re
 import threading
@@ -28,7 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from crossalign.errors import ConfigError, CrossalignError, ImageError, UnknownItem
-from crossalign.index.search import RANKING, SCORE_KIND, Filters, Index, SearchResult
+from crossalign.index.search import RANKING, SCORE_KIND, Filters, Hit, Index, SearchResult
 from crossalign.serve.guard import Access, Front, HostCheck, TokenCheck, UploadLimit
 from crossalign.serve.work import Busy, PoolSizes, WorkPool
 
@@ -117,15 +118,20 @@ class _ByteCache:
                 self.bytes -= self.size(self._items.popitem(last=False)[1])
 
 
+_HIT_FIELDS = [f.name for f in dataclasses.fields(Hit) if f.name != "path"]  # an image is
+# named by its id and name, never by where it lies on the server
+
+
 def _hit_json(hit) -> dict:
-    d = hit.to_dict()
-    del d["path"]  # an image is named by its id and name, never by where it lies on the server
+    d = {name: getattr(hit, name) for name in _HIT_FIELDS}  # shallow: asdict copies deeply
     d["image_url"] = f"/images/{hit.image_id}"
     d["thumb_url"] = f"/images/{hit.image_id}?size=256"
     return d
 
 
 def _result_json(result: SearchResult, query: dict) -> dict:
+    """The answer to a search, of plain JSON types (sent as it is: FastAPI's generic encoder
+    would take longer than the search)."""
     return {"query": query, "target": result.target, "seconds": result.seconds,
             "ranking": result.ranking, "score_kind": result.score_kind,
             "hits": [_hit_json(h) for h in result.hits]}
@@ -222,8 +228,8 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
                                 filters=narrow.filters, min_score=narrow.min_score)
 
         result = await pools["query"].run(run)
-        return _result_json(result, {"q": q, "minus": minus, "like": like, "k": k,
-                                     **narrow.echo()})
+        return JSONResponse(_result_json(result, {"q": q, "minus": minus, "like": like, "k": k,
+                                                  **narrow.echo()}))
 
     @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
     async def search_image(file: UploadFile = File(..., description="an image file"),
@@ -237,7 +243,8 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
                                 min_score=narrow.min_score)
 
         result = await pools["upload"].run(run)
-        return _result_json(result, {"image": file.filename or "upload", "k": k, **narrow.echo()})
+        return JSONResponse(_result_json(result, {"image": file.filename or "upload", "k": k,
+                                                  **narrow.echo()}))
 
 
 def _snap(size: int, largest: int) -> int:
@@ -326,7 +333,7 @@ def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits,
         d = explained.get(key)  # an answer given before never waits for a slot
         if d is None:
             d = await pools["explain"].run(explain_now, key)
-        return {"id": id, "q": q, **d}
+        return JSONResponse({"id": id, "q": q, **d})
 
 
 def _add_service_routes(app: FastAPI, index: Index, limits: ServiceLimits, metrics) -> None:
