@@ -83,6 +83,12 @@ def _open(options: dict):
                     secure_cookie=options["secure_cookie"])
     app = create_app(ix, ServiceLimits(**options["limits"]), access, options["log_queries"])
     ix.search(text="warm up", k=1)  # the first pass through the model is slow; not a user's
+    import gc
+
+    # the models and libraries loaded so far live as long as the process: kept out of the
+    # collector's full passes, which would otherwise walk them all while holding the GIL
+    gc.collect()
+    gc.freeze()
     return ix, app
 
 
