@@ -117,3 +117,12 @@ def labelled_shapes(tmp_path_factory, shapes_dir) -> Path:
             colour = next(c for c in COLOURS if f" {c} " in f" {caps[0]} ")
             f.write(json.dumps({"image": f"images/{name}", "captions": caps, "colour": colour}) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_index_dir(tmp_path_factory, shapes_dir) -> Path:
+    """An index of a copy of the shapes data, by a run trained for one epoch, for the service's
+    tests (a test that damages a file of it puts the file back)."""
+    from _live import shapes_index
+
+    return shapes_index(tmp_path_factory.mktemp("served"), shapes_dir)

@@ -7,10 +7,6 @@ import inspect
 import io
 import logging
 import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,27 +19,21 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from crossalign.cli.main import build_parser, main
-from crossalign.index import build_index, open_index
+from crossalign.cli.main import build_parser
+from crossalign.index import open_index
 from crossalign.serve import create_app, serve
 from crossalign.serve.app import ServiceLimits
 
 from _browser import browser_page
+from _live import serving
 
 LIMIT = 200_000  # bytes of an upload request in these tests
 LOCAL = "http://127.0.0.1"  # the service answers loopback host names only, unless told more
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, shapes_dir) -> Path:
-    """An index of the shapes data made with a run trained for one epoch."""
-    root = tmp_path_factory.mktemp("serve")
-    data = root / "data"
-    shutil.copytree(shapes_dir, data)  # one file is removed by a test
-    assert main(["-q", "train", "--data", str(data), "--out", str(root / "run"),
-                 "--set", "train.epochs=1", "--set", "train.batch_size=64"]) == 0
-    build_index(root / "run", root / "idx", data=data, progress=False)
-    return root / "idx"
+def index_dir(shared_index_dir) -> Path:
+    return shared_index_dir
 
 
 @pytest.fixture(scope="module")
@@ -366,35 +356,9 @@ def test_fuzzing_from_the_openapi_finds_no_server_error(index, mode):
 
 # ---- the page in a real browser -------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _serving(app):
-    """The service on a free loopback port, in a thread; yields its URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture()
 def live_url(app):
-    with _serving(app) as url:
+    with serving(app) as url:
         yield url
 
 
@@ -440,7 +404,7 @@ def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
     """Under a limit of 5 results the page asks for 5, by text, by image and for more like this."""
     app = create_app(index, ServiceLimits(max_k=5, max_query_chars=40))
     errors, asked = [], []
-    with _serving(app) as url, browser_page(errors) as page:
+    with serving(app) as url, browser_page(errors) as page:
         page.on("request", lambda r: asked.append(r.url) if "/search" in r.url else None)
         page.goto(url + "/", wait_until="load")
         page.fill("#query", "a red circle")

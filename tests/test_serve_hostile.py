@@ -17,7 +17,6 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,27 +25,20 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from crossalign.cli.main import main
-from crossalign.index import build_index, open_index
+from crossalign.index import open_index
 from crossalign.serve import create_app, read_token
-from crossalign.serve.app import ServiceLimits
 from crossalign.serve.guard import COOKIE, Access
 
 from _browser import browser_page
+from _live import free_port, serving
 
 LOCAL = "http://127.0.0.1"
 TOKEN = "a-test-token-that-is-long-enough"
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, shapes_dir) -> Path:
-    """An index of (a copy of) the shapes data, made with a run trained for one epoch."""
-    root = tmp_path_factory.mktemp("hostile")
-    data = root / "data"
-    shutil.copytree(shapes_dir, data)
-    assert main(["-q", "train", "--data", str(data), "--out", str(root / "run"), "--fixed",
-                 "--set", "train.epochs=1", "--set", "train.batch_size=64"]) == 0
-    build_index(root / "run", root / "idx", data=data, progress=False)
-    return root / "idx"
+def index_dir(shared_index_dir) -> Path:
+    return shared_index_dir
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +243,7 @@ def test_an_explain_flood_is_refused_at_once_and_searches_go_on(index, monkeypat
     monkeypatch.setattr(index, "explain", gate)
     monkeypatch.setattr(app_module, "_explanation_json",
                         lambda e: {**e.to_json(), "overlay": "data:image/jpeg;base64,"})
-    with _serving(create_app(index)) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with serving(create_app(index)) as url, httpx.Client(base_url=url, timeout=60) as http:
         gate.open.set()
         assert http.get("/explain", params={"id": 0, "q": "cached"}).status_code == 200
         gate.open.clear()
@@ -275,34 +267,6 @@ def test_an_explain_flood_is_refused_at_once_and_searches_go_on(index, monkeypat
 
 
 # ---- slow and idle clients -------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _serving(app, http=None, **config):
-    import uvicorn
-
-    from crossalign.serve._protocol import GuardedH11Protocol
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           http=http or GuardedH11Protocol, **config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
 
 def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
     """Whether the server closes ``sock`` within ``seconds`` while it sends ``trickle`` a byte
@@ -335,7 +299,7 @@ def test_idle_and_slow_clients_are_let_go(index):
     class Quick(GuardedH11Protocol):
         header_timeout_s, body_timeout_s = 1.0, 2.0
 
-    with _serving(create_app(index), http=Quick) as url:
+    with serving(create_app(index), http=Quick) as url:
         port = int(url.rsplit(":", 1)[1])
         idle = socket.create_connection(("127.0.0.1", port))
         headers = socket.create_connection(("127.0.0.1", port))
@@ -453,7 +417,7 @@ def test_the_access_log_leaves_queries_out_unless_asked(index, caplog):
 def test_two_workers_answer_and_count_together(index_dir, tmp_path):
     """``crossalign serve --workers 2`` as a user starts it: both processes answer, and
     /metrics adds up the requests of both."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CROSSALIGN_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "crossalign.cli.main", "serve", str(index_dir),
                              "--port", str(port), "--workers", "2"], env=env,
@@ -490,7 +454,7 @@ def test_docs_load_with_the_network_blocked(index):
     blocked, and the page must still show the operations, with no console error (a policy
     violation is one)."""
     errors, foreign = [], []
-    with _serving(create_app(index)) as url, browser_page(errors) as page:
+    with serving(create_app(index)) as url, browser_page(errors) as page:
         def gate(route):
             if route.request.url.startswith(url) or route.request.url.startswith("data:"):
                 return route.continue_()
@@ -513,7 +477,7 @@ def test_docs_load_with_the_network_blocked(index):
 @pytest.mark.needs("chromium")
 def test_the_page_signs_in_with_the_token_and_searches(index, tmp_path):
     errors = []
-    with _serving(create_app(index, None, Access(token=TOKEN))) as url, browser_page(errors) as page:
+    with serving(create_app(index, None, Access(token=TOKEN))) as url, browser_page(errors) as page:
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(url + "/?q=a+red+circle", wait_until="load")
         assert page.locator("#login").count() == 1

@@ -15,36 +15,27 @@ __all__ = ["add_docs_routes"]
 
 ASSETS = "/static/docs"
 
-_SWAGGER = f"""<!doctype html>
+def _page(head: str, body: str) -> str:
+    """A documentation page: the given assets, then the start-up script of this origin."""
+    return f"""<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>crossalign search: API</title>
-  <link rel="stylesheet" href="{ASSETS}/swagger-ui.css">
+  {head}
   <link rel="icon" href="{ASSETS}/favicon.png">
 </head>
 <body>
-  <div id="swagger-ui"></div>
-  <script src="{ASSETS}/swagger-ui-bundle.js"></script>
+  {body}
   <script src="/static/docs-start.js"></script>
 </body>
 </html>
 """
 
-_REDOC = f"""<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>crossalign search: API</title>
-  <link rel="icon" href="{ASSETS}/favicon.png">
-</head>
-<body>
-  <div id="redoc"></div>
-  <script src="{ASSETS}/redoc.standalone.js"></script>
-  <script src="/static/docs-start.js"></script>
-</body>
-</html>
-"""
+
+_SWAGGER = _page(f'<link rel="stylesheet" href="{ASSETS}/swagger-ui.css">',
+                 f'<div id="swagger-ui"></div>\n  <script src="{ASSETS}/swagger-ui-bundle.js"></script>')
+_REDOC = _page("", f'<div id="redoc"></div>\n  <script src="{ASSETS}/redoc.standalone.js"></script>')
 
 
 def _assets() -> Path:
