@@ -32,7 +32,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
-from crossalign.index.store import Filters, IndexStore, read_current, relative_message
+from crossalign.index._versions import read_current, relative_message
+from crossalign.index.store import Filters, IndexStore
 from crossalign.index.tune import apply_params, approximate_top, tuned_params
 
 __all__ = ["Index", "ServedVersion", "Hit", "SearchResult", "Filters", "open_index", "TARGETS",

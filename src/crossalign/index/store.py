@@ -64,8 +64,7 @@ from crossalign.index.tune import DEFAULT_RECALL, tune
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index", "hnsw_bytes",
-           "machine_memory", "read_current", "hold_version", "remove_unheld", "relative_message",
-           "MATCH_CACHE_BYTES"]
+           "machine_memory", "MATCH_CACHE_BYTES"]
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_BELOW = 100_000  # exact search stays fast (a few ms per query at 256-d) below this

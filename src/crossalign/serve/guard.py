@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
@@ -61,7 +61,7 @@ class Access:
     """
 
     token: str | None = None
-    hosts: tuple[str, ...] = field(default=LOOPBACK_NAMES)
+    hosts: tuple[str, ...] = ()
     secure_cookie: bool = False
 
 
@@ -240,8 +240,9 @@ class Front:
             route = getattr(scope.get("route"), "path", None) or "other"
             if self.metrics is not None:
                 self.metrics.observe(scope["method"], route, status[0], seconds)
-            log.info("%s %s %d %.1f ms", scope["method"], self._target(scope), status[0],
-                     1000 * seconds)
+            if log.isEnabledFor(logging.INFO):  # the target is built only for a line written
+                log.info("%s %s %d %.1f ms", scope["method"], self._target(scope), status[0],
+                         1000 * seconds)
             request_id.reset(token)
 
     def _target(self, scope) -> str:
