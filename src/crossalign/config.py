@@ -40,9 +40,12 @@ __all__ = [
 class DataConfig:
     """Where the pairs come from and how they are split."""
 
+    # the layout: auto (guessed from the files), folder, flickr8k, karpathy, coco, csv, jsonl,
+    # sidecar, movielens or webdataset
     format: str = "auto"
+    # train/val/test fractions of the images when the data names no split
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_seed: int = 0
+    split_seed: int = 0  # seed of the hash that splits images when the data names no split
     group_column: str = ""  # optional: keep all rows sharing this label in one split
     strict: bool = False  # fail on the first bad row instead of skipping it
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
@@ -63,8 +66,8 @@ class DataConfig:
 class ImageTowerConfig:
     """Image tower: a registered name plus how much of it trains."""
 
-    tower: str = "efficientnet_lite0"
-    pretrained: bool = True
+    tower: str = "efficientnet_lite0"  # a registered image tower, timm:NAME, or A+B side by side
+    pretrained: bool = True  # load the tower's pretrained weights; false = random initialisation
     freeze: str = "auto"  # frozen | trainable | last:N | auto (trainable from scratch, else frozen)
     checkpoint: str = ""  # optional local weights file (or timm folder)
     image_size: int = 0  # 0 = the tower's own default
@@ -88,11 +91,11 @@ class ImageTowerConfig:
 class TextTowerConfig:
     """Text tower: a registered name plus pooling, token limit and freezing."""
 
-    tower: str = "minilm"
-    pretrained: bool = True
+    tower: str = "minilm"  # a registered text tower (minilm, lstm, transformer) or hf:NAME
+    pretrained: bool = True  # load the tower's pretrained weights; false = random initialisation
     freeze: str = "auto"  # frozen | trainable | last:N | auto (trainable from scratch, else frozen)
     pooling: str = "mean"  # mean | cls | pooler
-    max_tokens: int = 256
+    max_tokens: int = 256  # tokens read of a text; the rest is cut (or windowed: chunk_long)
     chunk_long: bool = False  # longer texts: mean over windows of max_tokens instead of truncating
     checkpoint: str = ""  # optional local folder (Hugging Face or sentence-transformers layout)
     vocab_size: int = 10000  # from-scratch towers (lstm, transformer): words kept from the training captions
@@ -111,13 +114,13 @@ class ModelConfig:
     # hf:FOLDER_OR_NAME (a CLIPModel or SiglipModel) or open_clip:NAME (a name or a config JSON)
     pair: str = ""
     pair_weights: str = ""  # open_clip pairs: a checkpoint file or a pretrained tag
-    embed_dim: int = 256
+    embed_dim: int = 256  # width of the shared space the heads project into
     head: str = "linear"  # linear | mlp | none
-    head_hidden: int = 1024
-    head_dropout: float = 0.1
-    logit_scale_init: float = 1 / 0.07
-    logit_scale_max: float = 100.0
-    learn_logit_scale: bool = True
+    head_hidden: int = 1024  # mlp head: hidden width
+    head_dropout: float = 0.1  # mlp head: dropout after its hidden layer
+    logit_scale_init: float = 1 / 0.07  # starting logit scale (inverse temperature), as CLIP
+    logit_scale_max: float = 100.0  # ceiling of the logit scale (CLIP's 100)
+    learn_logit_scale: bool = True  # false: the logit scale stays at logit_scale_init
 
 
 @dataclass
@@ -136,8 +139,8 @@ class LossConfig:
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
-    epochs: int = 40
-    batch_size: int = 256
+    epochs: int = 40  # the most epochs (early stopping may end a run sooner)
+    batch_size: int = 256  # pairs per batch in each process (the loss sees the global batch)
     # a pretrained pair's run: the saved best weights become the WiSE-FT ensemble
     # (1 - wise_alpha) * zero-shot + wise_alpha * fine-tuned (1 = the fine-tune alone)
     wise_alpha: float = 1.0
@@ -146,10 +149,10 @@ class TrainConfig:
     # a run folder whose model_best starts this run (same towers and heads): the converged heads
     # over frozen features, say, before the towers' last blocks train at a lower rate
     init_from: str = ""
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    early_stopping: bool = True
-    patience: int = 4
+    weight_decay: float = 0.05  # AdamW; none on biases, norms and the temperature
+    grad_clip: float = 1.0  # gradient-norm clipping; 0 = off
+    early_stopping: bool = True  # stop when the monitor has not improved for patience epochs
+    patience: int = 4  # early stopping: epochs without improvement of the monitor
     monitor: str = "rsum"  # validation metric to maximise
     # which epoch model_best keeps: best (by the monitor) or last (the epoch count itself was
     # chosen, as a recipe search chooses it on held-out data)
@@ -157,10 +160,10 @@ class TrainConfig:
     # what the weights learn from: train, or train+val (the refit after a recipe search chose the
     # epoch count on held-out data: no early stopping, keep=last; val figures are then of seen data)
     fit_on: str = "train"
-    seed: int = 0
-    num_workers: int = 0
+    seed: int = 0  # seed of initialisation, shuffling and augmentation
+    num_workers: int = 0  # processes decoding images (a DataLoader); 0 = the main process
     device: str = "auto"  # auto | cpu | cuda
-    eval_batch_size: int = 128
+    eval_batch_size: int = 128  # batch size when embedding: validation, evaluation, other commands
     scheduler: str = "cosine"  # none | cosine | plateau
     warmup_steps: int = 0  # cosine: linear warm-up over this many optimizer steps
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
@@ -170,14 +173,14 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
     checkpoint_every: int = 200  # optimizer steps between mid-epoch resume points (0 = epoch ends only)
     log_every: int = 10  # optimizer steps between rows of steps.csv
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard
 
 
 @dataclass
 class CacheConfig:
     """On-disk cache of frozen-tower outputs."""
 
-    enabled: bool = True
+    enabled: bool = True  # keep frozen towers' outputs on disk; false = compute them every time
     dir: str = ""  # empty = $CROSSALIGN_CACHE_DIR or ~/.cache/crossalign
     dtype: str = "float16"  # how features are stored: float16 (half the disk and page cache) or float32
 
@@ -186,18 +189,18 @@ class CacheConfig:
 class AugmentConfig:
     """Training-time augmentation (see ``crossalign.data.augment``); probabilities in [0, 1]."""
 
-    image: bool = False
+    image: bool = False  # random crop, colour jitter, grayscale and flip of training images
     crop_scale: tuple[float, float] = (0.6, 1.0)  # area fraction of the random crop
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # aspect ratio range of the random crop
-    crop_prob: float = 1.0
+    crop_prob: float = 1.0  # chance that an image is cropped
     brightness: float = 0.4  # colour jitter strengths, as torchvision's ColorJitter
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
+    contrast: float = 0.4  # colour jitter: contrast strength
+    saturation: float = 0.4  # colour jitter: saturation strength
+    hue: float = 0.1  # colour jitter: hue shift
+    jitter_prob: float = 0.8  # chance that an image gets the colour jitter
+    grayscale_prob: float = 0.2  # chance that an image is made grayscale
     flip_prob: float = 0.0  # off by default: captions often say "left" and "right"
-    text: bool = False
+    text: bool = False  # rewrite training captions: WordNet synonyms, word dropout
     text_prob: float = 0.5  # chance that a caption is augmented at all
     synonym_prob: float = 0.1  # per content word: replace with a WordNet synonym
     word_dropout: float = 0.1  # per word: drop it (never all words)
