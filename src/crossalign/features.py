@@ -22,24 +22,18 @@ its place) is never used: it is marked bad, its entries count as missing and are
 computed again. A chunk is checked the first time a process looks its keys up. Segment
 bytes are interpreted only as numbers of the listed dtype; nothing in the cache is
 unpickled.
-
-A cache written by earlier versions (``index.json`` beside ``shard-*.npz``) is moved
-into the store the first time it is opened: each shard whose checksum holds is read
-with ``allow_pickle=False`` and put, and the old files go.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
 import sqlite3
 import time
 import uuid
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -167,7 +161,7 @@ class FeatureCache:
         """The store's SQLite connection; None when there is no store and ``write`` is false."""
         if self._db is None:
             path = self.dir / STORE
-            if not write and not path.exists() and not (self.dir / "index.json").exists():
+            if not write and not path.exists():
                 return None
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -190,8 +184,6 @@ class FeatureCache:
                     raise err from e
                 raise
             self._db = db
-            if (self.dir / "index.json").exists():
-                self._migrate()
         return self._db
 
     def segments(self) -> list[dict]:
@@ -474,33 +466,6 @@ class FeatureCache:
             except FileNotFoundError:  # another process cleaned it first
                 pass
 
-    # --- caches of earlier versions -----------------------------------------------------
-
-    def _migrate(self) -> None:
-        """Move an ``index.json`` + ``shard-*.npz`` cache into the store (once, under a lock)."""
-        with _locked(self.dir):
-            index = self.dir / "index.json"
-            if not index.exists():
-                return
-            try:
-                shards = json.loads(index.read_text())["shards"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("%s: unreadable cache index (%s); its features will be computed again",
-                            index, e)
-                shards = {}
-            for name, entry in sorted(shards.items()):
-                got = _read_shard(self.dir / name, str(entry.get("sha256")))
-                if isinstance(got, str):
-                    log.warning("%s: %s; its %s features will be computed again",
-                                self.dir / name, got, entry.get("rows", "?"))
-                    continue
-                keys, feats = got
-                ok = np.isfinite(feats).all(axis=1)  # old caches held NaN rows for unreadable images
-                self.put([k for k, good in zip(keys.tolist(), ok) if good], feats[ok])
-            for path in self.dir.glob("shard-*.npz"):
-                path.unlink(missing_ok=True)
-            index.unlink(missing_ok=True)
-
 
 def _open_segment(path: Path):
     """A new segment file, open for writing; never one another process made."""
@@ -537,21 +502,3 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _read_shard(path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray] | str:
-    """``(keys, feats)`` of an earlier version's shard whose bytes match ``sha256``, else why
-    it cannot be used."""
-    from crossalign._io import sha256_bytes
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if sha256_bytes(data) != sha256:
-        return "does not match its checksum (damaged or replaced)"
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:  # never unpickles
-            return z["keys"], z["feats"]
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
-        return f"is not a feature shard ({e})"
