@@ -238,7 +238,7 @@ class ConcatTower(nn.Module):
         return torch.cat(feats, dim=1)  # [batch, width]
 
 
-@register_join
+@register_join("image")
 def build_concat(names: list[str], **overrides) -> ConcatTower:
     """Build each named image tower with the same overrides and join them."""
     from crossalign.models.registry import create

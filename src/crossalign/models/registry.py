@@ -36,6 +36,7 @@ Text towers
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,6 +62,7 @@ class TowerInfo:
 
 _REGISTRY: dict[str, TowerInfo] = {}
 _PREFIXES: dict[str, TowerInfo] = {}
+_JOINS: dict[str, Callable[..., torch.nn.Module]] = {}  # modality -> builder of towers named "a+b"
 
 
 def register(name: str, modality: str, description: str = "",
@@ -75,14 +77,15 @@ def register(name: str, modality: str, description: str = "",
     return wrap
 
 
-# builds a tower joining several image towers' features ("a+b"); the image towers register it
-_JOIN: list[Callable[..., torch.nn.Module]] = []
+def register_join(modality: str):
+    """Decorator: register ``fn(names, **overrides) -> tower``, the builder of the ``modality``
+    towers named ``a+b`` (from the towers named ``a`` and ``b``)."""
 
+    def wrap(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        _JOINS[modality] = fn
+        return fn
 
-def register_join(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-    """Register ``fn(names, **overrides)``, the builder of towers named ``a+b``."""
-    _JOIN[:] = [fn]
-    return fn
+    return wrap
 
 
 def _parts(name: str) -> list[str]:
@@ -90,11 +93,13 @@ def _parts(name: str) -> list[str]:
 
 
 def _concat_info(name: str) -> TowerInfo:
-    infos = [model_info(p) for p in _parts(name)]
-    if any(i.modality != "image" for i in infos):
-        raise ConfigError(f"only image towers can be joined with '+': {name!r}")
-    return TowerInfo(name, "image", lambda **kw: _JOIN[0](_parts(name), **kw),
-                     "concatenated features of " + ", ".join(_parts(name)),
+    parts = _parts(name)
+    infos = [model_info(p) for p in parts]
+    modality = infos[0].modality
+    if modality not in _JOINS or any(i.modality != modality for i in infos):
+        raise ConfigError(f"only {' or '.join(sorted(_JOINS))} towers can be joined with '+': {name!r}")
+    return TowerInfo(name, modality, functools.partial(_JOINS[modality], parts),
+                     "concatenated features of " + ", ".join(parts),
                      offline=lambda: all(i.offline() for i in infos),
                      scratch=all(i.scratch for i in infos))
 
