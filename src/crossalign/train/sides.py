@@ -73,10 +73,9 @@ def length_chunks(lengths: Sequence[int], chunk: int) -> list[np.ndarray]:
     """Positions ``0..len(lengths)-1`` sorted by length and cut into groups of ``chunk``.
 
     A step's captions run through the text tower group by group, each padded to its own longest
-    caption instead of the batch's: a batch of 1,024 random Flickr8k captions pads to 2.16 times
-    its tokens, groups of 128 of similar length to 1.14 times (``bench/bench_text_steps.py``,
-    which times both). The contrastive loss still sees
-    the whole batch; only the padding, which the attention mask and the pooling leave out, goes.
+    caption instead of the batch's, so far fewer padding tokens are computed
+    (``bench/bench_text_steps.py`` counts and times both). The contrastive loss still sees the
+    whole batch; only the padding, which the attention mask and the pooling leave out, goes.
     """
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[s:s + chunk] for s in range(0, len(order), chunk)]
@@ -181,16 +180,25 @@ class _Side:
         # augmented views are precomputed when the inputs do not run through the tower each step
         self.n_views = self.aug.cached_views if (self.aug and self.mode != "raw") else 0
 
-    def _view(self, epoch: int, sample: int) -> int:
-        """Which cached augmented view a sample uses in an epoch (-1 = the clean one)."""
+    def _view(self, epoch: int, sample: int) -> int | None:
+        """Which cached augmented view a sample uses in a training epoch (None: no view is
+        cached, so the clean item)."""
         if not self.n_views:
-            return -1
+            return None
         return stable_seed(self.seed, "view", epoch, sample) % self.n_views
+
+    def _slots(self, epoch: int | None, samples: Sequence[int]) -> list[int]:
+        """Where ``feats`` or ``prefix`` hold each sample's item in ``epoch``: 0 for the clean
+        item (every sample when ``epoch`` is None: evaluation), ``v + 1`` for cached view ``v``."""
+        if epoch is None:
+            return [0] * len(samples)
+        views = [self._view(epoch, int(s)) for s in samples]
+        return [0 if v is None else v + 1 for v in views]
 
     @torch.no_grad()
     def embed_all(self, rows: Sequence[int], batch_size: int) -> np.ndarray:
         """Clean (unaugmented) embeddings of ``rows``."""
-        out = [self.train_embed(np.asarray(rows[s:s + batch_size]), epoch=-1).float().cpu().numpy()
+        out = [self._embed(np.asarray(rows[s:s + batch_size]), None).float().cpu().numpy()
                for s in range(0, len(rows), batch_size)]
         return np.concatenate(out)
 
@@ -275,15 +283,20 @@ class ImageSide(_Side):
             except ImageError as e:
                 self.failed[i] = e
 
-    def _keys(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None,
-              view=None) -> list:
-        """Keys of ``self.data`` for ``rows``: clean for ``epoch=-1``, else the seeded view
-        (``view``, or the sample's view in ``epoch``)."""
-        if self.aug is None or epoch < 0:
-            return [int(r) for r in rows]
-        views = [view if view is not None else ("e", epoch, samples[k] if samples is not None else r)
-                 for k, r in enumerate(rows)]
-        return [(int(r), (v, self.paths[r])) for r, v in zip(rows, views)]
+    def _keys(self, rows: Sequence[int], epoch: int | None,
+              samples: Sequence[int] | None = None) -> list[tuple[int, object]]:
+        """Keys ``(row, arg)`` of ``self.data`` for ``rows`` (see :class:`DecodeImages`):
+        ``(row, None)``, the clean image, when ``epoch`` is None or nothing is augmented; else
+        the view training ``epoch`` draws for each sample (``samples[k]`` for ``rows[k]``,
+        default the row)."""
+        if self.aug is None or epoch is None:
+            return [(int(r), None) for r in rows]
+        samples = rows if samples is None else samples
+        return [(int(r), (("e", epoch, s), self.paths[r])) for r, s in zip(rows, samples)]
+
+    def _view_keys(self, rows: Sequence[int], view: int) -> list[tuple[int, object]]:
+        """Keys of ``self.data`` for cached augmented view ``view`` of ``rows``."""
+        return [(int(r), (view, self.paths[r])) for r in rows]
 
     def plan_epoch(self, epoch: int, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """Start decoding the ``(rows, samples)`` of each coming step of ``epoch``, in order,
@@ -293,12 +306,12 @@ class ImageSide(_Side):
         self._plan = deque(self._keys(rows, epoch, samples) for rows, samples in batches)
         self._loader = iter(self._decode(list(self._plan)))
 
-    def _decode(self, plan: list[list], data: DecodeImages | None = None):
+    def _decode(self, plan: list[list[tuple[int, object]]], data: DecodeImages | None = None):
         """Batches of ``plan`` decoded from ``data`` (default: this side's images)."""
         data = self.data if data is None else data
         return decode_loader(data, plan, self.workers, wants_channels_last(self.tower))
 
-    def _pixels(self, rows: Sequence[int], epoch: int, samples: Sequence[int] | None) -> torch.Tensor:
+    def _pixels(self, rows: Sequence[int], epoch: int | None, samples: Sequence[int] | None) -> torch.Tensor:
         keys = self._keys(rows, epoch, samples)
         if self._plan and self._plan[0] == keys:  # decoded ahead by the loader
             self._plan.popleft()
@@ -314,8 +327,7 @@ class ImageSide(_Side):
         self.prefix: list[list[dict]] = []  # [view][image] -> prefix dict; view 0 is clean
         n = len(self.paths)
         chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-        views = [None] + list(range(self.n_views))
-        bar = tqdm(total=n * (len(views) + self.mirror), desc="image prefix", unit="item",
+        bar = tqdm(total=n * (1 + self.n_views + self.mirror), desc="image prefix", unit="item",
                    disable=not progress or n == 0, leave=False, dynamic_ncols=True)
 
         def run(plan, data=None):
@@ -326,8 +338,9 @@ class ImageSide(_Side):
                 bar.update(len(pixels))
             return items
 
-        for view in views:
-            self.prefix.append(run([self._keys(list(c), -1 if view is None else 0, None, view) for c in chunks]))
+        self.prefix.append(run([self._keys(c, None) for c in chunks]))
+        for view in range(self.n_views):
+            self.prefix.append(run([self._view_keys(c, view) for c in chunks]))
         if self.mirror:  # the mirror beside the clean image (or the augmented views), as features do
             flipped = DecodeImages(self.paths, self.transform, self.max_pixels, mirror)
             if not self.n_views:
@@ -342,20 +355,25 @@ class ImageSide(_Side):
         by the loader's workers."""
         if self.mode != "raw":
             return super().embed_all(rows, batch_size)
-        plan = [self._keys(rows[s:s + batch_size], -1, None) for s in range(0, len(rows), batch_size)]
+        plan = [self._keys(rows[s:s + batch_size], None) for s in range(0, len(rows), batch_size)]
         out = [self.model.encode_image(_stack(b).to(self.device)).float().cpu().numpy()
                for b in self._decode(plan)]
         return np.concatenate(out)
 
-    def train_embed(self, rows: np.ndarray, epoch: int = -1, samples: np.ndarray | None = None) -> torch.Tensor:
-        """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
-        views = [self._view(epoch, int(s)) for s in (samples if samples is not None else rows)] \
-            if epoch >= 0 else [-1] * len(rows)
+    def train_embed(self, rows: np.ndarray, epoch: int | None = None,
+                    samples: np.ndarray | None = None) -> torch.Tensor:
+        """Embeddings ``[len(rows), embed_dim]`` of ``rows`` as training ``epoch`` draws each
+        sample (``samples[k]`` for ``rows[k]``, default the row); ``epoch=None``: clean."""
+        return self._embed(rows, epoch, samples)
+
+    def _embed(self, rows: np.ndarray, epoch: int | None, samples: np.ndarray | None = None) -> torch.Tensor:
         if self.mode == "features":
-            return self.model.project_image(self.feats.take(rows, [v + 1 for v in views]))
+            slots = self._slots(epoch, rows if samples is None else samples)
+            return self.model.project_image(self.feats.take(rows, slots))
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.image.freeze)
-            batch = _pad_prefix([self.prefix[v + 1][r] for r, v in zip(rows, views)])
+            slots = self._slots(epoch, rows if samples is None else samples)
+            batch = _pad_prefix([self.prefix[k][r] for r, k in zip(rows, slots)])
             batch = {k: t.to(self.device) for k, t in batch.items()}
             return self.model.project_image(self.tower.forward_suffix(batch, n_last=n_last))
         return self.model.encode_image(self._pixels(rows, epoch, samples))
@@ -394,14 +412,17 @@ class TextSide(_Side):
                 items += _split_prefix(self.tower.forward_prefix(**tok, n_last=n_last))
             self.prefix.append(items)
 
-    def train_embed(self, rows: np.ndarray, epoch: int = -1) -> torch.Tensor:
-        """Embeddings ``[len(rows), embed_dim]``; ``epoch=-1`` means clean (evaluation)."""
-        views = [self._view(epoch, int(r)) for r in rows] if epoch >= 0 else [-1] * len(rows)
+    def train_embed(self, rows: np.ndarray, epoch: int | None = None) -> torch.Tensor:
+        """Embeddings ``[len(rows), embed_dim]`` of ``rows`` as training ``epoch`` draws each
+        caption; ``epoch=None``: clean."""
+        return self._embed(rows, epoch)
+
+    def _embed(self, rows: np.ndarray, epoch: int | None) -> torch.Tensor:
         if self.mode == "features":
-            return self.model.project_text(self.feats.take(rows, [v + 1 for v in views]))
+            return self.model.project_text(self.feats.take(rows, self._slots(epoch, rows)))
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.text.freeze)
-            items = [self.prefix[v + 1][r] for r, v in zip(rows, views)]
+            items = [self.prefix[k][r] for r, k in zip(rows, self._slots(epoch, rows))]
 
             def suffix(group: list[dict]) -> torch.Tensor:
                 batch = {k: t.to(self.device) for k, t in _pad_prefix(group).items()}
@@ -412,7 +433,7 @@ class TextSide(_Side):
             lengths = [int(it["attention_mask"].shape[0]) for it in items]
             return self.model.project_text(_in_chunks(suffix, items, lengths))
         texts = [self.captions[r] for r in rows]
-        if self.aug is not None and epoch >= 0:
+        if self.aug is not None and epoch is not None:
             from crossalign.data.augment import augment_text
 
             texts = [augment_text(t, self.aug, stable_seed(self.seed, "text", "e", epoch, int(r)))
