@@ -28,3 +28,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf demo build *.egg-info
+
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict -f mkdocs.yml -d site
