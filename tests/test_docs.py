@@ -1,6 +1,6 @@
-"""The docs stay true to the code: the generated reference pages are current, the site builds
-without a warning, the README stays short with working links, and every ``crossalign`` command
-line written in the README or a guide names a command and flags that exist."""
+"""The docs stay true to the code: the generated pages (commands, settings, API) are current, the
+site builds without a warning, the README stays short with working links, and every
+``crossalign`` command line and dotted setting written in the README or a guide exists."""
 
 from __future__ import annotations
 
@@ -135,3 +135,35 @@ def test_commands_in_the_docs_exist():
             problems += [f"{page.relative_to(ROOT)}: {p} (in: {line.strip()[:100]})"
                          for p in _problems(line, parser)]
     assert not problems, "command lines in the docs that the parser does not know:\n" + "\n".join(problems)
+
+
+# ---- settings in prose ---------------------------------------------------------------------------
+
+SETTING = re.compile(
+    r"(?<![\w./-])((?:data|model|loss|train|cache|augment|evaluate)(?:\.[a-z_][a-z0-9_]*)+)(?![\w*-])")
+FILE_SUFFIXES = {"csv", "txt", "json", "yaml", "py", "safetensors", "noun", "npy", "npz", "tar"}
+
+
+def _settings(cls, prefix: str = "") -> set[str]:
+    import dataclasses
+
+    names = set()
+    for f in dataclasses.fields(cls):
+        names.add(prefix + f.name)
+        if dataclasses.is_dataclass(f.default_factory):
+            names |= _settings(f.default_factory, f"{prefix}{f.name}.")
+    return names
+
+
+def test_settings_in_the_docs_exist():
+    from crossalign.config import RunConfig
+
+    known = _settings(RunConfig)
+    pages = [README, *sorted(p for p in DOCS.rglob("*.md") if p.parent.name != "reference")]
+    problems = []
+    for page in pages:
+        for line in _snippets(page.read_text(encoding="utf-8")):
+            for name in SETTING.findall(line):
+                if name not in known and name.rsplit(".", 1)[1] not in FILE_SUFFIXES:
+                    problems.append(f"{page.relative_to(ROOT)}: no setting {name} (in: {line.strip()[:100]})")
+    assert not problems, "settings in the docs that crossalign.config does not define:\n" + "\n".join(problems)
