@@ -208,6 +208,8 @@ def usage(parser: argparse.ArgumentParser) -> str:
 
 
 def _flag_default(action: argparse.Action) -> str:
+    if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x: name the default
+        return f"`{action.option_strings[0 if action.default else 1]}`"
     if action.nargs == 0 or action.default in (None, argparse.SUPPRESS, "", []):
         return ""
     return f"`{action.default}`"
