@@ -1,14 +1,14 @@
 """Generate the reference pages of the docs site from the code they describe.
 
-    .venv/bin/python docs/gen_reference.py          # writes docs/reference/*.md
+    .venv/bin/python docs/gen_reference.py    # writes docs/reference/*.md and docs/api.md
 
 - ``docs/reference/settings.md``: every setting of ``crossalign.config.RunConfig`` (the dataclass
   tree walked: dotted name, type, default), described by the comment next to the field in
   ``src/crossalign/config.py``: its trailing ``# ...`` comment, or else the comment lines
   directly above it. A setting without a comment is an error naming it.
-- ``docs/api.md``: the Python API page, rendered by mkdocstrings from the docstrings; it lists
-  ``crossalign.__all__`` as the members to show (the static reader cannot expand a computed
-  ``__all__``).
+- ``docs/api.md``: the Python API page, rendered by mkdocstrings from the docstrings: one block
+  per name in ``crossalign.__all__``, read where the object is defined (a static reader cannot
+  expand a computed ``__all__``, and ``crossalign.train`` also names the training subpackage).
 - ``docs/reference/commands.md``: every command of the ``crossalign`` console script, read from
   its parser (``crossalign.cli.main.build_parser``): description, usage, every flag with its help
   and default, and an example from ``EXAMPLES`` below. A command without an example, an example
@@ -53,7 +53,8 @@ EXAMPLES = {
     "duplicates": "crossalign duplicates my_index --out dups",
     "explain": ('crossalign explain runs/mine --image photo.jpg --text "a dog runs on the beach" '
                 '--out why'),
-    "embed": "crossalign embed runs/mine --data 'shards/train-{000..099}.tar' --out emb --shard 3/16",
+    "embed": ("crossalign embed runs/mine --data 'shards/train-{000..099}.tar' --out emb "
+              "--shard 3/16"),
     "caption": "crossalign caption runs/mine --image photo.jpg --k 5",
     "export": "crossalign export runs/clip --out clip-folder --wise 0.5",
 }
@@ -169,7 +170,8 @@ def settings_page() -> str:
         if doc:
             out += [_escape(doc), ""]
         out += ["| setting | type | default | what |", "| --- | --- | --- | --- |"]
-        out += [f"| `{n}` | `{t}` | `{d}` | {_escape(text, table=True)} |" for n, t, d, text in rows]
+        out += [f"| `{n}` | `{t}` | `{d}` | {_escape(text, table=True)} |"
+                for n, t, d, text in rows]
         out.append("")
     return "\n".join(out)
 

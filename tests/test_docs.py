@@ -39,15 +39,17 @@ def test_reference_pages_are_current():
 
 @pytest.mark.needs("mkdocs")
 def test_site_builds_strict(tmp_path):
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
+    if not all(importlib.util.find_spec(name) for name in ("mkdocs", "mkdocstrings", "material")):
         pytest.skip("mkdocs is missing (pip install mkdocs-material 'mkdocstrings[python]', "
                     "part of the test extra)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", "mkdocs.yml", "-d", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", "mkdocs.yml",
+         "-d", str(tmp_path / "site")],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
-    assert done.returncode == 0 and not warnings, "mkdocs build --strict failed:\n" + done.stderr[-4000:]
+    assert done.returncode == 0 and not warnings, (
+        "mkdocs build --strict failed:\n" + done.stderr[-4000:])
     assert (tmp_path / "site" / "index.html").is_file()
 
 
@@ -60,7 +62,8 @@ def test_readme_is_short_and_its_links_resolve():
     text = README.read_text(encoding="utf-8")
     lines = text.count("\n") + (not text.endswith("\n"))
     assert lines <= MAX_README_LINES, (
-        f"README.md has {lines} lines (at most {MAX_README_LINES}): move detail into a page under docs/")
+        f"README.md has {lines} lines (at most {MAX_README_LINES}): "
+        "move detail into a page under docs/")
     broken = []
     for target in LINK.findall(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
@@ -134,13 +137,14 @@ def test_commands_in_the_docs_exist():
         for line in _snippets(page.read_text(encoding="utf-8")):
             problems += [f"{page.relative_to(ROOT)}: {p} (in: {line.strip()[:100]})"
                          for p in _problems(line, parser)]
-    assert not problems, "command lines in the docs that the parser does not know:\n" + "\n".join(problems)
+    assert not problems, ("command lines in the docs that the parser does not know:\n"
+                          + "\n".join(problems))
 
 
 # ---- settings in prose ---------------------------------------------------------------------------
 
-SETTING = re.compile(
-    r"(?<![\w./-])((?:data|model|loss|train|cache|augment|evaluate)(?:\.[a-z_][a-z0-9_]*)+)(?![\w*-])")
+SECTIONS = "data|model|loss|train|cache|augment|evaluate"
+SETTING = re.compile(rf"(?<![\w./-])((?:{SECTIONS})(?:\.[a-z_][a-z0-9_]*)+)(?![\w*-])")
 FILE_SUFFIXES = {"csv", "txt", "json", "yaml", "py", "safetensors", "noun", "npy", "npz", "tar"}
 
 
@@ -165,5 +169,7 @@ def test_settings_in_the_docs_exist():
         for line in _snippets(page.read_text(encoding="utf-8")):
             for name in SETTING.findall(line):
                 if name not in known and name.rsplit(".", 1)[1] not in FILE_SUFFIXES:
-                    problems.append(f"{page.relative_to(ROOT)}: no setting {name} (in: {line.strip()[:100]})")
-    assert not problems, "settings in the docs that crossalign.config does not define:\n" + "\n".join(problems)
+                    problems.append(f"{page.relative_to(ROOT)}: no setting {name} "
+                                    f"(in: {line.strip()[:100]})")
+    assert not problems, ("settings in the docs that crossalign.config does not define:\n"
+                          + "\n".join(problems))
