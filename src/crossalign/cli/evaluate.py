@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from crossalign.errors import ConfigError
+from crossalign.evaluate.tables import (format_gap, format_labels, format_ranking, format_seed,
+                                        format_table, format_wise)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,87 +56,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _fmt_rank(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
-
-
-def format_table(metrics: dict, ks: list[int]) -> str:
-    """Metrics as a small text table: one row per direction, the chance level under each."""
-    head = ["direction"] + [f"R@{k}" for k in ks] + ["median rank", "mean rank", "MRR"]
-    chance = metrics.get("chance", {})
-    rows = []
-    for d, label in (("t2i", "text->image"), ("i2t", "image->text")):
-        for name, src in ((label, metrics), ("  chance", chance)):
-            if not src:
-                continue
-            rows.append([name] + [f"{src[f'{d}_R@{k}']:.2f}" for k in ks]
-                        + [_fmt_rank(src[f"{d}_median_rank"]), f"{src[f'{d}_mean_rank']:.1f}",
-                           f"{src[f'{d}_mrr']:.3f}"])
-    widths = [max(len(str(r[c])) for r in [head] + rows) for c in range(len(head))]
-    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    tail = f" (chance {chance['rsum']:.1f})" if chance else ""
-    out.append(f"{metrics['n_images']} images, {metrics['n_captions']} captions ({metrics['split']} split); "
-               f"rsum {metrics['rsum']:.1f}{tail}")
-    return "\n".join(out)
-
-
-def format_ranking(info: dict) -> str:
-    """One line naming how the scores were ranked."""
-    if info["name"] != "qbnorm":
-        return "ranking: plain cosine" + (f" ({info['note']})" if "note" in info else "")
-    bank = info["bank"]
-    return (f"ranking: qbnorm (beta {info['beta']:g}, k {info['k']}; bank of {bank['images']} train images "
-            f"and {bank['captions']} captions)")
-
-
-def format_seed(proto: dict) -> str:
-    """The seed protocol's top-1 accuracies beside chance."""
-    out = ["\nseed protocol (plain cosine, every query ranked among all items):"]
-    for part, label in (("all", "all items"), ("held_out", "held-out items")):
-        if part in proto:
-            m = proto[part]
-            out.append(f"  {label} ({m['n_images']} images, {m['n_captions']} captions): top-1 text->image "
-                       f"{m['t2i_top1']:.2f} (chance {m['chance']['t2i_top1']:.2f}), image->text "
-                       f"{m['i2t_top1']:.2f} (chance {m['chance']['i2t_top1']:.2f})")
-    return "\n".join(out)
-
-
-def format_labels(labels: dict, ks: list[int], per_class: int = 10) -> str:
-    """Label agreement beside chance, both directions, and the largest classes."""
-    head = ["direction"] + [f"P@{k}" for k in ks] + ["R-prec", "MAP@R"]
-    rows = []
-    for d, label in (("t2i", "text->image"), ("i2t", "image->text")):
-        m = labels[d]
-        keys = [f"precision@{k}" for k in ks] + ["r_precision", "map@r"]
-        rows.append([label] + [f"{m[k]:.3f}" for k in keys])
-        rows.append(["  chance"] + [f"{m['chance'][k]:.3f}" for k in keys])
-    widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-    line = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-    t2i = labels["t2i"]
-    out = [f"\nlabel agreement by {labels['column']!r} ({t2i['classes']} classes; relevant = shares a class; "
-           f"{t2i['queries_unlabelled']} captions and {labels['i2t']['queries_unlabelled']} images without a label "
-           f"left out as queries):", line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    k = ks[-1]
-    biggest = sorted(t2i["per_class"].items(), key=lambda kv: -kv[1]["queries"])[:per_class]
-    if biggest:
-        out.append(f"per class, text->image P@{k} (chance): " + ", ".join(
-            f"{name} {m[f'precision@{k}']:.2f} ({m['chance_precision']:.2f})" for name, m in biggest))
-    return "\n".join(out)
-
-
-def format_gap(metrics: dict, ks: list[int]) -> str:
-    """The seen and unseen tables and the gap in R@K points."""
-    proto = metrics["gap_protocol"]
-    out = [f"\nseen (trained on): {proto['seen_images_used']} of {proto['seen_images_available']} train images "
-           f"(sampling {proto['sampling']}, seed {proto['seed']})", format_table(metrics["seen"], ks),
-           "\nunseen (held out):", format_table(metrics["unseen"], ks)]
-    gap = metrics["gap"]
-    parts = [f"{d} R@{k} {gap[f'{d}_R@{k}']:+.1f}" for d in ("t2i", "i2t") for k in ks]
-    out.append("\ngeneralization gap (seen - unseen, points): " + ", ".join(parts))
-    return "\n".join(out)
-
-
 def run(args: argparse.Namespace) -> int:
     from crossalign._io import atomic_write_json
     from crossalign.evaluate.run import evaluate
@@ -177,16 +98,6 @@ def _wise_alphas(text: str) -> list[float]:
     if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
         raise ConfigError(f"--wise must be comma-separated numbers in [0, 1], got {text!r}")
     return alphas
-
-
-def format_wise(sweep: dict[str, dict], ks: list[int], title: str) -> str:
-    """One row per alpha: R@K both ways and the R-sum."""
-    head = ["alpha"] + [f"t2i R@{x}" for x in ks] + [f"i2t R@{x}" for x in ks] + ["rsum"]
-    rows = [[name] + [f"{m[f't2i_R@{x}']:.2f}" for x in ks] + [f"{m[f'i2t_R@{x}']:.2f}" for x in ks]
-            + [f"{sum(m[f't2i_R@{x}'] + m[f'i2t_R@{x}'] for x in ks):.1f}"] for name, m in sweep.items()]
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows]
-    return "\n".join([title] + lines)
 
 
 def _run_wise(args: argparse.Namespace, ks: list[int]) -> int:
