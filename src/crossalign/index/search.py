@@ -85,6 +85,69 @@ class SearchResult:
     score_kind: str = SCORE_KIND  # what those scores are
     version: str = ""  # the version of the index that answered
 
+    THUMB_SIDE = 128  # pixels: the longer side of a hit's picture in a notebook
+
+    def _score_label(self) -> str:
+        return "cos" if self.score_kind == SCORE_KIND else self.ranking
+
+    def _summary(self) -> str:
+        return (f"{len(self.hits)} {self.target} in {self.seconds * 1000:.1f} ms "
+                f"(ranking {self.ranking}: {self._score_label()} is {self.score_kind})")
+
+    def __str__(self) -> str:
+        """The hits as ``crossalign search`` prints them: rank, score, path, first caption."""
+        lines = []
+        for h in self.hits:
+            lines.append(f"{h.rank:>3}  {self._score_label()} {h.score:.4f}  {h.path}")
+            if h.captions:
+                more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
+                lines.append(f"       {h.captions[0]}{more}")
+        if not self.hits:
+            lines.append("nothing found (no item passes the filters and the cut-off)")
+        return "\n".join(lines + [self._summary()])
+
+    def _repr_pretty_(self, p, cycle: bool) -> None:  # IPython's plain-text display
+        p.text(str(self))
+
+    @staticmethod
+    def _thumb_html(path: str, name: str, side: int) -> str:
+        """The picture at ``path`` fitted into ``side`` pixels as an ``<img>`` with a JPEG data
+        URI, or its name when it cannot be read."""
+        import base64
+        import html
+
+        from crossalign.data.transforms import jpeg_bytes, thumbnail
+
+        try:
+            data = jpeg_bytes(thumbnail(path, side))
+        except Exception:  # noqa: BLE001 - a file gone or unreadable since the build: its name
+            label = html.escape(name or Path(path).name)
+            return (f'<div style="width:{side}px;height:{side}px;display:flex;align-items:center;'
+                    f'justify-content:center;background:#eee;color:#666;font-size:11px;'
+                    f'word-break:break-all;text-align:center">{label}</div>')
+        uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        return (f'<img src="{uri}" alt="{html.escape(name or Path(path).name)}" '
+                f'style="max-width:{side}px;max-height:{side}px;display:block;margin:auto">')
+
+    def _repr_html_(self) -> str:
+        """The hits as a grid of thumbnails, each with its rank, score and first caption."""
+        import html
+
+        side = self.THUMB_SIDE
+        cells = []
+        for h in self.hits:
+            caption = html.escape(h.captions[0]) if h.captions else ""
+            cells.append(
+                f'<figure style="width:{side}px;margin:0;font-size:12px;line-height:1.3" '
+                f'title="{html.escape(h.path)}">{self._thumb_html(h.path, h.name, side)}'
+                f"<figcaption><b>#{h.rank}</b> {html.escape(self._score_label())} {h.score:.4f}"
+                f"<br>{caption}</figcaption></figure>")
+        if not self.hits:
+            cells.append("<p>nothing found (no item passes the filters and the cut-off)</p>")
+        return (f'<div class="crossalign-search"><div style="display:flex;flex-wrap:wrap;gap:10px">'
+                f'{"".join(cells)}</div><p style="font-size:12px;color:#666">'
+                f"{html.escape(self._summary())}</p></div>")
+
 
 def _as_list(x) -> list:
     if x is None:
