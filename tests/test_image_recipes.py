@@ -19,7 +19,7 @@ from crossalign.models.dual import apply_freeze, build_model
 from crossalign.models.image import ConcatTower
 from crossalign.models.registry import create, describe
 from crossalign.distributed import DistInfo
-from crossalign.train.engine import Engine
+from crossalign.train.engine import run_engine
 
 SMALL = dict(pretrained=False, width=8)
 
@@ -113,7 +113,7 @@ def test_mirror_view_draws_the_clean_or_the_cached_mirror_features(tmp_path, sha
     cfg = load_config(None, ["augment.mirror=true", "train.batch_size=32", "train.tensorboard=false",
                              f"cache.dir={tmp_path / 'cache'}"])
     table, problems = prepare_table(shapes_dir, cfg.data)
-    eng = Engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
+    eng = run_engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
     side = eng.images
     assert side.mode == "features" and side.feats.shape[0] == 3  # clean, then the two views drawn
     torch.testing.assert_close(side.feats.view(1), side.feats.view(0))  # view 1: the clean image
@@ -137,7 +137,7 @@ def test_a_concatenated_tower_trains_its_last_blocks_over_cached_prefixes_and_th
             "train.tensorboard=false", f"cache.dir={tmp_path / 'cache'}"]
     cfg = load_config(None, sets)
     table, problems = prepare_table(shapes_dir, cfg.data)
-    eng = Engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
+    eng = run_engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
     side, tower = eng.images, eng.model.image_tower
     assert side.mode == "prefix" and side.n_views == 2 and len(side.prefix) == 3
     assert side.prefix[1] is side.prefix[0]  # view 0: the clean image, not held twice
@@ -162,7 +162,7 @@ def test_mirror_view_needs_a_frozen_tower(tmp_path, shapes_dir):
     cfg = load_config(None, sets)
     table, problems = prepare_table(shapes_dir, cfg.data)
     with pytest.raises(ConfigError, match="flip_prob"):
-        Engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
+        run_engine(tmp_path / "run", cfg, table, problems, DistInfo(), progress=False)
 
 
 class _NullLogger:

@@ -75,7 +75,7 @@ def test_gradient_clipping_limits_the_update(tmp_path, shapes_dir):
     for clip in (0.05, 0.0):
         cfg = load_config(None, FAST + [f"train.grad_clip={clip}"])
         table, problems = prepare_table(shapes_dir, cfg.data)
-        eng = engine_mod.Engine(tmp_path / str(clip), cfg, table, problems, DistInfo(), progress=False)
+        eng = engine_mod.run_engine(tmp_path / str(clip), cfg, table, problems, DistInfo(), progress=False)
         params = [p for p in eng.model.parameters() if p.requires_grad]
         eng.opt.step = lambda: seen.__setitem__(clip, float(torch.norm(torch.stack([p.grad.norm() for p in params]))))
         eng._micro_step(eng.rows[:32], epoch=1, sync=True)

@@ -6,7 +6,7 @@ import torch
 from crossalign.config import load_config
 from crossalign.data.prepare import prepare_table
 from crossalign.distributed import DistInfo
-from crossalign.train.engine import Engine
+from crossalign.train.engine import run_engine
 
 SETS = ["model.text.freeze=last:1", "augment.image=true", "augment.text=true", "augment.synonym_prob=0",
         "augment.cached_views=2", "train.batch_size=32", "train.tensorboard=false"]
@@ -15,7 +15,7 @@ SETS = ["model.text.freeze=last:1", "augment.image=true", "augment.text=true", "
 def test_prefix_cache_and_views(tmp_path, shapes_dir):
     cfg = load_config(None, SETS)
     table, problems = prepare_table(shapes_dir, cfg.data)
-    eng = Engine(tmp_path, cfg, table, problems, DistInfo(), progress=False)
+    eng = run_engine(tmp_path, cfg, table, problems, DistInfo(), progress=False)
     assert eng.images.mode == "features" and eng.texts.mode == "prefix"
     n_img = len(eng.images.ids)
     assert eng.images.feats.shape == (3, n_img, eng.model.image_tower.width)  # clean + 2 views
@@ -81,7 +81,7 @@ def test_a_steps_captions_run_in_length_groups_with_the_same_result(tmp_path, sh
     table, problems = prepare_table(shapes_dir, load_config(None, SETS).data)
     for freeze in ("last:1", "trainable"):  # the cached prefix, and the whole tower each step
         cfg = load_config(None, SETS + [f"model.text.freeze={freeze}"])
-        eng = Engine(tmp_path / freeze.replace(":", ""), cfg, table, problems, DistInfo(), progress=False)
+        eng = run_engine(tmp_path / freeze.replace(":", ""), cfg, table, problems, DistInfo(), progress=False)
         assert eng.texts.mode == ("prefix" if freeze == "last:1" else "raw")
         eng.model.eval()  # no dropout: the two paths must agree
         rows = np.random.default_rng(0).permutation(len(eng.texts.captions))[:40]

@@ -1,8 +1,10 @@
-"""The training engine: one run's model, optimizer, schedule, data sides and position.
+"""The training engine: one model's optimizer, schedule, data sides and position.
 
-A frozen tower never runs during training: its outputs come once from the feature
-cache, and only what trains sees gradients. With ``torchrun`` every process takes its
-slice of each global batch and the loss is computed over the whole global batch.
+:func:`run_engine` builds the engine of a run (the recipe search builds one per fold, over
+cached features: :func:`crossalign.train.trial.fold_engine`). A frozen tower never runs during
+training: its outputs come once from the feature cache, and only what trains sees gradients.
+With ``torchrun`` every process takes its slice of each global batch and the loss is computed
+over the whole global batch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from crossalign.train.schedule import make_scheduler
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
 from crossalign.train.state import load_resume_point, save_resume_point
 
-__all__ = ["Engine", "resolve_device", "seed_everything"]
+__all__ = ["Engine", "run_engine", "resolve_device", "seed_everything"]
 
 log = logging.getLogger("crossalign.train")
 
@@ -110,57 +112,32 @@ def fit_splits(cfg) -> list[str]:
 
 
 class Engine:
-    """Owns the model, optimizer, schedule, data sides and position of one run."""
+    """Trains ``model`` over its data sides: optimizer, schedule, order generator and position.
 
-    def __init__(self, run: Path, cfg: RunConfig, table: PairTable, problems: list[Problem],
-                 dist: DistInfo, progress: bool) -> None:
-        self.run, self.cfg, self.dist, self.progress = run, cfg, dist, progress
-        self.device = resolve_device(cfg.train.device, dist)
-        from crossalign.data.augment import check_augment
+    ``rows`` are the text rows the weights learn from, ``t2i`` the image row of every text row
+    and ``val`` the table validation embeds. Resume points go into the run folder ``run``; an
+    engine without one (a fold of the recipe search) writes none.
+    """
 
-        check_augment(cfg.augment)  # a missing WordNet fails here, before any work
-        # every process builds the same model: DDP copies rank 0's trainable weights anyway, but
-        # a frozen tower never passes through DDP, and its features fill one shared cache
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.train.seed)
-            self.model = build_model(cfg.model, loss=cfg.loss).to(self.device)
-        # a resumed run restores its own weights afterwards, but a frozen tower that the source
-        # trained must hold that training before its features are extracted below
-        if cfg.train.init_from:
-            from crossalign.runs import warm_start
-
-            names = warm_start(self.model, cfg, cfg.train.init_from)
-            log.info("started from %s (model_best): %d tensors", cfg.train.init_from, len(names))
-        if hasattr(self.model.text_tower, "fit_vocabulary"):
-            self.model.text_tower.fit_vocabulary(table.select("train").caption)
-        cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-        used = table.select(["train", "val"])
-        bs = cfg.train.eval_batch_size
-        self.images = ImageSide(self.model, used, self.device, cache_root, bs, progress, cfg=cfg, dist=dist,
-                                training=True)
-        used, dropped = drop_failed_images(used, self.images.failed)
-        self.problems = problems + dropped
-        self.texts = TextSide(self.model, used, self.device, cache_root, bs, progress, cfg=cfg, dist=dist,
-                              training=True)
-        self.val = used.select("val")
-        self.rows = np.array([self.texts.index[o] for o in used.select(fit_splits(cfg.train)).origin])
-        self.t2i = np.array([self.images.index[i] for i in self.texts.image_ids])
-        self._start_training()
-
-    def _start_training(self) -> None:
-        """Loss, optimizer, schedule, order generator and position, once model, sides, ``rows``
-        and ``t2i`` are set (the recipe search sets those itself, over cached features)."""
+    def __init__(self, cfg: RunConfig, model: DualEncoder, images: ImageSide, texts: TextSide, *,
+                 rows: np.ndarray, t2i: np.ndarray, val: PairTable, dist: DistInfo, device: str,
+                 run: Path | None = None, progress: bool = False,
+                 problems: list[Problem] | None = None) -> None:
         from crossalign.losses import make_loss
 
-        cfg = self.cfg
-        self.loss_fn = make_loss(cfg.loss, self.dist)
+        self.cfg, self.model, self.images, self.texts = cfg, model, images, texts
+        self.rows, self.t2i, self.val = rows, t2i, val
+        self.dist, self.device, self.run, self.progress = dist, device, run, progress
+        self.problems = problems if problems is not None else []  # rows skipped on the way here
+        self.loss_fn = make_loss(cfg.loss, dist)
         self._sync_batch_norm()
-        self.step_module = _Step(self.model, self.images, self.texts)
+        self.step_module = _Step(model, images, texts)
         self.wrapped = self._wrap_ddp()
-        self.opt = _optimizer(self.model, cfg)
+        self.opt = _optimizer(model, cfg)
         self.sched = make_scheduler(self.opt, cfg.train, self.steps_per_epoch())
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.pos = _Position()
+        self.samples_per_s = 0.0  # of the last epoch trained
 
     def _sync_batch_norm(self) -> None:
         """With many processes, batch norm in a tower that trains sees the global batch.
@@ -283,7 +260,8 @@ class Engine:
         return retrieval_metrics(img, txt, t2i)
 
     def save_resume(self, logger: RunLogger, epoch_gen_state: torch.Tensor) -> None:
-        if not self.dist.is_main:
+        """Write a resume point into the run folder (the main process; no run folder, none)."""
+        if self.run is None or not self.dist.is_main:
             return
         logger.flush_steps()
         position = {**self.pos.__dict__, "history": logger.epochs}
@@ -307,3 +285,39 @@ class Engine:
         self.resume_gen_state = state["epoch_generator"]
         return RunLogger(self.run, self.dist.is_main, self.cfg.train.tensorboard,
                          resume_step=self.pos.global_step, history=history)
+
+
+def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Problem], dist: DistInfo,
+               progress: bool) -> Engine:
+    """The engine of the run in ``run``: its model built from ``train.seed`` (and started from
+    ``train.init_from``), its sides over the train and val rows of ``table`` (a frozen tower's
+    features extracted or read from the cache), learning from the ``train.fit_on`` splits.
+    ``problems``: the rows already skipped; images that cannot be read are added to them."""
+    from crossalign.data.augment import check_augment
+
+    device = resolve_device(cfg.train.device, dist)
+    check_augment(cfg.augment)  # a missing WordNet fails here, before any work
+    # every process builds the same model: DDP copies rank 0's trainable weights anyway, but
+    # a frozen tower never passes through DDP, and its features fill one shared cache
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, loss=cfg.loss).to(device)
+    # a resumed run restores its own weights afterwards, but a frozen tower that the source
+    # trained must hold that training before its features are extracted below
+    if cfg.train.init_from:
+        from crossalign.runs import warm_start
+
+        names = warm_start(model, cfg, cfg.train.init_from)
+        log.info("started from %s (model_best): %d tensors", cfg.train.init_from, len(names))
+    if hasattr(model.text_tower, "fit_vocabulary"):
+        model.text_tower.fit_vocabulary(table.select("train").caption)
+    cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
+    used = table.select(["train", "val"])
+    bs = cfg.train.eval_batch_size
+    images = ImageSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)
+    used, dropped = drop_failed_images(used, images.failed)
+    texts = TextSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)
+    rows = np.array([texts.index[o] for o in used.select(fit_splits(cfg.train)).origin])
+    t2i = np.array([images.index[i] for i in texts.image_ids])
+    return Engine(cfg, model, images, texts, rows=rows, t2i=t2i, val=used.select("val"), dist=dist,
+                  device=device, run=run, progress=progress, problems=problems + dropped)

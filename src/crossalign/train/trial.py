@@ -3,9 +3,9 @@
 A recipe search (:mod:`crossalign.train.search`) tries many recipes on the same data. Each image
 tower it may choose is built, and its features extracted, once (:class:`FeatureSet`, through the
 feature cache); a trial then builds fresh heads around the same frozen towers and trains them
-with the training engine's own epoch code (:class:`~crossalign.train.engine.Engine`) on every
-fold of a :class:`~crossalign.train.folds.FoldPlan`, the folds in step, epoch by epoch, so the
-mean score over the folds is known after each epoch (what a pruner needs).
+with the training engine (:class:`~crossalign.train.engine.Engine`, built by :func:`fold_engine`)
+on every fold of a :class:`~crossalign.train.folds.FoldPlan`, the folds in step, epoch by epoch,
+so the mean score over the folds is known after each epoch (what a pruner needs).
 
 A fold trains exactly as ``crossalign train`` trains on its rows: its heads start from the random
 state the engine's model build leaves after the towers, its own copy of torch's global random
@@ -37,7 +37,7 @@ from crossalign.train.engine import Engine, resolve_device
 from crossalign.train.folds import Fold, FoldPlan
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
 
-__all__ = ["OBJECTIVES", "objective_value", "FeatureSet", "RecipeScore", "score_recipe"]
+__all__ = ["OBJECTIVES", "objective_value", "FeatureSet", "RecipeScore", "fold_engine", "score_recipe"]
 
 # rsum: R@1 + R@5 + R@10 in both directions; r1: the mean of text->image and image->text R@1
 OBJECTIVES = ("rsum", "r1")
@@ -117,59 +117,63 @@ class _NoLog:
         pass
 
 
-class _FoldEngine(Engine):
-    """The engine's epochs on one fold, over a FeatureSet's cached features (no run folder)."""
+def _known(table: PairTable, index: dict) -> PairTable:
+    """Rows whose caption the feature set holds (an image unreadable for this tower is left out)."""
+    return table.take(k for k, o in enumerate(table.origin) if o in index)
+
+
+def fold_engine(cfg: RunConfig, fs: FeatureSet, train: PairTable, val: PairTable) -> Engine:
+    """The engine of one fold: fresh heads around ``fs``'s frozen towers, learning from ``train``
+    over its cached features and validated on ``val``. It has no run folder, so it writes no
+    resume point."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(fs.rng_state)  # the heads start where build_model would start them
+        model = wrap_towers(*fs.towers, cfg.model, cfg.loss).to(fs.device)
+    images, texts = copy.copy(fs.images), copy.copy(fs.texts)
+    images.model = texts.model = model
+    rows = np.array([texts.index[o] for o in train.origin])
+    return Engine(cfg, model, images, texts, rows=rows, t2i=fs.t2i, val=val, dist=DistInfo(),
+                  device=fs.device)
+
+
+class _Fold:
+    """One fold of a trial: its engine, its own random stream and its qbnorm bank."""
 
     def __init__(self, cfg: RunConfig, fs: FeatureSet, fold: Fold) -> None:
-        self.run, self.cfg, self.dist, self.progress, self.device = None, cfg, DistInfo(), False, fs.device
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(fs.rng_state)  # the heads start where build_model would start them
-            self.model = wrap_towers(*fs.towers, cfg.model, cfg.loss).to(self.device)
-        self.images, self.texts = copy.copy(fs.images), copy.copy(fs.texts)
-        self.images.model = self.texts.model = self.model
-        self.problems = []
-        self.val = _known(fold.val, self.texts.index)
-        train = _known(fold.train, self.texts.index)
-        self.rows = np.array([self.texts.index[o] for o in train.origin])
-        self.t2i = fs.t2i
-        self._start_training()
-        self.stream = _RandomStream(cfg.train.seed, self.device)
+        train, val = _known(fold.train, fs.texts.index), _known(fold.val, fs.texts.index)
+        self.engine = fold_engine(cfg, fs, train, val)
+        self.stream = _RandomStream(cfg.train.seed, fs.device)
         bank = sample_images(train, cfg.evaluate.qb_bank, cfg.evaluate.qb_seed) if cfg.evaluate.qb_bank else train
-        self.bank_images = [self.images.index[i] for i in dict.fromkeys(bank.image_id)]
-        self.bank_texts = [self.texts.index[o] for o in bank.origin]
-
-    def save_resume(self, logger, epoch_gen_state) -> None:
-        pass  # a trial keeps no resume point
+        self.bank_images = [fs.images.index[i] for i in dict.fromkeys(bank.image_id)]
+        self.bank_texts = [fs.texts.index[o] for o in bank.origin]
 
     def run_epoch(self) -> dict:
         """Train one epoch, then score the fold with the recipe's ranking."""
+        engine, cfg = self.engine, self.engine.cfg
         with self.stream.active():
-            self.train_epoch(_NoLog(), self.gen.get_state())
-        plain = self.validate()  # what the training loop monitors
-        self.sched.after_epoch(plain[self.cfg.train.monitor])
-        self.pos.epoch += 1
-        self.pos.step = 0
-        return plain if self.cfg.evaluate.ranking == "plain" else self._ranked()
+            engine.train_epoch(_NoLog(), engine.gen.get_state())
+        plain = engine.validate()  # what the training loop monitors
+        engine.sched.after_epoch(plain[cfg.train.monitor])
+        engine.pos.epoch += 1
+        engine.pos.step = 0
+        return plain if cfg.evaluate.ranking == "plain" else self._ranked()
 
     @torch.no_grad()
     def _ranked(self) -> dict:
         """Validation metrics ranked as ``evaluate`` ranks (qbnorm: the fold's training queries as the bank)."""
-        self.model.eval()
-        bs = self.cfg.train.eval_batch_size
-        ids, t2i = self.val.caption_image_index()
-        img = self.images.embed_all([self.images.index[i] for i in ids], bs)  # [n_val_images, dim]
-        txt = self.texts.embed_all([self.texts.index[o] for o in self.val.origin], bs)  # [n_val_captions, dim]
-        bank_img = self.images.embed_all(self.bank_images, bs)
-        bank_txt = self.texts.embed_all(self.bank_texts, bs)
-        self.model.train()
-        t2i_fn, i2t_fn, _ = score_functions(self.cfg.evaluate, img, txt, bank_img, bank_txt)
+        engine = self.engine
+        images, texts, val = engine.images, engine.texts, engine.val
+        engine.model.eval()
+        bs = engine.cfg.train.eval_batch_size
+        ids, t2i = val.caption_image_index()
+        img = images.embed_all([images.index[i] for i in ids], bs)  # [n_val_images, dim]
+        txt = texts.embed_all([texts.index[o] for o in val.origin], bs)  # [n_val_captions, dim]
+        bank_img = images.embed_all(self.bank_images, bs)
+        bank_txt = texts.embed_all(self.bank_texts, bs)
+        engine.model.train()
+        t2i_fn, i2t_fn, _ = score_functions(engine.cfg.evaluate, img, txt, bank_img, bank_txt)
         res = retrieve(img, txt, t2i, k=0, t2i_scores=t2i_fn, i2t_scores=i2t_fn)
         return metrics_from_ranks(res.t2i_ranks, res.i2t_ranks)
-
-
-def _known(table: PairTable, index: dict) -> PairTable:
-    """Rows whose caption the feature set holds (an image unreadable for this tower is left out)."""
-    return table.take(k for k, o in enumerate(table.origin) if o in index)
 
 
 @dataclass
@@ -198,11 +202,11 @@ def score_recipe(cfg: RunConfig, fs: FeatureSet, plan: FoldPlan, objective: str 
     """
     t0 = time.perf_counter()
     objective_value({"rsum": 0.0, "t2i_R@1": 0.0, "i2t_R@1": 0.0}, objective)  # a bad name fails first
-    engines = [_FoldEngine(cfg, fs, fold) for fold in plan.folds]
+    folds = [_Fold(cfg, fs, fold) for fold in plan.folds]
     prefix_exact = cfg.train.scheduler == "none"
     out = RecipeScore(float("nan"), [])
     for epoch in range(1, cfg.train.epochs + 1):
-        fold_scores = [objective_value(e.run_epoch(), objective) for e in engines]
+        fold_scores = [objective_value(f.run_epoch(), objective) for f in folds]
         mean = float(np.mean(fold_scores))
         out.curve.append(mean)
         out.epochs_run = epoch
