@@ -43,6 +43,77 @@ class TrainResult:
     best_metrics: dict
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    fit_on: str = "train"  # train.fit_on: with "train+val" the val figures are of data it trained on
+    tuned: object = None  # the TuneResult of the recipe search that chose the recipe, if one did
+
+    @property
+    def refit(self) -> bool:
+        """Whether the weights learned from the val split too (its figures are then not held out)."""
+        return self.fit_on != "train"
+
+    def _val_table(self) -> tuple[list[str], list[list[str]]]:
+        """The best epoch's validation figures: R@K, median rank and MRR, a row per direction."""
+        m = {k.removeprefix("val_"): v for k, v in self.best_metrics.items() if k.startswith("val_")}
+        ks = sorted(int(k[6:]) for k in m if k.startswith("t2i_R@") and k[6:].isdigit())
+        cols = [(f"R@{k}", f"R@{k}", ".2f") for k in ks] + [("median rank", "median_rank", ".2f"),
+                                                            ("MRR", "mrr", ".3f")]
+        cols = [c for c in cols if f"t2i_{c[1]}" in m and f"i2t_{c[1]}" in m]
+        rows = [[label] + [format(m[f"{d}_{key}"], fmt) for _, key, fmt in cols]
+                for d, label in (("t2i", "text->image"), ("i2t", "image->text"))]
+        return [title for title, _, _ in cols], rows if cols else []
+
+    def _val_note(self) -> str:
+        return " (val trained on: not held out)" if self.refit else ""
+
+    def __str__(self) -> str:
+        m = self.best_metrics
+        figures = ", ".join(f"{name} {m[f'val_{key}']:.2f}" for name, key in (
+            ("t2i R@1", "t2i_R@1"), ("i2t R@1", "i2t_R@1"), ("rsum", "rsum")) if f"val_{key}" in m)
+        return (f"run {self.run_dir}: best epoch {self.best_epoch} of {len(self.history)}, "
+                f"{self.train_seconds:.1f} s; val{self._val_note()}: {figures or 'none'}")
+
+    def _repr_pretty_(self, p, cycle: bool) -> None:  # IPython's plain-text display
+        p.text(str(self))
+
+    def _best_html(self, cell: str) -> str:
+        import html
+
+        head, rows = self._val_table()
+        rsum = self.best_metrics.get("val_rsum")
+        rsum = f"; rsum {rsum:.1f}" if isinstance(rsum, (int, float)) else ""
+        ths = "".join(f"<th {cell}>{html.escape(h)}</th>" for h in head)
+        trs = "".join(f"<tr><td>{html.escape(r[0])}</td>" + "".join(f"<td {cell}>{v}</td>" for v in r[1:])
+                      + "</tr>" for r in rows)
+        return (f"<table><caption style='text-align:left'>validation at the best epoch"
+                f"{html.escape(self._val_note())}{rsum}</caption><tr><th></th>{ths}</tr>{trs}</table>")
+
+    def _history_html(self, cell: str) -> str:
+        import html
+
+        def fmt(value) -> str:  # floats to four significant digits; a missing value empty
+            if isinstance(value, float):
+                return f"{value:.4g}"
+            return "" if value is None else html.escape(str(value))
+
+        columns = [c for c in ("epoch", "train_loss", "val_t2i_R@1", "val_i2t_R@1", "val_rsum", "lr",
+                               "epoch_seconds") if any(c in row for row in self.history)]
+        ths = "".join(f"<th {cell}>{html.escape(c)}</th>" for c in columns)
+        trs = "".join("<tr>" + "".join(f"<td {cell}>{fmt(row.get(c))}</td>" for c in columns) + "</tr>"
+                      for row in self.history)
+        return f"<table><caption style='text-align:left'>per epoch</caption><tr>{ths}</tr>{trs}</table>"
+
+    def _repr_html_(self) -> str:
+        """The run folder, the best epoch's validation figures and the per-epoch history."""
+        import html
+
+        cell = 'style="padding:1px 8px;text-align:right"'
+        tuned = "; recipe chosen by a recipe search" if self.tuned is not None else ""
+        refit = ("<p><b>Note:</b> the weights learned from the val split too (train.fit_on "
+                 f"{html.escape(self.fit_on)}), so these val figures are of data it trained on, "
+                 "not held out.</p>") if self.refit else ""
+        return (f'<div class="crossalign-train"><p>run <code>{html.escape(str(self.run_dir))}</code>: '
+                f"best epoch {self.best_epoch} of {len(self.history)}, {self.train_seconds:.1f} s"
+                f"{tuned}</p>{refit}{self._best_html(cell)}{self._history_html(cell)}</div>")
 
 
 def _barrier(dist: DistInfo) -> None:
