@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(CLI) data synth --out demo/data --n 600 --seed 0
+	$(CLI) synth --out demo/data --n 600 --seed 0
 	$(CLI) train --data demo/data --out demo/run --budget 1m
 	$(CLI) evaluate demo/run --data demo/data --split test --json demo/metrics.json
 

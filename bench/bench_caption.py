@@ -2,7 +2,7 @@
 
 Every test image is captioned from the captions of the train split (never the test split's
 own) and scored against its own captions with pycocoevalcap's BLEU-1..4 and CIDEr-D (words as
-:func:`crossalign.caption.tokenize` splits them). With ``--grid`` the neighbour count, the
+:func:`crossalign.caption.nearest.tokenize` splits them). With ``--grid`` the neighbour count, the
 mixing weight and Devlin's *m* are first chosen on the val split (best BLEU-4, then CIDEr), and
 the test split is scored once with the chosen setting. Prints one JSON object.
 
@@ -16,7 +16,7 @@ import itertools
 import json
 import time
 
-from crossalign import caption
+from crossalign.caption import nearest as caption
 from crossalign.runs import open_run
 
 

@@ -1,4 +1,4 @@
-"""How long ``crossalign data check`` takes on a data set, whole and in parts.
+"""How long ``crossalign check`` takes on a data set, whole and in parts.
 
 Runs the check the command runs (read, validate, split, decode every image, caption
 checks with the text tower's tokenizer) several times, then once without decoding

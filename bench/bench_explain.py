@@ -7,7 +7,7 @@ faithfulness: for ``--n`` test pairs (an image and its first caption), the mean 
 fall when the hottest 20 % of a 14 x 14 grid of cells is blurred, against 20 % random cells,
 and when the top word is removed, against a random word; each ratio is fall(top) / fall(random).
 
-pointing: on shapes data made by ``crossalign data synth`` (the generator knows every box),
+pointing: on shapes data made by ``crossalign synth`` (the generator knows every box),
 the share of test images whose hottest pixel is inside a shape, beside the share of the image
 the shapes cover (the chance of a hit). The query is the image's first caption.
 """
@@ -44,8 +44,8 @@ def _batches(items, size):
 
 def _heat_and_pixels(model, batch, method):
     from crossalign.data.transforms import eval_transform, load_image
-    from crossalign.embed import embed_texts
-    from crossalign.explain import image_heat
+    from crossalign.embed.collection import embed_texts
+    from crossalign.explain.image import image_heat
 
     transform = eval_transform(model.image_tower.data_config)
     pixels = torch.stack([transform(load_image(p)) for _, p, _ in batch])  # [batch, 3, H, W]
@@ -54,8 +54,8 @@ def _heat_and_pixels(model, batch, method):
 
 
 def faithfulness(args) -> None:
-    from crossalign.embed import embed_pictures
-    from crossalign.explain import word_scores
+    from crossalign.embed.collection import embed_images
+    from crossalign.explain.words import word_scores
     from crossalign.explain.checks import deletion_drops, word_drops
 
     rd, items = _pairs(args.run, args.data, args.n, args.seed, args.split)
@@ -73,7 +73,7 @@ def faithfulness(args) -> None:
               f"[{time.perf_counter() - t0:.0f} s]", flush=True)
     t0, rng, tops, rands, deltas = time.perf_counter(), random.Random(args.seed), [], [], []
     for _, path, caption in items:
-        ivec = torch.from_numpy(embed_pictures(model, [path]))[0]
+        ivec = torch.from_numpy(embed_images(model, [path]))[0]
         ws = word_scores(model, caption, ivec, args.steps)
         deltas.append(abs(ws.delta))
         drops = word_drops(model, caption, ws.words, ws.scores, ivec, rng)
@@ -88,14 +88,14 @@ def faithfulness(args) -> None:
 def pointing(args) -> None:
     from crossalign.data.synthetic import scene_objects
     from crossalign.data.transforms import inspect_image
-    from crossalign.explain import heat_in_frame
+    from crossalign.explain.image import heat_in_frame
     from crossalign.explain.checks import pointing_hit
 
     rd, items = _pairs(args.run, args.data, 0, args.seed, args.split)
     objects = scene_objects(args.n_images, args.seed, args.size)
     missing = [i for i, _, _ in items if Path(i).name not in objects]
     if missing or inspect_image(items[0][1])[:2] != (args.size, args.size):
-        sys.exit(f"{args.data} was not made by 'crossalign data synth --n {args.n_images} --seed {args.seed}' "
+        sys.exit(f"{args.data} was not made by 'crossalign synth --n {args.n_images} --seed {args.seed}' "
                  f"at {args.size} px")
     model = rd.model
     print(f"{len(items)} {args.split} images of {args.data}; hottest pixel inside a shape's box "

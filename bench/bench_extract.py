@@ -94,7 +94,7 @@ class _Timed(torch.nn.Module):
 
 def time_crossalign(tower, paths: list[str], batch_size: int, workers: int) -> tuple[float, float]:
     """Seconds of ``image_features`` end to end, and the share of them spent in the forward."""
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     timed = _Timed(tower)
     with torch.no_grad():

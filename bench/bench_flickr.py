@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import crossalign.api
-import crossalign.evaluate
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     crossalign.api.train(args.data, out / "warm", overrides=sets, progress=False)
     t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    test = crossalign.evaluate.evaluate(out / "cold", args.data, "test", progress=False)
+    test = crossalign.evaluate(out / "cold", args.data, split="test", progress=False)
     t_eval = time.perf_counter() - t0
     result = {
         "first_run_seconds_with_feature_extraction": round(t_cold, 1),

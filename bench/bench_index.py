@@ -24,7 +24,7 @@ vectors (``realistic_vectors.py``); the fit is checked against the real vectors 
 the clusters, each query's best cross-modal score). Then ``--n`` (1,000,000) image-like vectors
 get an HNSW index and ``--n-ivf`` (10,000,000) an IVF-PQ one, each built and tuned to recall@10
 0.95 as ``crossalign index`` does (the same factory strings, training sample and
-:func:`crossalign.index.tune.tune` on held queries), and the same again with caption-like
+:func:`crossalign.index.recall.set_recall` on held queries), and the same again with caption-like
 vectors as the base. Fresh text-like queries over the image-like base (text -> image) and
 image-like queries over the caption-like base (image -> text) are answered one at a time on one
 thread, as a search does (FAISS candidates re-scored against the stored vectors, float16 and
@@ -131,7 +131,7 @@ def part_random(n: int, dim: int, n_queries: int, efs: list[int], noises: list[f
 
 
 def _build_twice(run: str, data: str, split: str, out: Path) -> tuple[float, float]:
-    from crossalign.index import build_index
+    from crossalign.index.build import build_index
 
     t0 = time.perf_counter()
     build_index(run, out / "cold", data=data, split=split, index_type="flat", progress=False)
@@ -143,7 +143,7 @@ def _build_twice(run: str, data: str, split: str, out: Path) -> tuple[float, flo
 
 def _recalls(root: Path, image_vecs: np.ndarray, caption_vecs: np.ndarray, kind: str) -> dict:
     """Recall@10 of index type ``kind`` against exact search, both directions, raw and re-scored."""
-    from crossalign.index import open_index
+    from crossalign.index.search import open_index
     from crossalign.index.store import IndexStore, write_version
 
     exact = IndexStore(root)
@@ -228,7 +228,7 @@ def _realistic_case(name: str, base_mix, query_mix, n: int, kind: str, n_queries
 
     import realistic_vectors as rv
     from crossalign.index.store import _tuning_queries, factory_string
-    from crossalign.index.tune import exact_top, tune
+    from crossalign.index.recall import exact_top, set_recall
 
     out = tmp / f"{kind}-{name.replace(' ', '').replace('->', '-')}"
     out.mkdir()
@@ -239,7 +239,7 @@ def _realistic_case(name: str, base_mix, query_mix, n: int, kind: str, n_queries
     # held queries as a build tunes on: the other modality's vectors (fresh draws here) and the
     # base's own
     held, groups = _tuning_queries(stored, rv.draw_all(query_mix, 400, seed + 1))
-    tuned = tune(index, stored, held, groups=groups)
+    tuned = set_recall(index, stored, held, groups=groups)
     tuned_s = time.perf_counter() - t0
     queries = rv.draw_all(query_mix, n_queries, seed + 2)  # never seen by the tuning
     truth = exact_top(stored, queries, 10)
@@ -269,7 +269,7 @@ def measure(out: Path) -> None:
     import faiss
 
     from crossalign.index.store import _open_vectors
-    from crossalign.index.tune import apply_params, approximate_top, recall_at
+    from crossalign.index.recall import apply_params, approximate_top, recall_at
 
     faiss.omp_set_num_threads(1)
     before = _vm("VmRSS")  # the interpreter and libraries, before the index

@@ -100,7 +100,7 @@ def make_subset(flickr: Path, out: Path, n_train: int, n_caps: int, seed: int = 
 def make_demo(out: Path, cli: str) -> Path:
     folder = out / "demo"
     if not (folder / "captions.txt").is_file():
-        subprocess.run([cli, "data", "synth", "--out", str(folder), "--n", "600", "--seed", "0"], check=True,
+        subprocess.run([cli, "synth", "--out", str(folder), "--n", "600", "--seed", "0"], check=True,
                        stdout=subprocess.DEVNULL)
     return folder
 

@@ -21,7 +21,7 @@ every 20 ms and reports the peak:
 - ``fill`` (benchmark setup, not a crossalign stage): the store filled straight with
   random float16 rows under the real keys (content hash of each member, tower
   fingerprints of Lite0 and MiniLM), for every size, as if extracted;
-- ``setup`` and ``epoch``: ``Engine`` made over the cached features (keys, store
+- ``setup`` and ``epoch``: the run's ``Engine`` (``run_engine``) made over the cached features (keys, store
   lookups, the data check), then one epoch of the default recipe (frozen Lite0 1280-d +
   MiniLM 384-d, linear heads) at batch 4096;
 - ``embed``: ``crossalign embed`` of the training shards, one partition per shard;
@@ -190,7 +190,7 @@ def stage_extract(work: Path, n: int) -> dict:
 
     from crossalign.config import DataConfig
     from crossalign.data.readers.shards import read_webdataset
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     torch.set_num_threads(2)
     table = read_webdataset(data_dir(work, PER_SHARD), DataConfig())
@@ -250,14 +250,14 @@ def stage_train(work: Path, n: int) -> dict:
 
     from crossalign.data.prepare import prepare_table
     from crossalign.distributed import DistInfo
-    from crossalign.train.engine import Engine
+    from crossalign.train.engine import run_engine
 
     torch.set_num_threads(2)
     cfg = config(work)
     peak = Peak()
     t0 = time.perf_counter()
     table, problems = prepare_table(data_dir(work, n), cfg.data, quiet=True)
-    eng = Engine(work / f"run-{n}", cfg, table, problems, DistInfo(), progress=False)
+    eng = run_engine(work / f"run-{n}", cfg, table, problems, DistInfo(), progress=False)
     t_setup = time.perf_counter() - t0
     rss_setup = peak.peak
     peak.reset()

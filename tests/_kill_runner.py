@@ -166,7 +166,7 @@ def _patch(fault: dict) -> None:
 
 def _set_shard(n: int) -> None:
     """Items per cache shard in the embedding code, so a tiny run writes several shards."""
-    from crossalign.embed import _towers
+    from crossalign.embed import towers as _towers
 
     _towers.SHARD = n
 

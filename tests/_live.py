@@ -46,7 +46,7 @@ def shapes_index(root, shapes_dir):
     import shutil
 
     from crossalign.cli.main import main
-    from crossalign.index import build_index
+    from crossalign.index.build import build_index
 
     data = root / "data"
     shutil.copytree(shapes_dir, data)

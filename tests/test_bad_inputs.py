@@ -2,7 +2,7 @@
 
 Every case is either loaded correctly or skipped with a message naming the file and the
 row; none produces a traceback. ``CASES`` is the table (case, outcome); the proof at the end
-runs the corpus through ``data check``, ``train``, ``evaluate`` and ``report`` and finds the
+runs the corpus through ``check``, ``train``, ``evaluate`` and ``report`` and finds the
 same rows skipped, for the same reasons, in each and in the run's ``problems.json``.
 """
 
@@ -217,7 +217,7 @@ def test_missing_images_folder_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "captions.txt").write_text("image,caption\na.jpg,a caption\n")
     with pytest.raises(DataError, match=r"images: images folder not found"):
         read_pairs(tmp_path)
-    assert main(["-q", "data", "check", str(tmp_path), "--json", "-"]) == 2
+    assert main(["-q", "check", str(tmp_path), "--json", "-"]) == 2
     err = capsys.readouterr().err
     assert "images folder not found" in err and "Traceback" not in err
 
@@ -308,14 +308,14 @@ def test_long_caption_counted_with_the_towers_tokenizer(corpus):
 
 def test_cli_check_and_convert_never_trace_back(corpus, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main(["-q", "data", "check", str(corpus), "--json", str(report), "--workers", "1"]) == 0
+    assert main(["-q", "check", str(corpus), "--json", str(report), "--workers", "1"]) == 0
     out, err = capsys.readouterr()
     assert "captions.txt:16" in out and "and 3 more" in out and "Traceback" not in out + err
     assert json.loads(report.read_text())["errors"]["truncated_image"] == 1
-    assert main(["-q", "data", "check", str(corpus), "--json", "-", "--strict", "--no-images"]) == 2
+    assert main(["-q", "check", str(corpus), "--json", "-", "--strict", "--no-images"]) == 2
     assert "row(s) would be skipped (--strict)" in capsys.readouterr().err
     out_dir = tmp_path / "converted"
-    assert main(["-q", "data", "convert", str(corpus), "--out", str(out_dir)]) == 0
+    assert main(["-q", "convert", str(corpus), "--out", str(out_dir)]) == 0
     converted = read_pairs(out_dir)
     # 29 rows less the 10 that validation skips (convert does not decode images)
     assert "missing.jpg" not in converted.image_id and len(converted) == 19
@@ -350,7 +350,7 @@ def test_every_command_skips_the_same_rows(corpus, tmp_path, capsys):
     counts = dict(Counter(SKIPPED.values()))
     said = f"{len(SKIPPED)} row(s) skipped because of bad input"
     check = tmp_path / "check.json"
-    assert main(["-q", "data", "check", str(corpus), "--json", str(check), "--workers", "1", *LIMIT]) == 0
+    assert main(["-q", "check", str(corpus), "--json", str(check), "--workers", "1", *LIMIT]) == 0
     _no_traceback(capsys)
     report = json.loads(check.read_text())
     assert {(p["kind"], p["where"]) for p in report["problems"] if p["level"] == "error"} == expected
@@ -370,7 +370,7 @@ def test_every_command_skips_the_same_rows(corpus, tmp_path, capsys):
     m = json.loads(metrics.read_text())
     assert m["skipped_rows"] == len(SKIPPED) and m["skipped"] == counts
 
-    from crossalign.report import report as make_report
+    from crossalign.report.build import report as make_report
 
     html = tmp_path / "r.html"
     assert main(["-q", "report", str(run), "--data", str(corpus), "--split", "all", "--out", str(html)]) == 0

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from crossalign import caption
-from crossalign.caption import CaptionPool, Ngrams, choose, consensus, tokenize
+from crossalign.caption import nearest as caption
+from crossalign.caption.nearest import CaptionPool, Ngrams, choose, consensus, tokenize
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError, CrossalignError, DataError
 

@@ -28,7 +28,7 @@ def _one_line(capsys, *words: str) -> str:
     (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "train.nope=1"], ["nope"]),
     (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "train.epochs=many"], ["epochs"]),
     (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "model.image.tower=nope"], ["nope"]),
-    (["data", "check", "{tmp}/nothing"], ["nothing"]),
+    (["check", "{tmp}/nothing"], ["nothing"]),
     (["train", "--out", "{tmp}/run"], ["--data"]),
 ])
 def test_user_errors_are_one_line_with_exit_2(tmp_path, shapes_dir, capsys, argv, words):
@@ -41,7 +41,7 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, shapes_dir, capsys, argv
 def test_bad_option_values_of_evaluate(tmp_path, capsys):
     from crossalign.evaluate.run import evaluate
 
-    with pytest.raises(ConfigError, match="--k"):
+    with pytest.raises(ConfigError, match="`k`"):  # the library names its parameter; the command, --k
         evaluate(tmp_path, tmp_path, ks=[0])
     assert main(["-q", "evaluate", str(tmp_path), "--data", str(tmp_path), "--k", "one"]) == 2
     _one_line(capsys, "--k", "'one'")
@@ -58,14 +58,14 @@ def test_error_types_stay_compatible():
 
 @pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug"), FileNotFoundError("a bug")])
 def test_a_bug_keeps_its_traceback(shapes_dir, monkeypatch, bug):
-    import crossalign.data.doctor as doctor
+    from crossalign.data import doctor
 
     def broken(*args, **kwargs):
         raise bug
 
     monkeypatch.setattr(doctor, "read_pairs", broken)
     with pytest.raises(type(bug), match="a bug"):
-        main(["-q", "data", "check", str(shapes_dir), "--no-images"])
+        main(["-q", "check", str(shapes_dir), "--no-images"])
 
 
 def test_a_bug_exits_with_a_traceback_from_the_console(tmp_path):
@@ -73,7 +73,7 @@ def test_a_bug_exits_with_a_traceback_from_the_console(tmp_path):
             "def broken(*a, **k): raise ValueError('a bug')\n"
             "d.read_pairs = broken\n"
             "from crossalign.cli.main import main\n"
-            f"sys.exit(main(['-q', 'data', 'check', {str(tmp_path)!r}, '--no-images']))\n")
+            f"sys.exit(main(['-q', 'check', {str(tmp_path)!r}, '--no-images']))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode not in (0, 2)
     assert "Traceback" in done.stderr and "ValueError: a bug" in done.stderr

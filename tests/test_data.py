@@ -89,11 +89,11 @@ def test_data_check_writes_a_report_only_when_asked(tmp_path, shapes_dir, monkey
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    assert main(["-q", "data", "check", str(shapes_dir), "--no-images"]) == 0
+    assert main(["-q", "check", str(shapes_dir), "--no-images"]) == 0
     out = capsys.readouterr().out
     assert list(cwd.iterdir()) == [] and "report written" not in out  # nothing left in the cwd
     report = tmp_path / "reports" / "check.json"
     report.parent.mkdir()
-    assert main(["-q", "data", "check", str(shapes_dir), "--no-images", "--json", str(report)]) == 0
+    assert main(["-q", "check", str(shapes_dir), "--no-images", "--json", str(report)]) == 0
     assert f"report written to {report}" in capsys.readouterr().out
     assert json.loads(report.read_text())["images"] == 60 and list(cwd.iterdir()) == []

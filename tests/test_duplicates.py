@@ -11,7 +11,8 @@ from PIL import Image
 
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError
-from crossalign.index import build_index, open_index
+from crossalign.index.build import build_index
+from crossalign.index.search import open_index
 from crossalign.index.duplicates import find_duplicates
 
 

@@ -15,7 +15,7 @@ import crossalign
 from crossalign.cli.main import main
 from crossalign.data.transforms import load_image
 from crossalign.errors import ImageError
-from crossalign.embed import embed_images, embed_pictures, embed_texts
+from crossalign.embed.collection import embed_image_files, embed_images, embed_texts
 from crossalign.runs import open_run
 from crossalign.runs import embed_split
 from _tiny import CountingTower
@@ -85,10 +85,10 @@ def test_library_functions_agree_and_report_failures(tiny_run, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a picture")
     good = str(data / "images" / "rotated.jpg")
-    out = embed_images(aligner.model, [good, str(bad), good])
+    out = embed_image_files(aligner.model, [good, str(bad), good])
     assert out.paths == [good] and out.vectors.shape == (1, aligner.cfg.model.embed_dim)
     assert out.failed[str(bad)].kind == "unreadable" and "bad.jpg" in str(out.failed[str(bad)])
-    np.testing.assert_allclose(out.vectors, embed_pictures(aligner.model, [good]), atol=1e-5)
+    np.testing.assert_allclose(out.vectors, embed_images(aligner.model, [good]), atol=1e-5)
     np.testing.assert_allclose(embed_texts(aligner.model, ["an awkward picture", "x"]),
                                aligner.encode_text(["an awkward picture", "x"]), atol=1e-5)
     with pytest.raises(ImageError, match="bad.jpg"):
@@ -115,8 +115,9 @@ def test_load_image_takes_bytes_through_the_same_checks(tiny_run):
 
 
 def test_the_embed_room_imports_neither_training_nor_evaluation():
-    code = ("import sys, crossalign.embed; "
-            "bad = [m for m in sys.modules if m.startswith(('crossalign.train', 'crossalign.evaluate'))]; "
+    # the rooms' packages are docstrings that ``import crossalign`` loads; their modules must not load
+    code = ("import sys, crossalign.embed.collection, crossalign.embed.towers; "
+            "bad = [m for m in sys.modules if m.startswith(('crossalign.train.', 'crossalign.evaluate.'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -124,7 +125,7 @@ def test_the_embed_room_imports_neither_training_nor_evaluation():
 
 
 def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     Image.new("RGB", (10, 10), (200, 0, 0)).save(small)
@@ -139,7 +140,7 @@ def test_a_cached_image_still_meets_the_pixel_limit(tmp_path):
 
 
 def test_decoding_workers_give_the_same_features_and_failures(tmp_path):
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     paths = []
     for k in range(7):
@@ -163,7 +164,7 @@ def test_decoding_workers_give_the_same_features_and_failures(tmp_path):
 def test_extraction_leaves_the_global_random_state_alone(tmp_path, workers):
     # a loader drawing its seed from the global RNG made training differ between a cold and a
     # warm feature cache (dropout masks shifted), which broke exact resume
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     paths = []
     for k in range(3):
@@ -182,7 +183,7 @@ def test_a_cached_shard_member_still_meets_the_pixel_limit(tmp_path):
     import tarfile
 
     from crossalign.data.members import member_ref
-    from crossalign.embed import image_features
+    from crossalign.embed.towers import image_features
 
     shard = tmp_path / "train-000.tar"
     with tarfile.open(shard, "w") as tf:

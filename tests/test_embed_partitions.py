@@ -52,7 +52,8 @@ def test_tasks_share_the_shards_and_a_second_run_writes_nothing(setup, capsys):
 
 
 def test_index_from_embeddings_equals_the_direct_index(setup, tmp_path):
-    from crossalign.index import build_index, open_index
+    from crossalign.index.build import build_index
+    from crossalign.index.search import open_index
 
     root, run = setup
     out = tmp_path / "emb"
@@ -106,7 +107,7 @@ def test_other_layouts_are_cut_by_size_and_another_models_partitions_are_refused
 
 
 def test_the_share_comes_from_torchrun_when_not_given(monkeypatch):
-    from crossalign.cli.embed import parse_shard
+    from crossalign.api._models import parse_shard
     from crossalign.errors import ConfigError
 
     assert parse_shard("3/16") == (3, 16)

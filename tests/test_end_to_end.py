@@ -5,8 +5,6 @@ import json
 import numpy as np
 
 import crossalign
-import crossalign.api
-import crossalign.evaluate
 from crossalign.cli.main import main
 
 
@@ -30,7 +28,7 @@ def test_train_evaluate_load(tmp_path, shapes_dir, capsys):
     # chance R@1 is 1/6 of images: a trained model on this easy data is far above it
     assert m["t2i_R@1"] > 40 and m["i2t_R@1"] > 40
     # the library call gives the same numbers as the command
-    lib = crossalign.evaluate.evaluate(run, shapes_dir, "test", progress=False)
+    lib = crossalign.evaluate(run, shapes_dir, split="test", progress=False)
     assert lib["t2i_R@1"] == m["t2i_R@1"]
     # crossalign.load embeds raw inputs the same way evaluation embedded cached features
     aligner = crossalign.load(run)

@@ -110,7 +110,7 @@ def test_bad_requests_exit_2_with_a_message(run, shapes_dir, tmp_path, capsys, m
     assert "'nope' split has no rows" in capsys.readouterr().err
     assert main(base + ["--split", "train", "--gap"]) == 2
     assert "held-out" in capsys.readouterr().err
-    import crossalign.evaluate.run as run_mod
+    from crossalign.evaluate import run as run_mod
 
     monkeypatch.setattr(run_mod, "MATRIX_MAX_CELLS", 100)
     assert main(base + ["--matrix", str(tmp_path / "x.npy")]) == 2

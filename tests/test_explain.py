@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from crossalign.embed import embed_texts
-from crossalign.explain import crop_box, explain_pair, heat_in_frame, image_heat, split_words, word_scores
+from crossalign.embed.collection import embed_texts
+from crossalign.explain.image import crop_box, heat_in_frame, image_heat
+from crossalign.explain.pair import explain_pair
+from crossalign.explain.words import split_words, word_scores
 from crossalign.explain.checks import cell_mask, deletion_drops, pointing_hit, text_without, word_drops
 from test_towers_contract import IMAGE_CASES, TEXT_CASES, build, _one_thread, tiny_bert  # noqa: F401
 

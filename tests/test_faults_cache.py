@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossalign import embed
+from crossalign.embed import towers as embed
 from crossalign.features import FeatureCache, tower_fingerprint
 from crossalign.runs import embed_split, open_run, select_split
 

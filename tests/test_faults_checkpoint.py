@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import crossalign
-from crossalign.api import resume, train
+from crossalign.api import train
 from crossalign.config import ImageTowerConfig, ModelConfig, RunConfig, TextTowerConfig, save_config
 from crossalign.models.dual import build_model
 from crossalign.runs import load_model
@@ -117,7 +117,7 @@ def test_damaged_checkpoint_is_refused_with_a_message(trained_run, tmp_path, nam
         assert str(target) in str(err.value)
         return
     with pytest.raises(CheckpointError, match="checksum") as err:
-        resume(run, progress=False)
+        train(resume=run, progress=False)
     assert str(target) in str(err.value)
     assert main(["-q", "train", "--resume", str(run)]) == 2  # the command line: one line, exit 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("WARNING")]
@@ -145,7 +145,7 @@ def test_pickle_in_place_of_a_checkpoint_is_refused_unread(trained_run, tmp_path
         if name.startswith("model_"):
             crossalign.load(run)
         else:
-            resume(run, progress=False)
+            train(resume=run, progress=False)
     assert (str(target) if with_json else "checksum" if name.startswith("resume/") else target.name) \
         in str(err.value)
     assert not marker.exists() and not os.path.exists(marker)

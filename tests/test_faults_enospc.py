@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from crossalign.cli.main import main
+from crossalign.embed import towers as _towers
 
 from _kill_runner import TIMING, TINY, rows, sets
 
@@ -155,7 +156,6 @@ OVER = TINY + ["train.epochs=2"]
 @pytest.fixture()
 def small_shards(monkeypatch):
     """16 items per cache shard, so one extraction writes many shards and index updates."""
-    from crossalign.embed import _towers
 
     monkeypatch.setattr(_towers, "SHARD", 16)
 
@@ -168,7 +168,6 @@ def train_args(root: Path, data: Path, out: str = "run") -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shapes_dir) -> Path:
     """A finished run for evaluate, index and report to read (none of them writes into it)."""
-    from crossalign.embed import _towers
 
     root = tmp_path_factory.mktemp("enospc-ref")
     old, _towers.SHARD = _towers.SHARD, 16
@@ -211,7 +210,7 @@ def test_full_disk_in_training_then_resume(tmp_path, shapes_dir, small_shards, c
     disk = Disk(monkeypatch, tmp_path, pattern, nth)
     refused(disk, capsys, "train", main(train_args(tmp_path, shapes_dir)))
     monkeypatch.undo()  # room again
-    monkeypatch.setattr("crossalign.embed._towers.SHARD", 16)
+    monkeypatch.setattr(_towers, "SHARD", 16)
     assert main(["-q", "train", "--resume", str(tmp_path / "run")]) == 0
     same_as_uninterrupted(tmp_path, shapes_dir)
 
@@ -265,7 +264,7 @@ def test_full_disk_at_the_feature_store_then_resume(tmp_path, shapes_dir, small_
     if part == "segment":  # nothing listed after the refused chunk
         assert digests(tmp_path) == state["hit"]
     monkeypatch.undo()  # room again
-    monkeypatch.setattr("crossalign.embed._towers.SHARD", 16)
+    monkeypatch.setattr(_towers, "SHARD", 16)
     assert main(["-q", "train", "--resume", str(tmp_path / "run")]) == 0
     same_as_uninterrupted(tmp_path, shapes_dir)
 
@@ -278,7 +277,7 @@ def test_run_folder_turns_read_only_after_the_first_epoch(tmp_path, shapes_dir, 
     refused(disk, capsys, "train", main(train_args(tmp_path, shapes_dir)))
     assert [r["epoch"] for r in rows(tmp_path / "run" / "metrics.csv")] == ["1"]
     monkeypatch.undo()
-    monkeypatch.setattr("crossalign.embed._towers.SHARD", 16)
+    monkeypatch.setattr(_towers, "SHARD", 16)
     assert main(["-q", "train", "--resume", str(tmp_path / "run")]) == 0
     same_as_uninterrupted(tmp_path, shapes_dir)
 
@@ -322,7 +321,7 @@ INDEX_WRITERS = [
 @pytest.mark.parametrize("name, pattern", INDEX_WRITERS, ids=[w[0] for w in INDEX_WRITERS])
 def test_full_disk_in_an_index_build_keeps_the_live_index(tmp_path, reference, image_folders,
                                                           capsys, monkeypatch, name, pattern):
-    from crossalign.index import open_index
+    from crossalign.index.search import open_index
 
     first, second = image_folders
     index = tmp_path / "index"
@@ -356,7 +355,7 @@ def test_full_disk_in_an_index_build_keeps_the_live_index(tmp_path, reference, i
 def test_full_disk_at_the_report(tmp_path, reference, shapes_dir, capsys, monkeypatch, pattern):
     out = tmp_path / "report.html"
     args = ["-q", "report", str(reference), "--data", str(shapes_dir), "--out", str(out),
-            "--k", "3"]
+            "--gallery", "3"]
     assert main(args) == 0
     capsys.readouterr()
     before = digests(tmp_path)

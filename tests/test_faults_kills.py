@@ -61,7 +61,7 @@ def test_kills_inside_checkpoint_writes_then_resume(tmp_path, shapes_dir):
     assert (run / "model_best.safetensors").is_file()
     with pytest.raises(CheckpointError, match="model_best"):
         crossalign.load(run)  # refused, not loaded without its checksum
-    assert crossalign.load(run, which="last") is not None  # the whole checkpoint beside it loads
+    assert crossalign.load(run, checkpoint="last") is not None  # the whole checkpoint beside it loads
 
     done = cli(None, "train", "--resume", str(run))
     assert done.returncode == 0, done.stderr
@@ -82,7 +82,7 @@ READER = r'''
 import json, sys, time, traceback
 from pathlib import Path
 import numpy as np
-from crossalign.index import open_index
+from crossalign.index.search import open_index
 
 index, stop, progress = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import torch
 
-from crossalign import embed
+from crossalign.embed import towers as embed
 from crossalign.features import FeatureCache
 from crossalign.models.registry import create
 from _tiny import CountingTower

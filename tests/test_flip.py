@@ -10,10 +10,8 @@ import torch
 from PIL import Image
 
 import crossalign
-import crossalign.api
-import crossalign.evaluate
 from crossalign.config import ModelConfig
-from crossalign.embed import embed_images, embed_pictures, tta_flip
+from crossalign.embed.collection import embed_image_files, embed_images, tta_flip
 from crossalign.models.dual import build_model
 
 
@@ -63,12 +61,12 @@ def test_a_symmetric_image_keeps_its_vector_and_vectors_stay_normalised(tmp_path
     plain = _model(False, freeze)
     flipped = _copy(plain, True)
     assert not tta_flip(plain) and tta_flip(flipped)
-    a = embed_images(plain, [sym, lop], cache_root=tmp_path / "cache").vectors
-    b = embed_images(flipped, [sym, lop], cache_root=tmp_path / "cache").vectors
+    a = embed_image_files(plain, [sym, lop], cache_root=tmp_path / "cache").vectors
+    b = embed_image_files(flipped, [sym, lop], cache_root=tmp_path / "cache").vectors
     np.testing.assert_allclose(b[0], a[0], atol=1e-6)  # its mirror is itself
     assert np.abs(b[1] - a[1]).max() > 1e-3  # a lopsided one is averaged with a different view
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
-    mirrored = embed_images(plain, [_save_mirror(lop, tmp_path)]).vectors[0]
+    mirrored = embed_image_files(plain, [_save_mirror(lop, tmp_path)]).vectors[0]
     mean = a[1] + mirrored
     # a frozen tower's views come from the cache, as float16 rows: equal to that rounding
     np.testing.assert_allclose(b[1], mean / np.linalg.norm(mean), atol=1e-6 if freeze == "trainable" else 2e-3)
@@ -83,8 +81,8 @@ def _save_mirror(path: str, folder) -> str:
 def test_every_door_gives_the_flip_averaged_vector(tmp_path):
     sym, lop = _images(tmp_path)
     model = _model(True)
-    files = embed_images(model, [sym, lop], workers=2).vectors
-    pictures = embed_pictures(model, [sym, Image.open(lop)])
+    files = embed_image_files(model, [sym, lop], workers=2).vectors
+    pictures = embed_images(model, [sym, Image.open(lop)])
     np.testing.assert_allclose(pictures, files, atol=1e-6)
 
 
@@ -93,9 +91,9 @@ def test_a_frozen_tower_extracts_the_mirror_once(tmp_path):
     model = _model(True)
     seen = []
     model.image_tower.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape[0]))
-    first = embed_images(model, [sym, lop], cache_root=tmp_path / "cache").vectors
+    first = embed_image_files(model, [sym, lop], cache_root=tmp_path / "cache").vectors
     assert sum(seen) == 4  # the two images and their two mirrors
-    again = embed_images(model, [sym, lop], cache_root=tmp_path / "cache").vectors
+    again = embed_image_files(model, [sym, lop], cache_root=tmp_path / "cache").vectors
     assert sum(seen) == 4  # both views from the cache
     np.testing.assert_array_equal(again, first)
 
@@ -106,10 +104,10 @@ def test_evaluate_states_it_and_the_run_keeps_it(tmp_path, shapes_dir):
             "model.image.tta_flip=true", "train.epochs=1", "train.batch_size=32",
             "train.tensorboard=false"]
     run = tmp_path / "run"
-    crossalign.api.train(shapes_dir, run, overrides=sets, progress=False)
-    metrics = crossalign.evaluate.evaluate(run, shapes_dir, split="test", progress=False)
+    crossalign.train(shapes_dir, run, overrides=sets, progress=False)
+    metrics = crossalign.evaluate(run, shapes_dir, split="test", progress=False)
     assert metrics["tta_flip"] is True
     json.dumps(metrics)  # the JSON file states it
     assert tta_flip(crossalign.load(run).model)
-    again = crossalign.evaluate.evaluate(run, shapes_dir, split="test", progress=False)
+    again = crossalign.evaluate(run, shapes_dir, split="test", progress=False)
     assert again == metrics

@@ -309,10 +309,10 @@ def test_convert_writes_the_canonical_layout(fmt, tmp_path):
 def test_cli_check_and_convert(tmp_path, capsys):
     src = write_karpathy(tmp_path / "k")
     report = tmp_path / "report.json"
-    assert main(["-q", "data", "check", str(src), "--json", str(report)]) == 0
+    assert main(["-q", "check", str(src), "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "6 images, 12 captions" in out and "problems (rows skipped): none" in out
     data = json.loads(report.read_text())
     assert data["splits"]["train"] == {"images": 4, "captions": 8} and data["ok"]
-    assert main(["-q", "data", "convert", str(src), "--out", str(tmp_path / "c")]) == 0
+    assert main(["-q", "convert", str(src), "--out", str(tmp_path / "c")]) == 0
     assert canonical(read_pairs(tmp_path / "c")) == EXPECTED

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import crossalign
-import crossalign.api
-import crossalign.evaluate
 from crossalign.config import ModelConfig, load_config
 from crossalign.data.prepare import prepare_table
-from crossalign.embed import image_features, mirror
+from crossalign.embed.towers import image_features, mirror
 from crossalign.errors import ConfigError
 from crossalign.models.dual import apply_freeze, build_model
 from crossalign.models.image import ConcatTower
@@ -76,11 +74,11 @@ def test_a_run_with_a_concatenated_frozen_tower_trains_caches_and_loads(tmp_path
             "model.text.tower=lstm", "model.text.width=16", "model.text.pretrained=false",
             "train.epochs=2", "train.batch_size=32", "train.tensorboard=false", "train.checkpoint_every=0",
             f"cache.dir={tmp_path / 'cache'}"]
-    res = crossalign.api.train(shapes_dir, tmp_path / "run", overrides=sets, progress=False)
+    res = crossalign.train(shapes_dir, tmp_path / "run", overrides=sets, progress=False)
     assert len(res.history) == 2
     model = crossalign.load(tmp_path / "run")
     assert isinstance(model.model.image_tower, ConcatTower)
-    m = crossalign.evaluate.evaluate(tmp_path / "run", shapes_dir, split="test", progress=False)
+    m = crossalign.evaluate(tmp_path / "run", shapes_dir, split="test", progress=False)
     assert 0 <= m["t2i_R@1"] <= 100 and m["n_images"] > 0
 
 
@@ -193,5 +191,5 @@ def test_bn_stats_keep_holds_the_loaded_statistics_of_the_blocks_that_train():
         assert changed is moves, bn_stats
         out.sum().backward()
         assert all(b.weight.grad is not None for b in bns)
-    with pytest.raises(ConfigError, match="bn_stats"):
-        model("frozen")
+    with pytest.raises(ConfigError, match="bn_stats"):  # RunConfig.validate, as the config resolves
+        load_config(None, ["model.image.bn_stats=frozen"])

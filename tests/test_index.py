@@ -17,7 +17,8 @@ from PIL import Image
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError, CrossalignError, RunError
 from crossalign._io import sha256_file
-from crossalign.index import build_index, open_index
+from crossalign.index.build import build_index
+from crossalign.index.search import open_index
 from crossalign.index._vectors import Embedder
 from crossalign.index.store import CaptionRecord, IndexStore, ImageRecord, resolve_index_type, write_version
 
@@ -250,7 +251,7 @@ def test_killed_build_leaves_the_previous_index(built, tmp_path, monkeypatch, ru
     before = open_index(copy, model=False)
     expected = before.search_vector(before.store.vector("images", 5), k=5)
     before.close()
-    import crossalign.index.store as store_mod
+    from crossalign.index import store as store_mod
 
     def killed(*a, **k):
         raise KeyboardInterrupt
@@ -388,10 +389,10 @@ def test_tuned_index_meets_its_recall_on_held_queries(tmp_path, kind):
 
 
 def test_an_unreachable_recall_keeps_the_widest_search(tmp_path, monkeypatch):
-    from crossalign.index import tune as tune_mod
+    from crossalign.index import recall as recall_mod
 
-    monkeypatch.setattr(tune_mod, "EF_GRID", (16,))
-    monkeypatch.setattr(tune_mod, "RERANK_GRID", {"hnsw": (1,), "ivf": (1,)})
+    monkeypatch.setattr(recall_mod, "EF_GRID", (16,))
+    monkeypatch.setattr(recall_mod, "RERANK_GRID", {"hnsw": (1,), "ivf": (1,)})
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((5000, 32)).astype(np.float32)  # uniform: a graph's worst case
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)

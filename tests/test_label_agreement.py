@@ -142,7 +142,7 @@ def test_a_search_with_parameters_survives_faiss_torch_utils():
     import faiss
     import faiss.contrib.torch_utils  # noqa: F401
 
-    from crossalign.index.tune import approximate_top
+    from crossalign.index.recall import approximate_top
 
     rng = np.random.default_rng(0)
     vecs = _unit(rng.standard_normal((500, 8)))

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from crossalign.cli.main import main
-from crossalign.index import Filters, build_index, open_index
+from crossalign.index.search import Filters, open_index
+from crossalign.index.build import build_index
 from crossalign.index import _rows
 from crossalign.index import search as search_mod
 from crossalign.index import store as store_mod

@@ -1,5 +1,5 @@
 """A caption far longer than the text tower reads: embedded (cut or chunked), reported by
-``data check``, and never answered by transformers' "Token indices sequence length" warning."""
+``check``, and never answered by transformers' "Token indices sequence length" warning."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_data_check_reports_a_long_caption_without_the_warning(hf_records, capfd
     first = (data / "captions.txt").read_text().splitlines()[1].split(",")[0]
     with open(data / "captions.txt", "a") as f:
         f.write(f"{first},{LONG}\n")
-    assert main(["-q", "data", "check", str(data), "--json", str(tmp_path / "check.json")]) == 0
+    assert main(["-q", "check", str(data), "--json", str(tmp_path / "check.json")]) == 0
     out = capfd.readouterr()
     assert "long_caption" in out.out + out.err
     assert WARNING not in out.out + out.err

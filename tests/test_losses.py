@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from crossalign.config import LossConfig
+from crossalign.config import LossConfig, load_config
 from crossalign.losses import ClipLoss, SigLipLoss, gather_features, make_loss
 from crossalign.distributed import DistInfo
 
@@ -116,5 +116,5 @@ def test_make_loss_builds_the_configured_loss():
     assert isinstance(siglip, SigLipLoss) and siglip.gather_with_grad and siglip.local_loss
     with pytest.raises(ValueError, match="available: clip, siglip"):
         make_loss(LossConfig(name="triplet"))
-    with pytest.raises(ValueError, match="margin"):
-        make_loss(LossConfig(name="siglip", margin=0.2))
+    with pytest.raises(ValueError, match="margin"):  # RunConfig.validate, as the config resolves
+        load_config(None, ["loss.name=siglip", "loss.margin=0.2"])

@@ -47,7 +47,7 @@ def test_opt_out_leaves_malloc_alone():
 def test_commands_that_run_towers_set_it(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli_main, "keep_freed_memory", lambda: calls.append(1) or True)
-    assert cli_main.main(["models", "list"]) == 0
+    assert cli_main.main(["towers"]) == 0
     assert calls == []  # lists towers: nothing to keep
     assert cli_main.main(["evaluate", str(tmp_path / "no-run")]) == 2  # a clear error, after the setting
     assert calls == [1]

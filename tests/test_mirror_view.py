@@ -14,7 +14,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from crossalign import embed
+from crossalign.embed import towers as embed
 from crossalign.cli.main import main
 from crossalign.models.dual import DualEncoder
 from crossalign.train.sides import ImageSide

@@ -10,7 +10,8 @@ import pytest
 
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError
-from crossalign.index import build_index, open_index
+from crossalign.index.build import build_index
+from crossalign.index.search import open_index
 from crossalign.index._vectors import Embedder
 
 QUERIES = ["a dog", "two children playing in the sand", "A RED CIRCLE!", "ünïcödé façade 東京",

@@ -90,7 +90,7 @@ def test_a_siglip_pair_gives_the_librarys_vectors_scale_and_bias(siglip_folder):
     assert cfg.loss.name == "siglip" and float(built.logit_bias.detach()) == pytest.approx(SIGLIP_BIAS)
     assert built.scale().item() == pytest.approx(SIGLIP_SCALE, rel=1e-6)  # not siglip_scale_init
     with pytest.raises(ConfigError, match="pair_weights is for open_clip pairs"):
-        crossalign.load(f"hf:{siglip_folder}", pair_weights="w.pt")
+        crossalign.load(f"hf:{siglip_folder}", pretrained_weights="w.pt")
 
 
 def test_a_siglip_pair_trains_with_its_bias_and_exports(siglip_folder, shapes_dir, tmp_path):
@@ -149,14 +149,14 @@ def test_an_open_clip_pair_gives_the_librarys_vectors(open_clip_files):
     import open_clip
     from crossalign.config import load_config
     from crossalign.data.transforms import eval_transform
-    from crossalign.embed import onnx_supported
+    from crossalign.embed.onnx_text import onnx_supported
     from crossalign.explain.words import word_scores
     from crossalign.models.dual import build_model
     from crossalign.models.pairs import PAIR_KINDS, PAIR_PREFIXES
 
     assert PAIR_PREFIXES == ("hf", "open_clip") and set(PAIR_KINDS) == set(PAIR_PREFIXES)
     config, weights = open_clip_files
-    aligner = crossalign.load(f"open_clip:{config}", pair_weights=str(weights))
+    aligner = crossalign.load(f"open_clip:{config}", pretrained_weights=str(weights))
     model = aligner.model
     assert model.cfg.embed_dim == 24 and model.logit_bias is None
     assert model.scale().item() == pytest.approx(OPEN_CLIP_SCALE, rel=1e-6)
@@ -237,4 +237,4 @@ def test_without_open_clip_a_pair_says_how_to_install_it(monkeypatch, open_clip_
     config, weights = open_clip_files
     monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip raises ImportError
     with pytest.raises(ConfigError, match=r"pip install crossalign\[open_clip\]"):
-        crossalign.load(f"open_clip:{config}", pair_weights=str(weights))
+        crossalign.load(f"open_clip:{config}", pretrained_weights=str(weights))

@@ -174,7 +174,7 @@ def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shap
     assert_same_figures(second["alphas"]["0"], json.loads((tmp_path / "pair2.json").read_text()))
     assert main(["-q", "evaluate", str(ft), "--wise-data", str(labelled_shapes)]) == 2  # needs --wise
     # the report puts the fine-tune's zero-shot baseline beside it, scored on the run's split
-    from crossalign.report import report
+    from crossalign.report.build import report
 
     res = report([ft], shapes_dir, tmp_path / "report.html", k=4, explain=0, progress=False)
     assert list(res.metrics) == ["ft", "ft (zero-shot)"]

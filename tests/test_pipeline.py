@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from crossalign.api import resume, train
-from crossalign.embed import DecodeImages
+from crossalign.api import train
+from crossalign.embed.towers import DecodeImages
 from crossalign.train import engine as engine_mod
 
 TINY = ["model.image.tower=small_cnn", "model.image.width=32", "model.image.pretrained=false",
@@ -80,7 +80,7 @@ def test_resume_with_workers_is_exact(tmp_path, shapes_dir, monkeypatch):
     monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", real_step)
     latest = json.loads((tmp_path / "cut" / "resume" / "latest.json").read_text())["tag"]
     assert latest.startswith("0002-")  # the loader restarts mid-epoch
-    resume(tmp_path / "cut", progress=False)
+    train(resume=tmp_path / "cut", progress=False)
     assert _metrics(full) == _metrics(tmp_path / "cut")
     _same_weights(full, tmp_path / "cut")
 
@@ -89,7 +89,7 @@ def test_the_loader_stacks_batches_in_the_workers_in_the_towers_layout(tmp_path)
     from PIL import Image
 
     from crossalign.data.transforms import eval_transform
-    from crossalign.embed import decode_loader
+    from crossalign.embed.towers import decode_loader
 
     paths = []
     for k in range(5):

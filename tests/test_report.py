@@ -11,9 +11,6 @@ import pytest
 from PIL import Image
 
 import crossalign
-import crossalign.api
-import crossalign.report
-import crossalign.evaluate
 from crossalign.cli.main import main
 
 from _browser import browser_page
@@ -53,7 +50,7 @@ def evil_data(tmp_path_factory, shapes_dir, runs) -> Path:
 def single(tmp_path_factory, runs, evil_data) -> Path:
     """The report of one run with every test caption and image as a query (k above the split size)."""
     out = tmp_path_factory.mktemp("report") / "report.html"
-    assert main(["-q", "report", str(runs[0]), "--data", str(evil_data), "--out", str(out), "--k", "50",
+    assert main(["-q", "report", str(runs[0]), "--data", str(evil_data), "--out", str(out), "--gallery", "50",
                  "--explain", "3"]) == 0
     return out
 
@@ -104,7 +101,7 @@ def test_galleries_mark_the_correct_items(single, runs, evil_data):
         assert (marked > 0) == (rank <= 5) and marked <= 5
     # the page's numbers are the library's numbers, the seen/unseen gap included
     # (the same ranking as evaluate's: the run's evaluate.ranking)
-    lib = crossalign.evaluate.evaluate(runs[0], evil_data, "test", progress=False, gap=True, seed=0)
+    lib = crossalign.evaluate(runs[0], evil_data, split="test", progress=False, gap=True, seed=0)
     metrics_row = html.split('<table class="metrics">', 1)[1].split('<td class="name">long</td>', 1)[1]
     assert re.findall(r"<td>([^<]+)</td>", metrics_row)[:3] == [f"{lib[f't2i_R@{k}']:.1f}" for k in (1, 5, 10)]
     seen_row = html.split('<table class="gap">', 1)[1].split("seen (train sample)</td>", 1)[1]
@@ -139,7 +136,7 @@ def test_plots_are_written_next_to_the_report(single):
 
 def test_several_runs_give_a_comparison(tmp_path, runs, shapes_dir):
     out = tmp_path / "cmp.html"
-    result = crossalign.report.report(list(runs), shapes_dir, out, k=2, progress=False)
+    result = crossalign.report(list(runs), shapes_dir, out=out, gallery=2, progress=False)
     html = out.read_text(encoding="utf-8")
     assert result.runs == ["long", "short"]
     assert "Recall@K by run" in html and "Validation R-sum per epoch" in html
@@ -158,14 +155,14 @@ def test_seed_fixes_the_samples(tmp_path, runs, shapes_dir):
     for name in ("a", "b"):
         out = tmp_path / f"{name}.html"
         assert main(["-q", "report", str(runs[1]), "--data", str(shapes_dir), "--out", str(out),
-                     "--k", "4", "--seed", "3"]) == 0
+                     "--gallery", "4", "--seed", "3"]) == 0
         pages.append(_sample_ids(out.read_text(encoding="utf-8")))
     assert len(pages[0]) > 8 and pages[0] == pages[1]
 
 
 def test_other_seeds_draw_other_samples():
     from crossalign.data.table import PairTable
-    from crossalign.embed import EmbeddedTable
+    from crossalign.embed.collection import EmbeddedTable
     from crossalign.report.samples import draw_samples
 
     t2i = np.repeat(np.arange(50), 5)  # 50 images with 5 captions each
@@ -253,11 +250,11 @@ def labelled_run(tmp_path_factory, labelled_shapes):
 def test_label_agreement_in_the_report(labelled_run, tmp_path, capsys):
     run, data = labelled_run
     out = tmp_path / "r.html"
-    assert main(["-q", "report", str(run), "--data", str(data), "--out", str(out), "--k", "3",
+    assert main(["-q", "report", str(run), "--data", str(data), "--out", str(out), "--gallery", "3",
                  "--label-column", "colour", "--explain", "1"]) == 0
     html = out.read_text(encoding="utf-8")
     assert "Label agreement" in html and "label agreement by class" in html
-    lib = crossalign.evaluate.evaluate(run, data, "test", progress=False, gap=True, seed=0, label_column="colour")
+    lib = crossalign.evaluate(run, data, split="test", progress=False, gap=True, seed=0, label_column="colour")
     table = html.split('<table class="metrics labels">', 1)[1].split("</table>", 1)[0]
     unseen = re.findall(r"<td>([^<]+)</td>", table.split('<td class="name">unseen</td>', 1)[1])
     assert unseen[:2] == [f"{100 * lib['labels']['t2i'][k]:.1f}" for k in ("precision@1", "precision@5")]

@@ -13,7 +13,8 @@ from PIL import Image
 
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError
-from crossalign.index import Filters, build_index, open_index
+from crossalign.index.search import Filters, open_index
+from crossalign.index.build import build_index
 from crossalign.index import search as search_mod
 from crossalign.index.store import ImageRecord, write_version
 

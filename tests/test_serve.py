@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from crossalign.cli.main import build_parser
-from crossalign.index import open_index
+from crossalign.index.search import open_index
 from crossalign.serve import create_app, serve
 from crossalign.serve.app import ServiceLimits
 
@@ -97,7 +97,7 @@ def test_no_answer_names_a_path_on_the_server(client, index, index_dir):
 
 
 def test_filters_and_cut_off_through_the_api(client, index):
-    from crossalign.index import Filters
+    from crossalign.index.search import Filters
 
     r = client.get("/search", params={"q": "a red circle", "k": 50, "split": "val"}).json()
     direct = index.search(text="a red circle", k=50, filters=Filters(split="val"))
@@ -426,7 +426,7 @@ def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
 def test_page_state_lives_in_its_address(live_url, index):
     """/?q=... opens that search with its filters; a new search goes into the address; back
     returns to the one before."""
-    from crossalign.index import Filters
+    from crossalign.index.search import Filters
 
     n_val = len(index.search(text="a red circle", k=50, filters=Filters(split="val")).hits)
     errors, asked = [], []

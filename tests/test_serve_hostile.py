@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from crossalign.cli.main import main
-from crossalign.index import open_index
+from crossalign.index.search import open_index
 from crossalign.serve import create_app, read_token
 from crossalign.serve.guard import COOKIE, Access
 
@@ -237,7 +237,7 @@ class _FakeExplanation:
 def test_an_explain_flood_is_refused_at_once_and_searches_go_on(index, monkeypatch):
     """40 explanations at once: one runs, two wait, the rest get 503 + Retry-After while the
     first is still running; searches and a cached explanation are answered meanwhile."""
-    import crossalign.serve.app as app_module
+    from crossalign.serve import app as app_module
 
     gate = _Gate()
     monkeypatch.setattr(index, "explain", gate)

@@ -76,14 +76,15 @@ def test_shards_train_evaluate_report_without_copying_an_image(shard_run, tmp_pa
     root, run, _, extract = shard_run
     assert main(["-q", "evaluate", str(run), "--split", "test", "--json", str(tmp_path / "m.json")]) == 0
     assert main(["-q", "report", str(run), "--data", str(root / "shards"), "--out", str(tmp_path / "r.html"),
-                 "--k", "3", "--explain", "1"]) == 0
+                 "--gallery", "3", "--explain", "1"]) == 0
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert html.count("data:image/jpeg;base64,") >= 6  # thumbnails and the explained rows, from the shards
     assert not extract.exists()  # no image was written anywhere
 
 
 def test_the_service_reads_a_member_back_by_reference(shard_run, tmp_path):
-    from crossalign.index import build_index, open_index
+    from crossalign.index.build import build_index
+    from crossalign.index.search import open_index
     from crossalign.serve import create_app
 
     root, run, images, _ = shard_run

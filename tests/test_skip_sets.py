@@ -2,7 +2,7 @@
 
 The corpus of ``test_bad_inputs`` (empty and whitespace captions, missing, empty, truncated
 and oversized images, a text file named ``.jpg``, Latin-1 bytes, paths and links that leave
-the data folder, a row without an image) goes through ``data check``, ``train``,
+the data folder, a row without an image) goes through ``check``, ``train``,
 ``evaluate`` and ``report``. Each one's skipped rows are compared as exact sets of
 ``(kind, file:line)``, not as counts: from the check's JSON, the run's ``problems.json``,
 what evaluate and the report say they skipped, and, for evaluate and the report, the rows
@@ -60,7 +60,7 @@ def test_data_check_train_evaluate_and_report_skip_the_same_rows(tmp_path, monke
     skipped: dict[str, set] = {}
 
     check = tmp_path / "check.json"
-    assert main(["-q", "data", "check", str(corpus), "--json", str(check), "--workers", "1",
+    assert main(["-q", "check", str(corpus), "--json", str(check), "--workers", "1",
                  *LIMIT]) == 0
     skipped["data check"] = errors(json.loads(check.read_text())["problems"])
 

@@ -110,7 +110,7 @@ def test_a_staged_run_resumes_the_stage_it_stopped_in(staged, tmp_path):
 
 
 def test_the_report_puts_the_earlier_stages_beside_the_last(staged, shapes_dir, tmp_path):
-    from crossalign.report import report
+    from crossalign.report.build import report
 
     res = report([staged], shapes_dir, tmp_path / "report.html", k=4, explain=0, progress=False)
     assert list(res.metrics) == ["run", "run (stage 1)"]

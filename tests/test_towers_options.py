@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import crossalign
-from crossalign.config import ImageTowerConfig, ModelConfig, TextTowerConfig
+from crossalign.config import ImageTowerConfig, ModelConfig, TextTowerConfig, load_config
 from crossalign.models.dual import build_model, make_head
 from crossalign.models.registry import list_models
 from test_towers_contract import TEXTS, WORDS, _one_thread, tiny_bert  # noqa: F401  (fixtures)
@@ -46,9 +46,9 @@ def test_chunk_long_averages_windows_instead_of_truncating(tiny_bert):
         torch.testing.assert_close(feats[0], plain(**plain.tokenize(["a red circle"]))[0])
         truncated = plain(**plain.tokenize([long_text]))[0]
     assert not torch.allclose(feats[1], truncated)
-    cfg = ModelConfig(text=TextTowerConfig(tower=f"hf:{tiny_bert}", chunk_long=True, freeze="last:1"))
-    with pytest.raises(ValueError, match="chunk_long"):
-        build_model(cfg)
+    with pytest.raises(ValueError, match="chunk_long"):  # RunConfig.validate, as the config resolves
+        load_config(None, [f"model.text.tower=hf:{tiny_bert}", "model.text.chunk_long=true",
+                           "model.text.freeze=last:1"])
 
 
 def test_sentence_transformers_folder_loads_as_hf():
@@ -106,20 +106,20 @@ def test_models_list_command(capsys):
 
     from crossalign.cli.main import main
 
-    assert main(["models", "list", "--json"]) == 0
+    assert main(["towers", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(list_models()) <= set(rows) and "timm:<name>" in rows and "hf:<name>" in rows
     assert rows["minilm"]["width"] == 384 and rows["minilm"]["weights"] == "offline"
     assert rows["efficientnet_lite0"]["width"] == 1280 and rows["lstm"]["weights"] == "from scratch"
     assert rows["small_cnn"]["params"] == sum(p.numel() for p in build_model(ModelConfig(
         image=ImageTowerConfig(tower="small_cnn"), text=TextTowerConfig(tower="lstm"))).image_tower.parameters())
-    assert rows["hf:"]["modality"] == rows["open_clip:"]["modality"] == "pair"  # pretrained pairs
+    assert rows["hf:"]["modality"] == rows["open_clip:"]["modality"] == "pretrained"
     assert "pair_weights" in rows["open_clip:"]["description"]
-    assert main(["models", "list"]) == 0
+    assert main(["towers"]) == 0
     listed = capsys.readouterr().out
-    assert "pretrained pairs" in listed and "open_clip:NAME" in listed
-    assert main(["models", "show", "timm:test_vit"]) == 0 and "width" in capsys.readouterr().out
-    assert main(["models", "show", "no_such_tower"]) == 2
+    assert "pretrained models" in listed and "open_clip:NAME" in listed
+    assert main(["towers", "timm:test_vit"]) == 0 and "width" in capsys.readouterr().out
+    assert main(["towers", "no_such_tower"]) == 2
 
 
 @pytest.mark.parametrize("sets", [

@@ -7,7 +7,7 @@ import pytest
 import torch
 from _resume import epoch_rows, killed_at_step
 
-from crossalign.api import resume, train
+from crossalign.api import train
 from crossalign.train import engine as engine_mod
 
 FAST = ["train.batch_size=32", "train.checkpoint_every=3", "train.early_stopping=false",
@@ -21,7 +21,7 @@ def test_resume_after_crash_mid_epoch_is_exact(tmp_path, shapes_dir, monkeypatch
         train(shapes_dir, tmp_path / "cut", overrides=FAST + ["train.epochs=3"], progress=False)
     latest = json.loads((tmp_path / "cut" / "resume" / "latest.json").read_text())["tag"]
     assert latest.startswith("0002-")  # the resume point is inside epoch 2
-    resumed = resume(tmp_path / "cut", progress=False)
+    resumed = train(resume=tmp_path / "cut", progress=False)
     timing = {"samples_per_s", "epoch_seconds"}
     assert {k: v for k, v in resumed.best_metrics.items() if k not in timing} == \
         {k: v for k, v in full.best_metrics.items() if k not in timing}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _resume import epoch_rows, killed_at_step
 
-from crossalign.api import resume, train
+from crossalign.api import train
 from crossalign.config import load_config
 from crossalign.errors import ConfigError
 from crossalign.models.dual import build_model
@@ -70,7 +70,7 @@ def test_a_warm_started_run_resumed_mid_epoch_freezes_the_tower_its_source_train
         train(shapes_dir, tmp_path / "cut", overrides=sets + [f"cache.dir={tmp_path / 'c2'}"], progress=False)
     assert (tmp_path / "cut" / "resume" / "latest.json").is_file()
     shutil.rmtree(tmp_path / "c2")  # the resumed run extracts its features again
-    resume(tmp_path / "cut", progress=False)
+    train(resume=tmp_path / "cut", progress=False)
     # every epoch, the ones after the resume included, saw the same features
     a, b = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "cut")
     assert len(a) == len(b) == 3

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from crossalign._checks import FIT_ON, validate
 from crossalign.errors import ConfigError, InputNotFound
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "apply_overrides",
     "default_cache_dir",
     "stage_configs",
+    "trained_splits",
+    "FIT_ON",
 ]
 
 
@@ -144,7 +147,7 @@ class TrainConfig:
     # a pretrained pair's run: the saved best weights become the WiSE-FT ensemble
     # (1 - wise_alpha) * zero-shot + wise_alpha * fine-tuned (1 = the fine-tune alone)
     wise_alpha: float = 1.0
-    lr: float = 2e-4  # frozen-feature heads overfit within one epoch at 1e-3 on Flickr8k
+    lr: float = 2e-4  # learning rate of the heads (and of the towers, unless backbone_lr)
     backbone_lr: float = 0.0  # learning rate of tower parameters that train; 0 = lr
     # a run folder whose model_best starts this run (same towers and heads): the converged heads
     # over frozen features, say, before the towers' last blocks train at a lower rate
@@ -216,8 +219,8 @@ class AugmentConfig:
 class EvaluateConfig:
     """How ``evaluate`` ranks (see ``crossalign.evaluate.ranking``)."""
 
-    # qbnorm: query-bank normalisation over training queries (Flickr8k default recipe: test R@1
-    # +1.9 text->image, +2.4 image->text over plain cosine); plain: cosine similarity
+    # qbnorm: query-bank normalisation over training queries (it lowers "hub" items that are near
+    # every query; bench/RESULTS.md has its gain); plain: cosine similarity
     ranking: str = "qbnorm"
     qb_beta: float = 20.0  # qbnorm: inverse temperature of the inverted softmax
     qb_k: int = 1  # qbnorm: activation set = gallery items in the top qb_k of some bank query
@@ -241,6 +244,17 @@ class RunConfig:
     # stage's model_best (train.init_from): the heads converge over frozen features first, then a
     # tower's last blocks train at a lower rate. Empty: one stage
     then: list = field(default_factory=list)
+
+    def validate(self) -> "RunConfig":
+        """Check every setting that needs nothing but the settings (choices, ranges, settings
+        wrong together); raises a ConfigError naming the first bad one, else returns self."""
+        validate(self)
+        return self
+
+
+def trained_splits(cfg: RunConfig) -> tuple[str, ...]:
+    """The splits a run's weights learned from (``train.fit_on``): what counts as seen."""
+    return FIT_ON.get(cfg.train.fit_on, ("train",))
 
 
 def default_cache_dir(cfg: CacheConfig) -> Path:
@@ -340,10 +354,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"an override is key=value, got {item!r}")
         key, value = item.split("=", 1)
         _set_dotted(data, key, yaml.safe_load(value) if value.strip() else "")
-    return _checked_stages(from_dict(RunConfig, data))
+    return _checked_stages(from_dict(RunConfig, data)).validate()
 
 
 def _flatten(changes: Any, where: str, prefix: str = "") -> dict[str, Any]:
@@ -394,7 +408,8 @@ def _checked_stages(cfg: RunConfig) -> RunConfig:
         cfg = dataclasses.replace(cfg, then=[cfg.then] if cfg.then else [])
     elif not isinstance(cfg.then, list):
         raise ConfigError(f"config: then must be a list of stages (mappings of settings), got {cfg.then!r}")
-    stage_configs(cfg)
+    for stage in stage_configs(cfg)[1:]:
+        stage.validate()
     return cfg
 
 

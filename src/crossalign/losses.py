@@ -263,8 +263,6 @@ def make_loss(cfg: LossConfig, dist: DistInfo | None = None) -> torch.nn.Module:
     common = dict(dist=dist, gather_with_grad=cfg.gather_with_grad, local_loss=cfg.local_loss)
     if cfg.name == "clip":
         return ClipLoss(margin=cfg.margin, **common)
-    if cfg.name == "siglip":
-        if cfg.margin:
-            raise ConfigError("loss.margin applies to the clip loss only; set it to 0 for siglip")
+    if cfg.name == "siglip":  # loss.margin is 0 here: RunConfig.validate refuses it with siglip
         return SigLipLoss(**common)
     raise ConfigError(f"unknown loss {cfg.name!r}; available: clip, siglip")

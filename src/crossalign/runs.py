@@ -28,7 +28,7 @@ from crossalign.config import RunConfig, default_cache_dir, load_config
 from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
-from crossalign.embed import EmbeddedTable, embed_table, embed_texts
+from crossalign.embed.collection import EmbeddedTable, embed_table, embed_texts
 from crossalign.errors import CheckpointError, ConfigError
 from crossalign.models.dual import DualEncoder, build_model, is_frozen
 
@@ -215,11 +215,11 @@ def load_pair(spec: str, pair_weights: str = "", device: str = "cpu") -> tuple[D
 def recorded_data(run: str | Path) -> str:
     """The data folder a run was trained on, as training recorded it in ``run.json``."""
     if is_pair_spec(run):
-        raise ConfigError(f"{run}: a pretrained pair has no data of its own; give --data")
+        raise ConfigError(f"{run}: a pretrained pair has no data of its own; give `data`")
     path = Path(run) / "run.json"
     data = read_json(path).get("data")
     if not isinstance(data, str) or not data:
-        raise CheckpointError(f"{path}: records no data folder; give --data")
+        raise CheckpointError(f"{path}: records no data folder; give `data`")
     return data
 
 
@@ -255,9 +255,9 @@ def open_run(run: str | Path, data: str | Path | None = None, which: str = "best
     else:
         model, cfg = load_model(run, which, device)
     if wise is not None:
-        from crossalign.models.wise import wise as ensemble, zero_shot_state
+        from crossalign.models.wise import apply_wise
 
-        model.load_state_dict(ensemble(zero_shot_state(model), model.state_dict(), float(wise)))
+        apply_wise(model, wise)
     if data is None:
         table, problems = PairTable(), []
     else:
@@ -285,5 +285,5 @@ def select_split(table: PairTable, split: str) -> PairTable:
     names = "all" if split == "all" else [s.strip() for s in split.split(",") if s.strip()]
     sub = table.select(names)
     if len(sub) == 0:
-        raise ConfigError(f"--split: the {split!r} split has no rows (splits: {table.split_counts()})")
+        raise ConfigError(f"`split`: the {split!r} split has no rows (splits: {table.split_counts()})")
     return sub

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from crossalign.errors import ConfigError
-
-
-# crossalign.caption's defaults, repeated so that --help stays free of numpy (a test compares them)
-DEFAULT_NEIGHBOURS, DEFAULT_WEIGHT, DEFAULT_TOP_M = 40, 0.05, 50
+from crossalign.caption.nearest import DEFAULT_NEIGHBOURS, DEFAULT_TOP_M, DEFAULT_WEIGHT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,39 +53,17 @@ def format_scores(r: dict) -> str:
                       f"top-m {r['top_m']})", *table])
 
 
-def _propose(args: argparse.Namespace) -> dict:
-    from dataclasses import asdict
-
-    from crossalign.caption import propose
-
-    if args.captions and args.data:
-        raise ConfigError("give --captions FILE or --data DIR as the caption pool, not both")
-    found = propose(args.run, args.image, captions=args.captions, data=args.data,
-                    split=args.split or "train", k=args.k, neighbours=args.neighbours, weight=args.weight, top_m=args.top_m,
-                    which=args.checkpoint, device=args.device, progress=not args.quiet)
-    for image, props in zip(args.image, found):
-        print(image)
-        for j, p in enumerate(props, 1):
-            print(f"  {j}. {p.score:.3f}  {p.caption}  "
-                  f"(consensus {p.consensus:.3f}, cosine {p.cosine:.3f})")
-    return {"images": [{"image": i, "proposals": [asdict(p) for p in props]}
-                       for i, props in zip(args.image, found)]}
-
-
 def run(args: argparse.Namespace) -> int:
-    from crossalign._io import atomic_write_json
-    from crossalign.caption import score_split
+    from crossalign.api import caption
+    from crossalign.cli._call import call
 
-    if args.score == bool(args.image):
-        raise ConfigError("give --image FILE (repeatable) to caption images, or --score to score a split")
+    out = call(caption, args)
     if args.score:
-        if args.captions:
-            raise ConfigError("--score takes its pool from --data's --pool-split, not --captions")
-        out = score_split(args.run, args.data, args.split or "test", args.pool_split, args.neighbours,
-                          args.weight, args.top_m, args.checkpoint, args.device, progress=not args.quiet)
         print(format_scores(out))
-    else:
-        out = _propose(args)
-    if args.json:
-        atomic_write_json(args.json, out)
+        return 0
+    for item in out["images"]:
+        print(item["image"])
+        for j, p in enumerate(item["proposals"], 1):
+            print(f"  {j}. {p['score']:.3f}  {p['caption']}  "
+                  f"(consensus {p['consensus']:.3f}, cosine {p['cosine']:.3f})")
     return 0

@@ -29,24 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
+    from crossalign.api import duplicates
+    from crossalign.cli._call import call
 
-    logging.getLogger("faiss").setLevel(logging.WARNING)
-    from crossalign._io import atomic_write_text
-    from crossalign.index.duplicates import find_duplicates, write_duplicates_page
-    from crossalign.index.store import IndexStore
-
-    store = IndexStore(args.index)
-    try:
-        dup = find_duplicates(store, args.threshold, args.max_hash_distance, args.neighbours)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            page = write_duplicates_page(dup, out / "duplicates.html")
-            atomic_write_text(out / "duplicates.json", json.dumps(dup.to_dict(), indent=2))
-    finally:
-        store.close()
+    dup = call(duplicates, args)
     if args.json:
         print(json.dumps(dup.to_dict(), indent=2))
         return 0
@@ -59,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print("  same content: " + ", ".join(f"#{im.id} {im.name}" for im in g))
     for a, b, s, d in dup.near[:20]:
         print(f"  near, cos {s:.4f}, {d} bits: #{a.id} {a.name}  ~  #{b.id} {b.name}")
-    if args.out:
-        print(f"page: {page}")
+    if dup.page:
+        print(f"page: {dup.page}")
     return 0

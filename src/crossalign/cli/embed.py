@@ -14,9 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "so any scheduler can run the N tasks, and run one again after a failure. "
                                    "'crossalign index RUN --from-embeddings DIR' builds the index from them.")
     p.add_argument("run", help="run folder written by 'crossalign train'")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data",
                    help="a data set in any layout; tar shards also as a pattern: 'shards/train-{000..099}.tar'")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder of the partitions")
+    p.add_argument("--out", metavar="DIR", help="folder of the partitions (required)")
     p.add_argument("--shard", default="", metavar="i/N",
                    help="this task's share: i of N (default 0/1; under torchrun, RANK/WORLD_SIZE)")
     p.add_argument("--partition-size", type=int, default=10_000,
@@ -26,26 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/N"`` -> ``(i, N)``; empty: from torchrun's RANK and WORLD_SIZE, else ``(0, 1)``."""
-    import os
-
-    from crossalign.errors import ConfigError
-
-    if not text:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    i, sep, n = text.partition("/")
-    if not (sep and i.strip().isdigit() and n.strip().isdigit()):
-        raise ConfigError(f"--shard {text!r}: give i/N, e.g. 3/16")
-    return int(i), int(n)
-
-
 def run(args: argparse.Namespace) -> int:
     from crossalign.api import embed
+    from crossalign.cli._call import call
 
-    i, n = parse_shard(args.shard)
-    s = embed(args.run, args.data, args.out, (i, n), args.partition_size, args.checkpoint, args.device,
-              progress=not args.quiet)
+    s = call(embed, args)
+    i, n = s.shard
     print(f"task {i}/{n}: {len(s.units)} of {s.n_units} partitions are this task's; {len(s.written)} written, "
           f"{len(s.skipped)} already done, in {args.out}")
     return 0

@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "the words shaded by score) and PREFIX.json (the similarity, the heat "
                                    "map, per-word scores).")
     p.add_argument("run", help="run folder written by 'crossalign train'")
-    p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--text", required=True, help="the text to match against the image")
+    p.add_argument("--image", help="image file (required)")
+    p.add_argument("--text", help="the text to match against the image (required)")
     p.add_argument("--out", help="prefix of the files written (default: explain-<image name> here)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help=f"heat-map method (default {DEFAULT_METHOD})")
@@ -44,21 +44,11 @@ def format_explanation(e) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign.errors import ConfigError, InputNotFound
-    from crossalign.explain import explain_pair
-    from crossalign.runs import load_model
+    from crossalign.api import explain
+    from crossalign.cli._call import call
 
-    if not Path(args.image).is_file():
-        raise InputNotFound(f"--image {args.image}: no such file")
-    if not args.text.strip():
-        raise ConfigError("--text is empty")
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    model, cfg = load_model(args.run, args.checkpoint, args.device)
-    expl = explain_pair(model, args.image, args.text, args.method, args.steps, cfg.data.max_pixels)
+    expl = call(explain, args)
     prefix = args.out or f"explain-{Path(args.image).stem}"
-    png, js = Path(f"{prefix}.png"), Path(f"{prefix}.json")
-    expl.save(png, js)
     print(format_explanation(expl))
-    print(f"wrote {png} and {js}")
+    print(f"wrote {prefix}.png and {prefix}.json")
     return 0

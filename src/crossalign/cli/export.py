@@ -15,8 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint file that open_clip.create_model(NAME, pretrained=FILE) loads "
                                    "(safetensors when FILE ends in .safetensors). --wise A writes the WiSE-FT "
                                    "ensemble (1 - A) * zero-shot + A * fine-tuned instead.")
-    p.add_argument("run", help="run folder written by 'crossalign train' with model.pair")
-    p.add_argument("--out", required=True, metavar="PATH",
+    p.add_argument("run", help="run folder written by 'crossalign train' with model.pair (a pretrained model)")
+    p.add_argument("--out", metavar="PATH",
                    help="a new (or empty) folder for an hf: pair, a new file for an open_clip: pair")
     p.add_argument("--wise", type=float, metavar="A", help="WiSE-FT mixing weight in [0, 1]")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
@@ -24,13 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign.models.pairs import export_pair
-    from crossalign.models.wise import wise, zero_shot_state
-    from crossalign.runs import load_model
+    from crossalign.api import export
+    from crossalign.cli._call import call
 
-    model, _ = load_model(args.run, args.checkpoint)
-    if args.wise is not None:
-        model.load_state_dict(wise(zero_shot_state(model), model.state_dict(), args.wise))
-    how = export_pair(model, args.out)
+    how = call(export, args)
     print(f"wrote {args.out}: {how}" + (f" (WiSE-FT alpha {args.wise:g})" if args.wise is not None else ""))
     return 0

@@ -14,26 +14,12 @@ import sys
 
 from crossalign.errors import CrossalignError
 
-__all__ = ["main", "COMMANDS", "keep_freed_memory"]
+__all__ = ["main", "build_parser", "keep_freed_memory"]
 
-# command name -> module under crossalign.cli that defines add_parser(sub) and run(args)
-COMMANDS = {
-    "train": "train",
-    "tune": "tune",
-    "evaluate": "evaluate",
-    "zeroshot": "zeroshot",
-    "data": "data",
-    "report": "report",
-    "models": "models",
-    "index": "index",
-    "search": "search",
-    "serve": "serve",
-    "duplicates": "duplicates",
-    "explain": "explain",
-    "embed": "embed",
-    "caption": "caption",
-    "export": "export",
-}
+# the modules under crossalign.cli, each with add_parser(sub) for its commands; every command calls
+# the function of its name in crossalign.api (check.py holds check, convert and synth)
+MODULES = ["train", "tune", "evaluate", "zeroshot", "report", "index", "search", "serve", "duplicates",
+           "explain", "caption", "embed", "export", "check", "towers"]
 
 
 # commands that run towers over many images (extraction, training): their freed memory stays with
@@ -49,8 +35,8 @@ def keep_freed_memory() -> bool:
     PyTorch on the CPU allocates every large tensor (a batch of pixels, a block's activations)
     with malloc, and glibc serves blocks over 32 MB with a fresh ``mmap`` and returns them with
     ``munmap`` when freed: each training step or extraction batch then faults in, and the kernel
-    zeroes, gigabytes of new pages, which cost a quarter to a half of the CPU time of a frozen
-    tower's extraction or of a step through a tower's last blocks. Served from the heap and never
+    zeroes, gigabytes of new pages, a large share of the CPU time of a frozen tower's extraction
+    or of a step through a tower's last blocks (bench/RESULTS.md). Served from the heap and never
     trimmed, the same blocks are reused. The price is memory: the process keeps its peak heap
     until it exits (bench/RESULTS.md has both figures). Off with ``CROSSALIGN_MALLOC=system``;
     a no-op where the C library is not glibc. Returns whether it was set.
@@ -73,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="crossalign", description="Train, evaluate and serve CLIP-style image-text alignment.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in MODULES:
         importlib.import_module(f"crossalign.cli.{module}").add_parser(sub)
     return parser
 
@@ -92,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CrossalignError as e:  # the user's to fix: one line; anything else is a bug (traceback)
-        print(f"crossalign {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        from crossalign.cli._call import as_flags
+
+        print(f"crossalign {args.command}: error: {as_flags(' '.join(str(e).split()))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full, read-only or forbidden disk is the user's to fix, not a bug
         from crossalign._io import DISK_ERRNOS

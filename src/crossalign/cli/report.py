@@ -11,10 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write a self-contained HTML report (thumbnails and plots embedded) for one "
                                    "or more runs; every plot is also saved as a PNG next to it.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by 'crossalign train'")
-    p.add_argument("--data", required=True, help="data folder the runs were trained on")
+    p.add_argument("--data", help="data folder the runs were trained on (required)")
     p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     p.add_argument("--split", default="test", help="split for the heatmap, galleries and ranks (default test)")
-    p.add_argument("--k", type=int, default=8, help="items in the heatmap and queries per gallery (default 8)")
+    p.add_argument("--gallery", type=int, default=8, help="items in the heatmap and queries per gallery (default 8)")
     p.add_argument("--top", type=int, default=5, help="neighbours shown per gallery query (default 5)")
     p.add_argument("--seed", type=int, default=0, help="fixes the sampled items (default 0)")
     p.add_argument("--label-column", default="", help="also show label agreement by this column "
@@ -28,10 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign.report import report
+    from crossalign.api import report
+    from crossalign.cli._call import call
 
-    result = report(args.runs, args.data, args.out, split=args.split, k=args.k, seed=args.seed, top=args.top,
-                    device=args.device, progress=not args.quiet, which=args.checkpoint,
-                    label_column=args.label_column, explain=args.explain)
+    result = call(report, args)
     print(f"wrote {result.html} and {len(result.plots)} PNG plots beside it ({result.seconds:.1f} s)")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from crossalign.cli._call import call
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index by text, by image, or both",
@@ -39,17 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _weights(text: str | None) -> list[float] | None:
-    from crossalign.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        return [float(w) for w in text.split(",") if w.strip()]
-    except ValueError:
-        raise ConfigError(f"--weights must be comma-separated numbers, got {text!r}") from None
-
-
 def _print(result) -> None:
     label = "cos" if result.score_kind == "cosine similarity" else result.ranking
     for h in result.hits:
@@ -64,20 +55,9 @@ def _print(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
+    from crossalign.api import search
 
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
-    from crossalign.index import Filters, open_index
-
-    weights = _weights(args.weights)
-    filters = Filters.of(args.split, args.folder, args.since, args.until, args.label)
-    index = open_index(args.index, args.run, device=args.device)
-    try:
-        result = index.search(text=args.text, image=args.image, like=args.like, minus=args.minus,
-                              weights=weights, k=args.k, target=args.target, filters=filters,
-                              min_score=args.min_score)
-    finally:
-        index.close()
+    result = call(search, args)
     if args.json:
         print(json.dumps({"target": result.target, "seconds": result.seconds,
                           "ranking": result.ranking, "score_kind": result.score_kind,

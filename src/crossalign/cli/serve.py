@@ -53,12 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign.serve import serve
+    from crossalign.api import serve
+    from crossalign.cli._call import call
 
-    serve(args.index, host=args.host, port=args.port, run=args.run, device=args.device,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_k=args.max_k,
-          log_level="warning" if args.quiet else "info", text_runtime=args.text_runtime,
-          token_file=args.token_file, no_auth=args.no_auth, allow_hosts=tuple(args.allow_host),
-          workers=args.workers, max_pixels=args.max_pixels, log_queries=args.log_queries,
-          secure_cookie=args.secure_cookie, max_connections=args.max_connections)
+    call(serve, args)
     return 0

@@ -15,11 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "is a hit when the predicted class is any of them.")
     p.add_argument("run", metavar="RUN_OR_PAIR",
                    help="run folder written by 'crossalign train', or a pretrained pair as it is "
-                        "(hf:FOLDER, open_clip:NAME with --pair-weights) on --data's own split")
-    p.add_argument("--pair-weights", default="", metavar="FILE_OR_TAG",
-                   help="the weights of an open_clip:NAME pair (a file or a pretrained tag)")
-    p.add_argument("--data", required=True, help="data folder")
-    p.add_argument("--label-column", required=True, help="a column of the data kept as a label (genre, colour, ...)")
+                        "(hf:FOLDER, open_clip:NAME with --pretrained-weights) on --data's own split")
+    p.add_argument("--pretrained-weights", default="", metavar="FILE_OR_TAG",
+                   help="the weights of an open_clip:NAME model (a file or a pretrained tag)")
+    p.add_argument("--data", help="data folder (required)")
+    p.add_argument("--label-column", help="a column of the data kept as a label (genre, colour, ...)")
     p.add_argument("--template", action="append", default=None, metavar="TEXT",
                    help="prompt with {} for the class name; repeat to average several "
                         "(default 'a photo of a {}.')")
@@ -62,14 +62,8 @@ def format_result(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossalign._io import atomic_write_json
-    from crossalign.evaluate.zeroshot import DEFAULT_TEMPLATES, zeroshot
+    from crossalign.api import zeroshot
+    from crossalign.cli._call import call
 
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    result = zeroshot(args.run, args.data, args.label_column, args.template or DEFAULT_TEMPLATES, args.split,
-                      args.checkpoint, args.device, progress=not args.quiet, classes=classes, sep=args.sep,
-                      pair_weights=args.pair_weights)
-    print(format_result(result))
-    if args.json:
-        atomic_write_json(args.json, result)
+    print(format_result(call(zeroshot, args)))
     return 0

@@ -1,4 +1,4 @@
-"""``crossalign data convert``: any supported layout to the canonical folder.
+"""``crossalign convert``: any supported layout to the canonical folder.
 
 The canonical folder is ``images/`` (the image files, copied), ``captions.txt`` (CSV
 ``image,caption`` plus one column per label) and ``splits/{train,val,test}.txt``. The

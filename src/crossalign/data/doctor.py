@@ -1,4 +1,4 @@
-"""``crossalign data check``: everything wrong with a data set, in one report.
+"""``crossalign check``: everything wrong with a data set, in one report.
 
 The check reads the data with the same reader, validation and split as training, then
 decodes every image through the same door training uses, and adds what only a

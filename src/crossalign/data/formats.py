@@ -72,7 +72,7 @@ def _detect_file(path: Path) -> str:
             return "coco"
     if name.endswith((".token.txt", ".token")) or "#0\t" in read_text(path)[:4096]:
         return "flickr8k"
-    raise DataError(f"{path}: cannot tell the data layout from this file; pass --format "
+    raise DataError(f"{path}: cannot tell the data layout from this file; pass `format` "
                     f"(known: {sorted(READERS)})")
 
 
@@ -111,7 +111,7 @@ def detect_format(root: Path, cfg: DataConfig | None = None) -> str:
             return name
     raise DataError(
         f"{root}: no known data layout found (expected captions.txt and images/, or another layout); "
-        f"known formats: {sorted(READERS)}; pass --format to choose one"
+        f"known formats: {sorted(READERS)}; pass `format` to choose one"
     )
 
 

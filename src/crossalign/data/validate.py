@@ -1,4 +1,4 @@
-"""Row checks shared by training, evaluation, indexing and ``crossalign data check``.
+"""Row checks shared by training, evaluation, indexing and ``crossalign check``.
 
 Default policy: a bad row is skipped with a warning that names the file and row, the
 run continues, and the number of skipped rows is reported at the end. ``strict``
@@ -10,9 +10,9 @@ captions, missing and zero-byte image files, and image paths that leave the data
 (:func:`outside_roots`: a ``../`` name, an absolute path elsewhere, or a link whose target
 lies outside; such a file is never opened). :func:`check_images` decodes every image
 through the same :func:`~crossalign.data.transforms.inspect_image` door that training
-uses; ``data check`` runs it up front, training meets the same failures when it loads
+uses; ``check`` runs it up front, training meets the same failures when it loads
 the image and drops that image's rows (:func:`drop_failed_images`, the same problems
-``data check`` lists).
+``check`` lists).
 
 A :class:`Problem` of level ``error`` cost its row; ``warning`` marks something kept
 but worth a look (a duplicate pair, a caption over the token limit, a tiny image).

@@ -1,10 +1,5 @@
-"""Evaluation: retrieval metrics, ranking, zero-shot classification, the ``evaluate`` entry point.
-
-``crossalign.evaluate.evaluate(run, data, split="test")`` (also :func:`crossalign.api.evaluate`)
-scores a run; zero-shot classification is :func:`crossalign.evaluate.zeroshot.zeroshot`.
+"""The evaluation room: retrieval metrics (:mod:`~crossalign.evaluate.retrieval`), ranking
+(:mod:`~crossalign.evaluate.ranking`), chance levels, label agreement, zero-shot
+classification (:mod:`~crossalign.evaluate.zeroshot`) and the scoring of a run
+(:func:`crossalign.evaluate.run.evaluate`), which :func:`crossalign.evaluate` calls.
 """
-
-from crossalign.evaluate.retrieval import retrieval_metrics, retrieve, topk
-from crossalign.evaluate.run import evaluate
-
-__all__ = ["evaluate", "retrieval_metrics", "retrieve", "topk"]

@@ -31,9 +31,9 @@ def resolve_ranking(cfg: EvaluateConfig, ranking: str | None = None, qb_beta: fl
     out = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
     if out.ranking not in RANKINGS:
         raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {out.ranking!r} "
-                         f"(--ranking or evaluate.ranking)")
+                         f"(`ranking` or evaluate.ranking)")
     if out.qb_bank < 0:
-        raise ConfigError(f"evaluate.qb_bank (--qb-bank) must be 0 (all) or a positive count, got {out.qb_bank}")
+        raise ConfigError(f"evaluate.qb_bank (`qb_bank`) must be 0 (all) or a positive count, got {out.qb_bank}")
     QBNormParams(out.qb_beta, out.qb_k)  # checks both
     return out
 

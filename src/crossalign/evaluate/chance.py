@@ -44,7 +44,7 @@ def _summary(pmf: np.ndarray, ks: Sequence[int], prefix: str) -> dict[str, float
 
 def chance_metrics(text_to_image: np.ndarray, n_images: int | None = None,
                    ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """The metrics of :func:`retrieval_metrics` for a model that ranks at random.
+    """The metrics of :func:`~crossalign.evaluate.retrieval.retrieval_metrics` for a model that ranks at random.
 
     Args:
         text_to_image: ``[n_captions]`` index of each caption's image.

@@ -51,7 +51,7 @@ class QBNormParams:
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and np.isfinite(self.beta)):
-            raise ConfigError(f"qbnorm beta (--qb-beta) must be a positive number, got {self.beta!r}")
+            raise ConfigError(f"qbnorm beta (`qb_beta`) must be a positive number, got {self.beta!r}")
         if int(self.k) != self.k or self.k < 1:
             raise ConfigError(f"qbnorm k (the activation-set size) must be a positive integer, got {self.k!r}")
 

@@ -1,8 +1,8 @@
-"""``crossalign.evaluate``: metrics of a trained run on one split of a data set.
+"""Metrics of a trained run on one split of a data set (what :func:`crossalign.evaluate` runs).
 
 With ``gap=True`` the same metrics are computed separately for items the model trained on
-("seen": the run's train split) and items it did not ("unseen": the held-out part of the
-requested split), the comparison the seed reports made as "train 100 % vs held-out 11 %".
+("seen": the splits its weights learned from, ``train.fit_on``: train, and val too after a
+refit) and items it did not ("unseen": the rest of the requested split), the comparison the seed reports made as "train 100 % vs held-out 11 %".
 Each set is ranked among itself, and Recall@K depends on how many items compete, so by
 default the seen images are sub-sampled (seeded) to the number of unseen images; the JSON
 says so under ``gap_protocol``.
@@ -15,10 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from crossalign.config import trained_splits
 from crossalign.data.splits import sample_images
 from crossalign.data.table import PairTable
 from crossalign.data.validate import count_skipped, report_problems
-from crossalign.embed import EmbeddedTable, tta_flip
+from crossalign.embed.collection import EmbeddedTable, tta_flip
 from crossalign.errors import ConfigError, DataError
 from crossalign.evaluate.bank import bank_rows, resolve_ranking, score_functions
 from crossalign.evaluate.chance import chance_metrics
@@ -34,21 +35,22 @@ __all__ = ["evaluate", "seen_unseen", "score", "run_score_functions", "run_seed_
 GAP_KEYS = ("R@", "_median_rank", "_mean_rank", "_mrr", "_top1", "rsum")
 
 
-def seen_unseen(table: PairTable, sub: PairTable, seed: int = 0,
-                seen: str = "match") -> tuple[PairTable, PairTable]:
-    """The seen (train) and unseen (held-out) items to compare, one rule for every command.
+def seen_unseen(table: PairTable, sub: PairTable, seed: int = 0, seen: str = "match",
+                trained: Sequence[str] = ("train",)) -> tuple[PairTable, PairTable]:
+    """The seen and unseen items to compare, one rule for every command.
 
-    Unseen are the rows of ``sub`` outside the train split; seen are the rows of the run's
-    train split, with ``seen="match"`` sampled (seeded) down to as many images as unseen
-    has, so both sets are equally hard. Either table may be empty.
+    Seen are the rows of the splits the run's weights learned from (``trained``: the train
+    split, and val too after a refit, see ``config.trained_splits``), with ``seen="match"``
+    sampled (seeded) down to as many images as unseen has, so both sets are equally hard;
+    unseen are the rows of ``sub`` outside them. Either table may be empty.
     """
     if seen not in ("match", "all"):
-        raise ConfigError(f"--seen must be 'match' or 'all', got {seen!r}")
-    unseen_tab = sub.take(k for k, s in enumerate(sub.split) if s != "train")
-    train_tab = table.select("train")
+        raise ConfigError(f"`seen` must be 'match' or 'all', got {seen!r}")
+    unseen_tab = sub.take(k for k, s in enumerate(sub.split) if s not in trained)
+    seen_tab = table.select(list(trained))
     if seen == "match":
-        train_tab = sample_images(train_tab, len(set(unseen_tab.image_id)), seed)
-    return train_tab, unseen_tab
+        seen_tab = sample_images(seen_tab, len(set(unseen_tab.image_id)), seed)
+    return seen_tab, unseen_tab
 
 
 def run_score_functions(rd: RunData, evaluated: PairTable, image_emb: np.ndarray, text_emb: np.ndarray,
@@ -69,7 +71,7 @@ def run_seed_protocol(rd: RunData, ks: Sequence[int], progress: bool = True) -> 
     split_of = dict(zip(emb.table.image_id, emb.table.split))
     held = np.array([split_of[i] != "train" for i in emb.image_ids])
     if not held.any():
-        raise ConfigError("--protocol seed compares held-out items with the rest, and every item of the data "
+        raise ConfigError("`protocol` seed compares held-out items with the rest, and every item of the data "
                           "is in the run's train split")
     out = seed_protocol(emb.image_emb, emb.text_emb, emb.text_to_image, held, ks)
     out["protocol"] = {**SEED_PROTOCOL_NOTE,
@@ -81,7 +83,7 @@ def require_label_column(table: PairTable, column: str) -> None:
     """A clear error unless ``table`` carries label ``column``."""
     if column not in table.labels:
         have = ", ".join(sorted(table.labels)) or "none"
-        raise ConfigError(f"--label-column {column!r}: the data has no such column (label columns: {have})")
+        raise ConfigError(f"`label_column` {column!r}: the data has no such column (label columns: {have})")
 
 
 def image_labels(emb: EmbeddedTable, column: str) -> list:
@@ -125,24 +127,28 @@ def _label_gap(seen_m: dict, unseen_m: dict) -> dict:
 def _gap(rd: RunData, sub: PairTable, split: str, top: dict, ks: Sequence[int], seen: str, seed: int,
          progress: bool, label_column: str | None = None) -> dict:
     """``seen`` / ``unseen`` metrics, their difference, and how the two sets were drawn."""
-    seen_tab, unseen_tab = seen_unseen(rd.table, sub, seed, seen)
+    trained = trained_splits(rd.cfg)
+    named = "+".join(trained)
+    seen_tab, unseen_tab = seen_unseen(rd.table, sub, seed, seen, trained)
     if len(unseen_tab) == 0:
-        raise ConfigError(f"--gap compares the train split with held-out items, and the {split!r} split "
-                          f"holds none; use --split test, val or all")
+        raise ConfigError(f"`gap` compares the images the run trained on ({named}) with held-out ones, and "
+                          f"the {split!r} split holds none; use split test" + ("" if "val" in trained else ", val")
+                          + " or all")
     if len(seen_tab) == 0:
-        raise DataError("--gap needs the run's train split, and no row of the data is in it")
-    n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(rd.table.select("train").image_id))
+        raise DataError(f"`gap` needs the splits the run trained on ({named}), and no row of the data is in them")
+    n_unseen, n_train = len(set(unseen_tab.image_id)), len(set(rd.table.select(list(trained)).image_id))
     seen_m = score(rd, seen_tab, ks, progress, label_column=label_column)[0]
     unseen_m = top if len(unseen_tab) == len(sub) else \
         score(rd, unseen_tab, ks, progress, label_column=label_column)[0]
-    seen_m["split"] = "train"
+    seen_m["split"] = named
     unseen_m = {**unseen_m, "split": ",".join(sorted(set(unseen_tab.split)))}
     gap = {k: seen_m[k] - unseen_m[k] for k in seen_m
            if isinstance(seen_m[k], float) and any(tag in k for tag in GAP_KEYS)}
     if label_column:
         gap["labels"] = _label_gap(seen_m, unseen_m)
     protocol = {
-        "seen": "images of the run's train split", "unseen": f"held-out images of the {split!r} split",
+        "seen": f"images of the splits the run trained on ({named}, train.fit_on)",
+        "unseen": f"images of the {split!r} split it did not train on",
         "seen_images_available": n_train, "seen_images_used": len(set(seen_tab.image_id)),
         "unseen_images": n_unseen, "sampling": seen, "seed": seed,
         "note": ("each set is ranked among itself; with sampling 'match' the seen images are a seeded "
@@ -223,18 +229,18 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ConfigError(f"--k: the K of Recall@K must be positive integers, got {list(ks)}")
+        raise ConfigError(f"`k`: the K of Recall@K must be positive integers, got {list(ks)}")
     if lists and lists_k < 1:
-        raise ConfigError(f"--lists-k: the length of the top-K lists must be at least 1, got {lists_k}")
+        raise ConfigError(f"`lists_k`: the length of the top-K lists must be at least 1, got {lists_k}")
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     rd = open_run(run, recorded_data(run) if data is None else data, which, device, quiet=True, wise=wise,
                   pair_weights=pair_weights)
     rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding
         raise ConfigError(f"{matrix}: {len(set(sub.image_id)):,} images x {len(sub):,} captions is above "
-                          f"the distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use --lists instead")
+                          f"the distance-matrix limit of {MATRIX_MAX_CELLS:,} entries; use `lists` instead")
     if label_column:
         require_label_column(rd.table, label_column)  # refuse before embedding
     metrics, emb, res = score(rd, sub, ks, progress, k=lists_k if lists else 0, label_column=label_column)

@@ -131,7 +131,7 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
         classes: the candidate classes (default: every class in the column, all splits).
         sep: separator of several classes in one label value.
     """
-    from crossalign.embed import embed_images
+    from crossalign.embed.collection import embed_image_files
     from crossalign.runs import encode_texts, open_run, select_split
 
     rd = open_run(run, data, which, device, pair_weights=pair_weights)
@@ -148,7 +148,7 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
     if len(sub) == 0:
         raise DataError(f"no image of the {split!r} split has a label in {label_column!r} among the classes")
     all_ids, paths = sub.images()
-    vec = embed_images(rd.model, paths, cache_root=rd.cache_root, device=device, progress=progress,
+    vec = embed_image_files(rd.model, paths, cache_root=rd.cache_root, device=device, progress=progress,
                        batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
                        workers=rd.cfg.train.num_workers)
     readable = set(vec.paths)

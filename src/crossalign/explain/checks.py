@@ -94,7 +94,7 @@ def word_drops(model, text: str, words: list[str], scores: list[float], image_ve
                rng: random.Random) -> tuple[float, float] | None:
     """Similarity falls when the top-scoring word is removed and when a random one is (None
     for a text of fewer than two words)."""
-    from crossalign.embed import embed_texts
+    from crossalign.embed.collection import embed_texts
 
     if len(words) < 2:
         return None

@@ -28,7 +28,7 @@ def _cam_class(method: str):
     classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
                "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM}
     if method not in classes:
-        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     return classes[method]
 
 

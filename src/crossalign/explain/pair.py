@@ -91,11 +91,11 @@ def explain_pair(model, image, text: str, method: str = "gradcam", steps: int = 
         ImageError: the image cannot be read.
     """
     from crossalign.data.transforms import MAX_PIXELS, load_image
-    from crossalign.embed import embed_pictures, embed_texts
+    from crossalign.embed.collection import embed_images, embed_texts
 
     img = load_image(image, max_pixels or MAX_PIXELS)
     tvec = torch.from_numpy(embed_texts(model, [text]))  # [1, dim]
-    ivec = torch.from_numpy(embed_pictures(model, [img], max_pixels=max_pixels or MAX_PIXELS))  # [1, dim], the way the run embeds it
+    ivec = torch.from_numpy(embed_images(model, [img], max_pixels=max_pixels or MAX_PIXELS))  # [1, dim], the way the run embeds it
     heat = image_heat(model, _pixels(model, img), tvec, method, tta_flip=bool(model.cfg.image.tta_flip))[0]
     words = word_scores(model, text, ivec[0], steps)
     frame = heat_in_frame(heat, img.width, img.height, model.image_tower.data_config)

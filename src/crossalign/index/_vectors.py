@@ -55,7 +55,7 @@ class Embedder:
         self.parallel_text = self._onnx is not None
 
     def _onnx_text(self, runtime: str):
-        from crossalign.embed import OnnxText, onnx_supported
+        from crossalign.embed.onnx_text import OnnxText, onnx_supported
 
         if runtime == "torch":
             return None
@@ -84,9 +84,9 @@ class Embedder:
     def images(self, paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
         """Vectors ``[n_ok, dim]`` of the readable image files, in input order, and the failures
         (path -> message)."""
-        from crossalign.embed import embed_images
+        from crossalign.embed.collection import embed_image_files
 
-        out = embed_images(self.model, list(dict.fromkeys(str(p) for p in paths)),
+        out = embed_image_files(self.model, list(dict.fromkeys(str(p) for p in paths)),
                            cache_root=self.cache_root, device=self.device,
                            batch_size=self.cfg.train.eval_batch_size, max_pixels=self.cfg.data.max_pixels,
                            progress=progress, workers=self.cfg.train.num_workers)
@@ -94,7 +94,7 @@ class Embedder:
 
     def captions(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
         """``[len(texts), dim]`` vectors of captions (frozen text towers read the feature cache)."""
-        from crossalign.embed import embed_texts
+        from crossalign.embed.collection import embed_texts
 
         return _normed(embed_texts(self.model, list(texts), cache_root=self.cache_root,
                                    device=self.device, batch_size=self.cfg.train.eval_batch_size,
@@ -102,7 +102,7 @@ class Embedder:
 
     def text(self, queries: Sequence[str]) -> np.ndarray:
         """``[len(queries), dim]`` vectors of free text (queries never enter the feature cache)."""
-        from crossalign.embed import embed_texts
+        from crossalign.embed.collection import embed_texts
 
         if self._onnx is not None:
             vecs = self._onnx(list(queries))
@@ -114,10 +114,10 @@ class Embedder:
         """``[1, dim]`` vector of an image file or of file bytes (an upload), decoded with the
         checks every stage uses; ``name`` names an upload in error messages."""
         from crossalign.errors import ImageError
-        from crossalign.embed import embed_pictures
+        from crossalign.embed.collection import embed_images
 
         try:
-            return _normed(embed_pictures(self.model, [image], device=self.device,
+            return _normed(embed_images(self.model, [image], device=self.device,
                                           max_pixels=self.cfg.data.max_pixels))
         except ImageError as e:
             if name and isinstance(image, (bytes, bytearray, memoryview)):

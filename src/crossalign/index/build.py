@@ -23,7 +23,7 @@ from crossalign.data.transforms import file_date, list_images
 from crossalign.data.validate import outside_roots
 from crossalign.errors import ConfigError, InputNotFound
 from crossalign.index._vectors import Embedder
-from crossalign.index.tune import DEFAULT_RECALL
+from crossalign.index.recall import DEFAULT_RECALL
 from crossalign.index.store import CaptionRecord, ImageRecord, IndexStore, is_index, write_version
 
 __all__ = ["build_index", "build_from_embeddings", "BuildSummary"]
@@ -58,7 +58,7 @@ def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRec
         raise InputNotFound(f"{path}: no such {'folder' if src['kind'] == 'images' else 'data set'}")
     if src["kind"] == "images":
         if not path.is_dir():
-            raise ConfigError(f"{path}: --images takes a folder of images")
+            raise ConfigError(f"{path}: `images` takes a folder of images")
         found = list_images(path)
         # the rule every command follows: a link whose file lies outside the folder is not read,
         # so the service can never show it
@@ -173,7 +173,7 @@ def _sources(old: IndexStore | None, data, images, add, split: str, fmt: str) ->
     if named:
         return named + extra
     if old is None:
-        raise ConfigError("give --data DIR or --images FOLDER (there is no index to update yet)")
+        raise ConfigError("give `data` DIR or `images` FOLDER (there is no index to update yet)")
     known = {s["path"] for s in old.sources}
     return old.sources + [s for s in extra if s["path"] not in known]
 
@@ -216,7 +216,7 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
     """
     t0 = time.perf_counter()
     if data is not None and images is not None:
-        raise ConfigError("give --data or --images, not both (use --add for more image folders)")
+        raise ConfigError("give `data` or `images`, not both (use `add` for more image folders)")
     out = Path(out)
     old = _open_old(out)
     emb = run if isinstance(run, Embedder) else Embedder(run, which, device)
@@ -260,7 +260,7 @@ def _open_old(out: Path) -> IndexStore | None:
     if is_index(out):
         return IndexStore(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an index; give a new or empty folder as --out")
+        raise ConfigError(f"{out}: exists and is not an index; give a new or empty folder as `out`")
     return None
 
 

@@ -45,6 +45,7 @@ class Duplicates:
     candidates: int  # pairs above the threshold, before the check on the pixels
     images: int
     complete: bool  # every pair was compared (flat index); else each image's neighbours
+    page: Path | None = None  # the HTML page of them, once written
 
     def to_dict(self) -> dict:
         def name(im: ImageRecord) -> dict:
@@ -71,7 +72,7 @@ def _pairs_flat(vecs: np.ndarray, threshold: float) -> list[tuple[int, int, floa
 
 
 def _pairs_approximate(store: IndexStore, threshold: float, neighbours: int) -> list[tuple[int, int, float]]:
-    from crossalign.index.tune import apply_params, approximate_top, tuned_params
+    from crossalign.index.recall import apply_params, approximate_top, tuned_params
 
     index, vecs = store.faiss["images"], store.vectors["images"]
     params, rerank = tuned_params(store.info, "images")

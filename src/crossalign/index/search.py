@@ -34,7 +34,7 @@ import numpy as np
 from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index._versions import read_current, relative_message
 from crossalign.index.store import Filters, IndexStore
-from crossalign.index.tune import apply_params, approximate_top, tuned_params
+from crossalign.index.recall import apply_params, approximate_top, tuned_params
 
 __all__ = ["Index", "ServedVersion", "Hit", "SearchResult", "Filters", "open_index", "TARGETS",
            "RANKING", "SCORE_KIND"]
@@ -252,7 +252,7 @@ class Index:
     @property
     def store(self) -> IndexStore:
         """The store of the version served now (a call that must see one version throughout
-        holds :meth:`pinned` instead)."""
+        holds :meth:`Index.pinned` instead)."""
         self._follow()
         return self._served.store
 
@@ -525,8 +525,8 @@ class Index:
 
     def explain(self, image_id: int, text: str, method: str = "layercam", steps: int = 32):
         """Why the indexed image ``image_id`` and ``text`` are close: an
-        :class:`~crossalign.explain.Explanation` (heat over the image, a score per word)."""
-        from crossalign.explain import explain_pair
+        :class:`~crossalign.explain.pair.Explanation` (heat over the image, a score per word)."""
+        from crossalign.explain.pair import explain_pair
 
         if not str(text).strip():
             raise ConfigError("the text to explain is empty")
@@ -612,7 +612,7 @@ def open_index(path: str | Path, run: str | Path | None = None, *, model: bool =
     if not is_run_folder(run):
         store.close()
         raise RunError(f"{run}: the run that built the index {path} is not there; pass the run "
-                       f"folder (--run RUN)")
+                       f"folder (`run` RUN)")
     embedder = Embedder(run, which, device, text_runtime=text_runtime)
     if embedder.weights_hash != store.info["weights_hash"]:
         store.close()

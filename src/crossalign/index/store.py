@@ -60,7 +60,7 @@ from crossalign.index._filters import Filters
 from crossalign.index._rows import RowFile
 from crossalign.index._versions import (hold_version, is_index, new_folder, read_current,
                                         relative_message, remove_unheld)
-from crossalign.index.tune import DEFAULT_RECALL, tune
+from crossalign.index.recall import DEFAULT_RECALL, set_recall
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index", "hnsw_bytes",
@@ -157,7 +157,7 @@ def resolve_index_type(index_type: str, n: int, dim: int = 256, memory: int | No
     size, and by ``memory``, this machine's by default: HNSW only where it fits
     :data:`AUTO_MEMORY_SHARE` of it)."""
     if index_type not in INDEX_TYPES:
-        raise ConfigError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+        raise ConfigError(f"`index_type` must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if index_type != "auto":
         return index_type
     if n < AUTO_FLAT_BELOW:
@@ -184,7 +184,7 @@ def _build_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
 
     n, dim = vectors.shape
     if kind == "ivfpq" and n < IVFPQ_MIN:
-        raise ConfigError(f"--index-type ivfpq needs at least {IVFPQ_MIN} vectors to train its "
+        raise ConfigError(f"`index_type` ivfpq needs at least {IVFPQ_MIN} vectors to train its "
                           f"quantizers, and this index has {n}; use flat or hnsw")
     index = faiss.index_factory(dim, factory_string(kind, n, dim), faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
@@ -260,7 +260,7 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
 
     ``caption_vecs`` rows follow the captions of ``images`` in order. An approximate index's
     search parameters are tuned to reach ``recall`` (recall@10 against exact search; see
-    :mod:`crossalign.index.tune`) and recorded in ``info["search"]``. Returns the version name.
+    :mod:`crossalign.index.recall`) and recorded in ``info["search"]``. Returns the version name.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -269,7 +269,7 @@ def write_version(root: str | Path, info: dict, sources: list[dict], images: lis
         raise ValueError(f"{len(images)} images / {n_caps} captions but {len(image_vecs)} / "
                          f"{len(caption_vecs)} vectors")
     if not 0 < recall <= 1:
-        raise ConfigError(f"--recall must be in (0, 1], got {recall}")
+        raise ConfigError(f"`recall` must be in (0, 1], got {recall}")
     counts = {"images": len(images), "captions": n_caps}
     dim = int(info["dim"])
     kinds = {t: resolve_index_type(index_type, n, dim) if n else "flat" for t, n in counts.items()}
@@ -303,7 +303,7 @@ def _write_targets(folder: Path, info: dict, kinds: dict, image_vecs: np.ndarray
         _write_npy(folder / f"{target}.npy", stored)
         if kinds[target] != "flat":
             queries, groups = _tuning_queries(vecs[target], vecs[other])
-            tuned = tune(index, stored, queries, recall, groups=groups)
+            tuned = set_recall(index, stored, queries, recall, groups=groups)
             info["search"][target] = tuned.to_dict()
         _write_faiss(index, folder / f"{target}.faiss")
         del index  # one target's index in memory at a time
@@ -503,7 +503,7 @@ class IndexStore:
 
     def _remember(self, key: tuple[str, Filters], rows: np.ndarray) -> None:
         """Keep ``rows`` for ``key``, dropping the least recently used lists until all the kept
-        ones fit in :attr:`match_cache_bytes`; a list larger than that is not kept."""
+        ones fit in ``match_cache_bytes``; a list larger than that is not kept."""
         with self._match_lock:
             if key in self._matching or rows.nbytes > self.match_cache_bytes:
                 return

@@ -196,7 +196,7 @@ def export_hf(model, img: CLIPImageTower, txt: CLIPTextTower, source: str, out) 
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists and is not empty; choose another --out")
+        raise ConfigError(f"{out}: exists and is not empty; choose another `out`")
     lib, tokenizer, processor = load_hf(source, False)  # the checkpoint's config, no weights
     lib.vision_model.load_state_dict(img.vision_model.state_dict())
     lib.text_model.load_state_dict(txt.text_model.state_dict())

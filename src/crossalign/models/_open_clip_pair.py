@@ -248,7 +248,7 @@ def export_open_clip(model, img: OpenClipImageTower, txt: OpenClipTextTower, nam
 
     out = Path(out)
     if out.exists():
-        raise ConfigError(f"{out}: exists; choose another --out")
+        raise ConfigError(f"{out}: exists; choose another `out`")
     oc = open_clip_module()
     lib, _tok = load_open_clip(name, weights, False)
     lib.visual.load_state_dict(img.visual.state_dict())

@@ -136,8 +136,6 @@ class DualEncoder(nn.Module):
             _resolve_freeze(cfg)
         apply_freeze(self.image_tower, cfg.image.freeze)
         apply_freeze(self.text_tower, cfg.text.freeze)
-        if cfg.image.bn_stats not in ("train", "keep"):
-            raise ConfigError(f"model.image.bn_stats must be train or keep, got {cfg.image.bn_stats!r}")
 
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
@@ -184,10 +182,6 @@ def _resolve_freeze(cfg: ModelConfig) -> None:
         tcfg.freeze = resolve_freeze(tcfg.tower, tcfg.freeze)
         if model_info(tcfg.tower).scratch and is_frozen(tcfg.freeze):
             log.warning("%s tower %s is trained from scratch but freeze=frozen: it stays random", side, tcfg.tower)
-    if cfg.text.chunk_long and n_last_blocks(cfg.text.freeze) is not None:
-        # the prefix cache keeps one row per caption; a chunked caption has several
-        raise ConfigError("model.text.chunk_long does not combine with model.text.freeze=last:N; "
-                         "use trainable or frozen")
 
 
 def _pair_bias(image_tower: nn.Module, cfg: ModelConfig, loss) -> float | None:

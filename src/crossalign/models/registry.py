@@ -50,7 +50,7 @@ __all__ = ["TowerInfo", "register", "register_join", "create", "list_models", "l
 
 @dataclass
 class TowerInfo:
-    """What ``crossalign models list`` shows about a registered tower."""
+    """What ``crossalign towers`` shows about a registered tower."""
 
     name: str
     modality: str  # "image" | "text"

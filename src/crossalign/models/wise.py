@@ -11,7 +11,7 @@ from crossalign.errors import ConfigError
 from crossalign.models.dual import build_model
 from crossalign.models.pairs import tower_pair
 
-__all__ = ["wise", "zero_shot_state"]
+__all__ = ["wise", "zero_shot_state", "apply_wise"]
 
 
 def wise(zero_shot: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict:
@@ -42,3 +42,11 @@ def zero_shot_state(model) -> dict[str, torch.Tensor]:
     fresh = build_model(cfg).state_dict()  # pretrained weights, the checkpoint's logit scale
     # what the checkpoint has no counterpart for (a SigLIP loss's bias) keeps the run's value
     return {k: fresh.get(k, v).to(v.device) for k, v in model.state_dict().items()}
+
+
+def apply_wise(model, alpha: float):
+    """Put the WiSE-FT ensemble ``(1 - alpha) * zero-shot + alpha * fine-tuned`` of ``model`` (a
+    pretrained model's run) in place of its weights; returns the model. The one door every
+    WiSE-FT use goes through: a run's ``train.wise_alpha``, ``evaluate(wise=...)``, ``export``."""
+    model.load_state_dict(wise(zero_shot_state(model), model.state_dict(), float(alpha)))
+    return model

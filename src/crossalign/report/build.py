@@ -188,7 +188,8 @@ def _run_section(d: RunReport, index: int, k: int, seed: int, top: int, thumbs: 
     from crossalign.report.explained import explain_rows
 
     written = []
-    curves = plots.training_curves(d.history, png("curves"), d.summary.get("best_epoch")) if d.history else None
+    refit = d.cfg.train.fit_on != "train"  # val trained on: its curve is not held out
+    curves = plots.training_curves(d.history, png("curves"), d.summary.get("best_epoch"), refit) if d.history else None
     gal = _galleries(d, k, seed, top, thumbs)
     if explain and d.model is not None:
         explain_rows(d.model, gal, explain, max_pixels=d.cfg.data.max_pixels)
@@ -272,7 +273,7 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
     if not runs:
         raise ConfigError("report: give at least one run folder")
     if k < 1 or top < 1:
-        raise ConfigError(f"report: --k and --top must be at least 1 (got k={k}, top={top})")
+        raise ConfigError(f"report: `gallery` and `top` must be at least 1 (got {k} and {top})")
     out = Path(out)
     names = _unique_names(runs)
     data_runs = [collect_run(r, data, split, n, seed, device, progress, which, label_column)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crossalign.config import RunConfig, to_dict
+from crossalign.config import RunConfig, to_dict, trained_splits
 from crossalign.errors import DataError
 from crossalign.data.validate import Problem
-from crossalign.embed import EmbeddedTable
+from crossalign.embed.collection import EmbeddedTable
 from crossalign.evaluate.retrieval import Retrieval
 from crossalign.evaluate.run import require_label_column, score, seen_unseen
 from crossalign.runs import RunData, open_run, select_split
@@ -88,13 +88,14 @@ def describe_config(cfg: RunConfig) -> dict[str, str]:
 
 
 def _seen_metrics(rd: RunData, sub, seed: int, progress: bool, label_column: str = "") -> dict | None:
-    """Metrics on training images, as many as ``sub`` has, so both pools are equally hard.
+    """Metrics on images the run trained on, as many as ``sub`` has, so both pools are equally hard.
 
     The sample is ``seen_unseen`` with the same seed as ``crossalign evaluate --gap``, so the
-    two report the same seen numbers. No gap when ``sub`` itself holds training items.
+    two report the same seen numbers. No gap when ``sub`` itself holds items trained on.
     """
-    seen_tab, _ = seen_unseen(rd.table, sub, seed)
-    if "train" in set(sub.split) or len(seen_tab) == 0:
+    trained = trained_splits(rd.cfg)
+    seen_tab, _ = seen_unseen(rd.table, sub, seed, trained=trained)
+    if set(trained) & set(sub.split) or len(seen_tab) == 0:
         return None
     try:
         return score(rd, seen_tab, progress=progress, label_column=label_column or None)[0]

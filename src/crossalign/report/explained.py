@@ -20,7 +20,7 @@ def shaded_words(words: list[str], scores: list[float], shares: list[float]) -> 
 
 
 def _why(model, image_path: str, text: str, method: str, max_pixels: int, size: int) -> dict | None:
-    from crossalign.explain import explain_pair
+    from crossalign.explain.pair import explain_pair
     from crossalign.explain.render import overlay_uri
 
     try:

@@ -18,6 +18,6 @@ def _environment():
 
 
 def render(context: dict) -> str:
-    """The report page for ``context`` (built by :func:`crossalign.report.report`)."""
+    """The report page for ``context`` (built by :func:`crossalign.report.build.report`)."""
     source = resources.files("crossalign.report").joinpath(TEMPLATE).read_text(encoding="utf-8")
     return _environment().from_string(source).render(**context)

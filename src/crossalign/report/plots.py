@@ -81,12 +81,12 @@ def _line_panel(ax, history, columns: Sequence[str], title: str, ylabel: str, be
         ax.legend(fontsize=8)
 
 
-def _recall_panel(ax, history, best_epoch) -> None:
+def _recall_panel(ax, history, best_epoch, title: str = "validation Recall@K") -> None:
     cols = sorted({c for r in history for c in r if _RECALL.match(c)},
                   key=lambda c: (_RECALL.match(c).group(1) != "t2i", int(_RECALL.match(c).group(2))))
-    ax.set_title("validation Recall@K")
+    ax.set_title(title)
     if not cols:
-        return _missing(ax, "validation Recall@K")
+        return _missing(ax, title)
     for col in cols:
         direction, k = _RECALL.match(col).groups()
         x, y = _series(history, col)
@@ -99,13 +99,20 @@ def _recall_panel(ax, history, best_epoch) -> None:
     ax.legend(fontsize=8, ncol=2, loc="best")
 
 
-def training_curves(history: Sequence[Mapping], path: str | Path, best_epoch: int | None = None) -> Path:
-    """Loss, validation Recall@K, learning rate and temperature per epoch (2 x 2 panels)."""
+def training_curves(history: Sequence[Mapping], path: str | Path, best_epoch: int | None = None,
+                    val_trained_on: bool = False) -> Path:
+    """Loss, validation Recall@K, learning rate and temperature per epoch (2 x 2 panels).
+
+    ``val_trained_on``: the run learned from the val split too (a refit), so its curve is of
+    data the weights saw, drawn under that title and with no best epoch marked."""
+    if val_trained_on:
+        best_epoch = None
+    title = "Recall@K on val (trained on: not held out)" if val_trained_on else "validation Recall@K"
     with matplotlib.rc_context(_STYLE):
         fig, axes = _subplots(2, 2, figsize=(10, 6.4))
         losses = ["train_loss"] + sorted({c for r in history for c in r if c.endswith("_loss") and c != "train_loss"})
         _line_panel(axes[0, 0], history, losses, "loss", "loss", best_epoch)
-        _recall_panel(axes[0, 1], history, best_epoch)
+        _recall_panel(axes[0, 1], history, best_epoch, title)
         _line_panel(axes[1, 0], history, ["lr"], "learning rate", "lr", None)
         _line_panel(axes[1, 1], history, ["temperature"], "temperature", "1 / logit scale", None)
         _, lr = _series(history, "lr")

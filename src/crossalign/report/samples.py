@@ -16,7 +16,7 @@ from PIL import Image
 from crossalign.data.transforms import jpeg_bytes, thumbnail
 from crossalign.errors import ImageError
 from crossalign.evaluate.retrieval import topk
-from crossalign.embed import EmbeddedTable
+from crossalign.embed.collection import EmbeddedTable
 
 __all__ = ["Samples", "draw_samples", "top_k", "text_queries", "image_queries", "Thumbnails", "shorten"]
 

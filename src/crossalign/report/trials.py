@@ -1,7 +1,7 @@
 """The recipe search in a report: every trial of ``trials.csv`` as a table, and its score per trial.
 
 A run made by ``crossalign train --auto`` (or a folder of ``crossalign tune``) holds
-``trials.csv`` and ``search.json`` (see :mod:`crossalign.train.search`); other runs show nothing.
+``trials.csv`` and ``search.json`` (see :mod:`crossalign.train.tune`); other runs show nothing.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ KEEP_ALIVE_S = 5
 
 
 def create_app(index, limits=None, access=None, log_queries: bool = False):
-    """The FastAPI application over an opened :class:`crossalign.index.Index` (see
+    """The FastAPI application over an opened :class:`crossalign.index.search.Index` (see
     :func:`crossalign.serve.app.create_app`)."""
     from crossalign.serve.app import create_app as _create
 
@@ -72,7 +72,7 @@ def _open(options: dict):
     """The index and the app of ``options`` (see :func:`serve`)."""
     import faiss
 
-    from crossalign.index import open_index
+    from crossalign.index.search import open_index
     from crossalign.serve.app import ServiceLimits
     from crossalign.serve.guard import Access
 
@@ -120,8 +120,8 @@ def app_from_environment():
 
 def _check_exposure(host: str, token: str | None, no_auth: bool) -> None:
     if token is None and not no_auth and not _is_loopback(host):
-        raise ConfigError(f"--host {host} opens the service to other machines: set a token "
-                          f"({TOKEN_ENV} or --token-file FILE), or pass --no-auth to serve "
+        raise ConfigError(f"`host` {host} opens the service to other machines: set a token "
+                          f"({TOKEN_ENV} or `token_file` FILE), or pass `no_auth` to serve "
                           f"without one on purpose")
 
 
@@ -158,7 +158,7 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, run: str
     token = read_token(token_file)
     _check_exposure(host, token, no_auth)
     if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"`workers` must be at least 1, got {workers}")
     hosts = tuple(dict.fromkeys([*allow_hosts, *([] if host in ("0.0.0.0", "::") else [host])]))
     # what a worker process needs, as JSON (the token travels in the environment, not here)
     options = dict(index=str(index), run=None if run is None else str(run), device=device,

@@ -1,4 +1,4 @@
-"""The search service: a thin FastAPI layer over :class:`crossalign.index.Index`.
+"""The search service: a thin FastAPI layer over :class:`crossalign.index.search.Index`.
 
 Errors the user caused (a bad query, an unknown id, an upload that is not an image) are
 answered with a 4xx and a message; anything else is logged with its traceback and answered
@@ -66,8 +66,8 @@ class ServiceLimits:
                  max_upload_bytes: int = 10 * 1024 * 1024, max_thumb: int = 1024,
                  page_k: int = 24, max_pixels: int = 40_000_000) -> None:
         if max_k < 1 or page_k < 1 or max_pixels < 1:
-            raise ConfigError(f"the most results per query (--max-k), the page's k and the pixel "
-                              f"limit (--max-pixels) must be positive, got {max_k}, {page_k} and "
+            raise ConfigError(f"the most results per query (`max_k`), the page's k and the pixel "
+                              f"limit (`max_pixels`) must be positive, got {max_k}, {page_k} and "
                               f"{max_pixels}")
         self.max_k, self.max_query_chars = max_k, max_query_chars
         self.max_upload_bytes, self.max_thumb = max_upload_bytes, max_thumb

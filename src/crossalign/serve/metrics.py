@@ -32,7 +32,7 @@ class Metrics:
     """The metrics of one service; ``text()`` renders them for a scrape.
 
     Args:
-        index: the :class:`~crossalign.index.Index` served (its size and version are reported).
+        index: the :class:`~crossalign.index.search.Index` served (its size and version are reported).
         pools: name -> :class:`~crossalign.serve.work.WorkPool` (their queues are reported).
     """
 

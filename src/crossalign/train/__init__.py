@@ -1,8 +1,7 @@
-"""Training: the loop, checkpoints, resume state, schedules, logs.
+"""The training room: the loop, checkpoints, resume state, schedules, logs, recipe search.
 
-The notebook entry points are :func:`crossalign.api.train` and :func:`crossalign.api.resume`
-(``crossalign train`` on the command line); :mod:`crossalign.train.loop` holds them with a
-resolved :class:`~crossalign.config.RunConfig`. The recipe search (:func:`crossalign.api.tune`,
-``crossalign tune`` and ``train --auto``) is :mod:`crossalign.train.search`, over
+:func:`crossalign.train` and :func:`crossalign.tune` (``crossalign train``, ``crossalign tune``)
+decide what to run; :mod:`crossalign.train.loop` trains a resolved
+:class:`~crossalign.config.RunConfig`. The recipe search is :mod:`crossalign.train.tune`, over
 :mod:`~crossalign.train.space`, :mod:`~crossalign.train.trial` and :mod:`~crossalign.train.folds`.
 """

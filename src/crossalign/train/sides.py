@@ -13,7 +13,7 @@ freezing:
   ``torch.utils.data.DataLoader`` with ``train.num_workers`` workers decodes, augments and
   preprocesses them while the steps before them run.
 
-Every image is decoded through :class:`crossalign.embed.DecodeImages` (extraction, the
+Every image is decoded through :class:`crossalign.embed.towers.DecodeImages` (extraction, the
 prefix pass, training steps and validation), and an augmented view is drawn from a seed
 of the run seed, the view and the image, so a run is the same with 0 or N workers.
 """
@@ -32,8 +32,9 @@ from crossalign.data.splits import stable_seed
 from crossalign.data.table import PairTable
 from crossalign.data.transforms import MAX_PIXELS, eval_transform, inspect_image
 from crossalign.data.validate import drop_failed_images
-from crossalign.embed import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
-from crossalign.embed import FLIP_SUFFIX, mirror, wants_channels_last
+from crossalign.embed.towers import Collate, Decoded, DecodeImages, decode_loader, image_features, text_features
+from crossalign.embed.collection import FLIP_SUFFIX
+from crossalign.embed.towers import mirror, wants_channels_last
 from crossalign.errors import ConfigError, ImageError
 from crossalign.models.dual import DualEncoder, is_frozen, n_last_blocks
 

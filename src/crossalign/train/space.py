@@ -26,7 +26,7 @@ qb_beta         5 - 50 (log), with qbnorm only                        evaluate.q
 ==============  ====================================================  ==========================
 
 A value of the base config outside a categorical list joins the list; a parameter the search is
-told to keep (``--keep ranking,loss``) takes the base config's value in every trial. The plateau schedule
+told to hold (``fix="ranking,loss"``) takes the base config's value in every trial. The plateau schedule
 is left out: its steps follow the validation score, which differs between folds and the final
 fit. The recipe trains for exactly ``epochs`` epochs (``train.early_stopping`` off) and keeps the
 last of them as ``model_best`` (``train.keep: last``), since the epoch count is part of what is
@@ -90,16 +90,16 @@ def _ranked_by(p: dict[str, Any], base: RunConfig) -> str:
 
 
 def suggest(trial, base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
-            keep: Sequence[str] = ()) -> dict[str, Any]:
+            fix: Sequence[str] = ()) -> dict[str, Any]:
     """Draw one point from an optuna ``trial``, always in the same order (a seeded search repeats).
 
-    Parameters named in ``keep`` are not searched: the recipe keeps the base config's value.
+    Parameters named in ``fix`` are not searched: the recipe keeps the base config's value.
     """
     p: dict[str, Any] = {}
     if len(towers) > 1:
         p["tower"] = trial.suggest_categorical("tower", list(towers))
     for name in PARAMS[1:]:
-        if name in keep or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
+        if name in fix or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
             continue
         if name == "epochs":
             p[name] = trial.suggest_int(name, min_epochs, max_epochs, log=True)
@@ -112,14 +112,14 @@ def suggest(trial, base: RunConfig, towers: Sequence[str], min_epochs: int, max_
 
 
 def base_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
-                keep: Sequence[str] = ()) -> dict[str, Any]:
+                fix: Sequence[str] = ()) -> dict[str, Any]:
     """The base config as a point of the space (values clipped into the ranges)."""
     cur = _current(base)
     p: dict[str, Any] = {}
     if len(towers) > 1:
         p["tower"] = cur["tower"] if cur["tower"] in towers else towers[0]
     for name in PARAMS[1:]:
-        if name in keep or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
+        if name in fix or (name == "qb_beta" and _ranked_by(p, base) != "qbnorm"):
             continue
         value = cur[name]
         if name == "epochs":
@@ -145,11 +145,11 @@ ANCHORS = (
 
 
 def anchor_params(base: RunConfig, towers: Sequence[str], min_epochs: int, max_epochs: int,
-                  keep: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The :data:`ANCHORS` as points on top of the base config; a kept parameter keeps the
+                  fix: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The :data:`ANCHORS` as points on top of the base config; a fixed parameter keeps the
     base value, and an anchor that comes out equal to the base (or another anchor) is dropped.
     An unscheduled anchor runs up to ``max_epochs`` and is scored at its best epoch."""
-    first = base_params(base, towers, min_epochs, max_epochs, keep)
+    first = base_params(base, towers, min_epochs, max_epochs, fix)
     out: list[dict[str, Any]] = []
     for anchor in ANCHORS:
         point = {**first, **{k: v for k, v in anchor.items() if k in first}}

@@ -1,6 +1,6 @@
 """Scoring one recipe over cached features: only the heads train, on every fold at once.
 
-A recipe search (:mod:`crossalign.train.search`) tries many recipes on the same data. Each image
+A recipe search (:mod:`crossalign.train.tune`) tries many recipes on the same data. Each image
 tower it may choose is built, and its features extracted, once (:class:`FeatureSet`, through the
 feature cache); a trial then builds fresh heads around the same frozen towers and trains them
 with the training engine (:class:`~crossalign.train.engine.Engine`, built by :func:`fold_engine`)

@@ -33,7 +33,7 @@ from crossalign.config import CacheConfig, DataConfig, default_cache_dir
 from crossalign.data.readers._base import RowBuilder
 from crossalign.data.transforms import IMAGE_EXTS
 from crossalign.data.members import member_ref
-from crossalign.errors import ConfigError, DataError
+from crossalign.errors import DataError
 from crossalign.data.splits import normalize_split, split_from_name
 from crossalign.data.table import PairTable
 
@@ -105,10 +105,7 @@ def _store(data: bytes, ext: str, dest: Path) -> Path:
 def in_place(shard: Path, cfg: DataConfig) -> bool:
     """Whether the images of ``shard`` are read in place (an uncompressed shard, and
     ``data.shard_images`` is ``reference``)."""
-    mode = (cfg.shard_images or "reference").strip().lower()
-    if mode not in ("reference", "extract"):
-        raise ConfigError(f"data.shard_images must be reference or extract, got {cfg.shard_images!r}")
-    return mode == "reference" and shard.name.lower().endswith(".tar")
+    return cfg.shard_images == "reference" and shard.name.lower().endswith(".tar")
 
 
 BLOCK = 512

@@ -182,7 +182,7 @@ def pool_from_split(rd, split: str = "train", progress: bool = False) -> Caption
 def pool_from_captions(rd, captions: Sequence[str], source: str = "captions",
                        progress: bool = False) -> CaptionPool:
     """A pool of plain captions (no images), embedded with the run; ``source`` names them."""
-    from crossalign.embed import embed_texts
+    from crossalign.embed.collection import embed_texts
 
     captions = list(captions)
     text_emb = embed_texts(rd.model, captions, cache_root=rd.cache_root, device=rd.device,
@@ -192,13 +192,13 @@ def pool_from_captions(rd, captions: Sequence[str], source: str = "captions",
 
 def _check(k: int, neighbours: int, weight: float, top_m: int) -> None:
     if k < 1:
-        raise ConfigError(f"--k: the number of proposals must be at least 1, got {k}")
+        raise ConfigError(f"`k`: the number of proposals must be at least 1, got {k}")
     if neighbours < 1:
-        raise ConfigError(f"--neighbours must be at least 1, got {neighbours}")
+        raise ConfigError(f"`neighbours` must be at least 1, got {neighbours}")
     if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"--weight must lie in [0, 1], got {weight}")
+        raise ConfigError(f"`weight` must lie in [0, 1], got {weight}")
     if top_m < 0:
-        raise ConfigError(f"--top-m must be 0 (every other candidate) or more, got {top_m}")
+        raise ConfigError(f"`top_m` must be 0 (every other candidate) or more, got {top_m}")
 
 
 def _ranked(pool: CaptionPool, rows: np.ndarray, cos: np.ndarray, k: int, weight: float,
@@ -276,16 +276,16 @@ def propose(run: str | Path, images: Sequence, *, captions: str | Path | None = 
             query is left out of its own neighbours.
         neighbours, weight, top_m: see the module docstring.
     """
-    from crossalign.embed import embed_pictures
+    from crossalign.embed.collection import embed_images
 
     _check(k, neighbours, weight, top_m)
     if captions is not None and data is not None:
-        raise ConfigError("give --captions FILE or --data DIR as the caption pool, not both")
+        raise ConfigError("give `captions` FILE or `data` DIR as the caption pool, not both")
     texts = None if captions is None else read_caption_file(captions)  # refused before the model loads
     rd = _open(run, data, which, device, with_data=texts is None)
     pool = pool_from_split(rd, split, progress) if texts is None else \
         pool_from_captions(rd, texts, str(captions), progress)
-    vectors = embed_pictures(rd.model, list(images), device=device, batch_size=rd.cfg.train.eval_batch_size,
+    vectors = embed_images(rd.model, list(images), device=device, batch_size=rd.cfg.train.eval_batch_size,
                              max_pixels=rd.cfg.data.max_pixels)  # [n, dim]
     row_of = {str(Path(p).resolve()): i for i, p in enumerate(pool.image_paths or [])}
     exclude = [row_of.get(str(Path(x).resolve())) if isinstance(x, (str, Path)) else None for x in images]
@@ -365,7 +365,7 @@ def score_split(run: str | Path, data: str | Path | None = None, split: str = "t
     _check(1, neighbours, weight, top_m)
     shared = _split_names(split, "--split") & _split_names(pool_split, "--pool-split")
     if shared:
-        raise ConfigError(f"--split {split} and --pool-split {pool_split} share {', '.join(sorted(shared))}: "
+        raise ConfigError(f"`split` {split} and `pool_split` {pool_split} share {', '.join(sorted(shared))}: "
                           f"an image's own captions would be in its pool")
     rd = _open(run, data, which, device)
     pool = pool_from_split(rd, pool_split, progress)

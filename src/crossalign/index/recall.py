@@ -5,13 +5,13 @@ An approximate index answers a query in two steps: FAISS proposes ``k * rerank``
 the candidates are scored exactly against the stored vectors. How many nodes, lists and
 candidates a given recall needs depends on the data, and most of all on the queries: text
 queries sit apart from the images they look for (the modality gap), and cost a graph far
-more than image queries do. So :func:`tune` measures it: for a held sample of queries (the
+more than image queries do. So :func:`set_recall` measures it: for a held sample of queries (the
 other target's vectors, which an index over images never holds, and some of the target's
 own) it finds the exact top ``k`` by brute force, then takes the fastest parameters whose
 recall@k reaches the target for each kind of query apart (text queries over images must not
 borrow recall from the easier image queries), and with a margin for the sample: the one-sided
 95 % lower bound of each group's mean recall must reach the target, so that queries the
-tuning never saw get it too.
+measurement never saw get it too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["Tuned", "tune", "tuned_params", "apply_params", "approximate_top", "exact_top", "recall_at",
+__all__ = ["Tuned", "set_recall", "tuned_params", "apply_params", "approximate_top", "exact_top", "recall_at",
            "DEFAULT_RECALL", "RECALL_K"]
 
 DEFAULT_RECALL = 0.95
@@ -36,7 +36,7 @@ Z_LOWER = 1.645  # one-sided 95 % normal bound on a group's mean recall
 
 @dataclass
 class Tuned:
-    """What :func:`tune` chose and what it measured."""
+    """What :func:`set_recall` chose and what it measured."""
 
     params: dict  # {"efSearch": ..} or {"nprobe": ..}, and "rerank"
     recall: float  # recall@k of the sample with these parameters (its worst group's mean)
@@ -154,8 +154,8 @@ def _grid(kind: str, index) -> list[dict]:
         ([{"nprobe": nlist}] if nlist not in NPROBE_GRID else [])
 
 
-def tune(index, vectors: np.ndarray, queries: np.ndarray, target: float = DEFAULT_RECALL,
-         k: int = RECALL_K, groups=None) -> Tuned:
+def set_recall(index, vectors: np.ndarray, queries: np.ndarray, target: float = DEFAULT_RECALL,
+               k: int = RECALL_K, groups=None) -> Tuned:
     """The fastest ``efSearch`` / ``nprobe`` and re-scoring depth whose recall@k on
     ``queries`` reaches ``target`` in every group of ``groups`` (a label per query; one group
     when None), by the lower bound of its mean; the most accurate ones tried when none does.

@@ -18,10 +18,10 @@ from crossalign.data.table import PairTable
 from crossalign.data.transforms import MAX_PIXELS, ImageSource, eval_transform, load_image
 from crossalign.errors import ImageError
 from crossalign.data.validate import Problem, drop_failed_images
-from crossalign.embed._towers import image_features, mirror, project, text_features
+from crossalign.embed.towers import image_features, mirror, project, text_features
 from crossalign.models.dual import DualEncoder, is_frozen
 
-__all__ = ["ImageVectors", "EmbeddedTable", "embed_images", "embed_pictures", "embed_texts",
+__all__ = ["ImageVectors", "EmbeddedTable", "embed_image_files", "embed_images", "embed_texts",
            "embed_table", "tta_flip"]
 
 FLIP_SUFFIX = ":flip"  # cache key suffix of the mirrored view
@@ -65,7 +65,7 @@ def _mean_of_views(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
+def embed_image_files(model: DualEncoder, paths: Sequence[str | Path], *,
                  cache_root: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
                  max_pixels: int = MAX_PIXELS, progress: bool = False, dist=None,
                  workers: int = 0) -> ImageVectors:
@@ -100,7 +100,7 @@ def embed_images(model: DualEncoder, paths: Sequence[str | Path], *,
 
 
 @torch.no_grad()
-def embed_pictures(model: DualEncoder, images: Sequence[ImageSource], *, device: str = "cpu",
+def embed_images(model: DualEncoder, images: Sequence[ImageSource], *, device: str = "cpu",
                    batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Vectors ``[len(images), embed_dim]`` of paths, file bytes (uploads) or PIL images.
 
@@ -147,7 +147,7 @@ def embed_table(model: DualEncoder, table: PairTable, *, cache_root: str | Path 
         workers: processes decoding images (``train.num_workers``).
     """
     ids, paths = table.images()
-    images = embed_images(model, paths, cache_root=cache_root, device=device, batch_size=batch_size,
+    images = embed_image_files(model, paths, cache_root=cache_root, device=device, batch_size=batch_size,
                           max_pixels=max_pixels, progress=progress, workers=workers)
     table, problems = drop_failed_images(table, images.failed, strict, by="image_path")
     img_ids, t2i = table.caption_image_index()

@@ -1,11 +1,11 @@
-"""Recipe search: the user's own data chooses the recipe (``crossalign tune``, ``train --auto``).
+"""Recipe search: the user's own data chooses the recipe (``crossalign tune``, and ``crossalign train`` given no recipe).
 
 With frozen towers the heads train in seconds from cached features, so many recipes can be
 tried on the data at hand: :mod:`crossalign.train.space` says which settings, and
 :mod:`crossalign.train.trial` scores one of them. Optuna drives the search: a seeded TPE sampler
 proposes recipes, a median pruner stops those whose mean validation score after an epoch falls
 below the median of earlier trials at that epoch, and the study lives in the run folder, so
-``--resume`` continues it (trial numbers go on; a trial cut off by a kill is marked failed and
+``resume`` continues it (trial numbers go on; a trial cut off by a kill is marked failed and
 tried again). The first trial is the base config itself, the next ones the anchors of
 :mod:`crossalign.train.space` (the fixed recipes that won on some measured data set), so the
 recipe chosen scores on the held-out data at least as well as each of them. A recipe with no
@@ -54,8 +54,8 @@ from crossalign.train.folds import plan_folds
 from crossalign.train.space import PARAMS, anchor_params, base_params, params_named, recipe, suggest
 from crossalign.train.trial import OBJECTIVES, FeatureSet, RecipeScore, score_recipe
 
-__all__ = ["SearchConfig", "TuneResult", "tune", "resume_search", "auto_train", "rescore",
-           "parse_budget", "expand_tower", "default_search_reason", "DEFAULT_TRIALS", "DEFAULT_BUDGET",
+__all__ = ["TuneConfig", "TuneResult", "tune", "resume_tune", "auto_train", "rescore",
+           "parse_budget", "expand_tower", "default_tune_reason", "DEFAULT_TRIALS", "DEFAULT_BUDGET",
            "DEFAULT_SEARCH_MAX_CAPTIONS"]
 
 log = logging.getLogger("crossalign.train")
@@ -65,7 +65,7 @@ STUDY, TRIALS, SEARCH = "study.journal", "trials.csv", "search.json"
 
 
 @dataclass
-class SearchConfig:
+class TuneConfig:
     """How a recipe search runs; none of it is part of the recipe it chooses."""
 
     trials: int = 0  # trials in the study in all (resumes included); 0 = DEFAULT_TRIALS without a budget
@@ -78,7 +78,7 @@ class SearchConfig:
     min_epochs: int = 2
     max_epochs: int = 40
     prune: bool = True
-    keep: tuple[str, ...] = ()  # parameters of the space not searched: the base config's value
+    fix: tuple[str, ...] = ()  # parameters of the space not searched: held at the base recipe's value
     count_extraction: bool = True  # False: the budget starts once the first tower's features are cached
     # the chosen recipe learns from train + val (train.fit_on): every held-out image the search
     # scored on joins the final fit, at the epoch count the search chose
@@ -105,7 +105,7 @@ DEFAULT_BUDGET = 300.0
 DEFAULT_SEARCH_MAX_CAPTIONS = 100_000
 
 
-def default_search_reason(cfg: RunConfig, config_file: str | Path | None, overrides: Sequence[str],
+def default_tune_reason(cfg: RunConfig, config_file: str | Path | None, overrides: Sequence[str],
                           pool_captions: int) -> str | None:
     """Why ``crossalign train`` trains the recipe as given rather than searching one; None: search.
 
@@ -128,7 +128,7 @@ def default_search_reason(cfg: RunConfig, config_file: str | Path | None, overri
             return f"the {side} tower trains (model.{side}.freeze), so trials would not be cheap"
     if pool_captions > DEFAULT_SEARCH_MAX_CAPTIONS:
         return (f"{pool_captions} train + val captions, more than the {DEFAULT_SEARCH_MAX_CAPTIONS} a "
-                f"default search covers (--auto searches anyway)")
+                f"default search covers (`auto` searches anyway)")
     return None
 
 
@@ -139,10 +139,10 @@ def parse_budget(text: str | float | int) -> float:
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text).lower())
         if not m:
-            raise ConfigError(f"--budget expects a time such as 90s, 10m or 1.5h, got {text!r}")
+            raise ConfigError(f"`budget` expects a time such as 90s, 10m or 1.5h, got {text!r}")
         seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
     if seconds < 0:
-        raise ConfigError(f"--budget must not be negative, got {text!r}")
+        raise ConfigError(f"`budget` must not be negative, got {text!r}")
     return seconds
 
 
@@ -155,31 +155,31 @@ def expand_tower(name: str) -> str:
     full = "+".join(p if p in known or ":" in p or f"efficientnet_{p}" not in known
                     else f"efficientnet_{p}" for p in parts)
     if model_info(full).modality != "image":
-        raise ConfigError(f"--auto-towers lists image towers; {name!r} is a {model_info(full).modality} tower")
+        raise ConfigError(f"`towers` lists image towers; {name!r} is a {model_info(full).modality} tower")
     return full
 
 
-def _check(search: SearchConfig) -> SearchConfig:
+def _check(search: TuneConfig) -> TuneConfig:
     if search.objective not in OBJECTIVES:
         raise ConfigError(f"search objective must be one of {', '.join(OBJECTIVES)}, got {search.objective!r}")
     if search.trials < 0 or search.budget < 0:
-        raise ConfigError("--trials and --budget must not be negative")
+        raise ConfigError("`trials` and `budget` must not be negative")
     if search.folds < 2:
-        raise ConfigError(f"--folds must be at least 2, got {search.folds}")
+        raise ConfigError(f"`folds` must be at least 2, got {search.folds}")
     if not 1 <= search.min_epochs <= search.max_epochs:
         raise ConfigError(f"search epochs: need 1 <= min_epochs <= max_epochs, got "
                           f"{search.min_epochs} and {search.max_epochs}")
-    unknown = sorted(set(search.keep) - set(PARAMS[1:]))
+    unknown = sorted(set(search.fix) - set(PARAMS[1:]))
     if unknown:
-        raise ConfigError(f"--keep: unknown parameter(s) {unknown}; the space has {', '.join(PARAMS[1:])}")
+        raise ConfigError(f"`fix`: unknown parameter(s) {unknown}; the space has {', '.join(PARAMS[1:])}")
     return dataclasses.replace(search, towers=tuple(expand_tower(t) for t in search.towers),
-                               keep=tuple(search.keep))
+                               fix=tuple(search.fix))
 
 
 class _Search:
     """The data, the fold plan and the feature sets of one search (each tower extracted once)."""
 
-    def __init__(self, data: str | Path, base: RunConfig, search: SearchConfig, progress: bool) -> None:
+    def __init__(self, data: str | Path, base: RunConfig, search: TuneConfig, progress: bool) -> None:
         self.base, self.search, self.progress = base, search, progress
         self.towers = list(search.towers) or [base.model.image.tower]
         table, self.problems = prepare_table(data, base.data, quiet=True)
@@ -206,7 +206,7 @@ class _Search:
 
         t0 = time.perf_counter()
         s = self.search
-        cfg = recipe(self.base, suggest(trial, self.base, self.towers, s.min_epochs, s.max_epochs, s.keep))
+        cfg = recipe(self.base, suggest(trial, self.base, self.towers, s.min_epochs, s.max_epochs, s.fix))
         fs = self.feature_set(cfg.model.image.tower)
 
         def on_epoch(epoch: int, value: float) -> bool:
@@ -224,7 +224,7 @@ class _Search:
         return res.score
 
 
-def _open_study(run: Path, search: SearchConfig):
+def _open_study(run: Path, search: TuneConfig):
     """The study in ``run`` (created if new), its sampler seeded by the trials it already holds."""
     import optuna
     from optuna.storages import JournalStorage
@@ -280,8 +280,8 @@ def _write_trials(path: Path, rows: list[dict], folds: int) -> None:
         w.writerows(rows)
 
 
-def _settings(search: SearchConfig) -> dict:
-    return {**dataclasses.asdict(search), "towers": list(search.towers), "keep": list(search.keep)}
+def _settings(search: TuneConfig) -> dict:
+    return {**dataclasses.asdict(search), "towers": list(search.towers), "fix": list(search.fix)}
 
 
 def _finished(study) -> int:
@@ -299,7 +299,7 @@ def _log_trial(study, trial) -> None:
              folds, epochs, a.get("seconds", 0.0), " *" if best == trial.number else "")
 
 
-def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progress: bool,
+def _search(run: Path, data: str, base: RunConfig, search: TuneConfig, progress: bool,
             prior_seconds: float) -> TuneResult:
     """Extract, then run trials until the study holds ``search.trials`` or the budget is spent."""
     t_start = time.perf_counter()
@@ -311,8 +311,8 @@ def _search(run: Path, data: str, base: RunConfig, search: SearchConfig, progres
     log.info("search: scoring trials by %s", s.plan.describe())
     study = _open_study(run, search)
     if not study.trials:  # the base recipe first, then the anchors, then the sampler's own
-        for point in [base_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep),
-                      *anchor_params(base, s.towers, search.min_epochs, search.max_epochs, search.keep)]:
+        for point in [base_params(base, s.towers, search.min_epochs, search.max_epochs, search.fix),
+                      *anchor_params(base, s.towers, search.min_epochs, search.max_epochs, search.fix)]:
             study.enqueue_trial(point, skip_if_exists=True)
     start = t_start if search.count_extraction else t_trials
     spent = lambda: prior_seconds + time.perf_counter() - start  # noqa: E731
@@ -337,7 +337,7 @@ def _conclude(run: Path, study, s: _Search, info: dict, seconds: float) -> TuneR
     """Write the chosen recipe, trials.csv and search.json."""
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         raise DataError(f"{run}: the search finished no trial (every trial was pruned or cut off); "
-                        f"give more --trials or --budget")
+                        f"give more `trials` or `budget`")
     best = study.best_trial
     chosen = recipe(s.base, chosen_params(best))
     if s.search.refit:
@@ -354,17 +354,17 @@ def _conclude(run: Path, study, s: _Search, info: dict, seconds: float) -> TuneR
     return TuneResult(run, chosen, best.number, float(best.value), info["validation"], rows, seconds)
 
 
-def tune(data: str | Path, out: str | Path, base: RunConfig, search: SearchConfig | None = None,
+def tune(data: str | Path, out: str | Path, base: RunConfig, search: TuneConfig | None = None,
          progress: bool = True) -> TuneResult:
     """Search recipes for ``data`` into the folder ``out`` (no final fit); see the module docstring."""
     run = Path(out)
-    search = _check(search or SearchConfig())
+    search = _check(search or TuneConfig())
     if base.then:
         raise ConfigError("a staged recipe (then) is not searched: search its first stage (crossalign tune, "
                           "without then), then train the stages from the chosen config.yaml with then added")
     if (run / STUDY).exists():
-        raise RunError(f"{run}: already holds a search ({STUDY}); continue it with --resume, or give "
-                       f"another --out")
+        raise RunError(f"{run}: already holds a search ({STUDY}); continue it with `resume`, or give "
+                       f"another `out`")
     data = str(Path(data).resolve())
     if len(search.towers) == 1:  # one tower listed: no choice, but that tower
         base = copy.deepcopy(base)
@@ -373,18 +373,18 @@ def tune(data: str | Path, out: str | Path, base: RunConfig, search: SearchConfi
     return _search(run, data, base, search, progress, 0.0)
 
 
-def _stored(run: Path) -> tuple[str, RunConfig, SearchConfig, float]:
+def _stored(run: Path) -> tuple[str, RunConfig, TuneConfig, float]:
     path = run / SEARCH
     if not path.is_file():
         raise RunError(f"{run}: not a search folder ({SEARCH} missing) - nothing to continue")
     info = read_json(path)
     settings = dict(info["search"])
     settings["towers"] = tuple(settings.get("towers", ()))
-    settings["keep"] = tuple(settings.get("keep", ()))
-    return info["data"], from_dict(RunConfig, info["base"]), SearchConfig(**settings), float(info.get("seconds", 0))
+    settings["fix"] = tuple(settings.get("fix", ()))
+    return info["data"], from_dict(RunConfig, info["base"]), TuneConfig(**settings), float(info.get("seconds", 0))
 
 
-def resume_search(run: str | Path, trials: int | None = None, budget: float | None = None,
+def resume_tune(run: str | Path, trials: int | None = None, budget: float | None = None,
                   progress: bool = True) -> TuneResult:
     """Continue the search in ``run`` (the same study), optionally to a new trial count or budget."""
     run = Path(run)
@@ -395,7 +395,7 @@ def resume_search(run: str | Path, trials: int | None = None, budget: float | No
 
 
 def auto_train(data: str | Path | None, out: str | Path, base: RunConfig | None,
-               search: SearchConfig | None = None, progress: bool = True, resume: bool = False):
+               search: TuneConfig | None = None, progress: bool = True, resume: bool = False):
     """Search, then train the chosen recipe into the same folder; returns (TuneResult, TrainResult).
 
     With ``resume`` the search in ``out`` continues first (``search.trials`` and ``search.budget``,
@@ -406,8 +406,8 @@ def auto_train(data: str | Path | None, out: str | Path, base: RunConfig | None,
 
     run = Path(out)
     if resume:
-        s = search or SearchConfig()
-        found = resume_search(run, s.trials or None, s.budget or None, progress)
+        s = search or TuneConfig()
+        found = resume_tune(run, s.trials or None, s.budget or None, progress)
         if has_resume_point(run):
             return found, loop.resume(run, progress=progress)
         data = _stored(run)[0]

@@ -10,9 +10,9 @@ import pytest
 from crossalign.config import DataConfig, load_config
 from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
-from crossalign.train import search as search_mod
+from crossalign.train import tune as tune_mod
 from crossalign.train.folds import fold_of_images, kfold, plan_folds
-from crossalign.train.search import SearchConfig, expand_tower, parse_budget, rescore, resume_search, tune
+from crossalign.train.tune import TuneConfig, expand_tower, parse_budget, rescore, resume_tune, tune
 from crossalign.train.space import ANCHORS, anchor_params, base_params
 from crossalign.train.trial import FeatureSet, score_recipe
 from tests._ties import assert_recalls_within, assert_same_retrieval, recall_slack, recorded_validation
@@ -21,8 +21,8 @@ FAST = ["train.batch_size=32", "train.tensorboard=false", "train.checkpoint_ever
 TOL = 1e-5  # two computations of the same heads agree to float rounding
 
 
-def _search(**kw) -> SearchConfig:
-    return SearchConfig(**{"trials": 3, "max_epochs": 3, **kw})
+def _search(**kw) -> TuneConfig:
+    return TuneConfig(**{"trials": 3, "max_epochs": 3, **kw})
 
 
 def _rows(run):
@@ -107,7 +107,7 @@ def test_anchors_follow_the_base_and_respect_keep():
     assert len(points) == len(ANCHORS) == 2
     assert points[0] == {**first, "image_dropout": 0.0, "text_dropout": 0.0, "scheduler": "none", "epochs": 30}
     assert points[1] == {**first, "batch_size": 4096, "lr": 2e-3, "weight_decay": 0.1, "scheduler": "cosine"}
-    kept = anchor_params(base, ["efficientnet_lite0"], 2, 30, keep=("scheduler", "batch_size", "lr"))
+    kept = anchor_params(base, ["efficientnet_lite0"], 2, 30, fix=("scheduler", "batch_size", "lr"))
     assert all("scheduler" not in p and "batch_size" not in p for p in kept)
     assert kept[0]["image_dropout"] == 0.0 and kept[1]["weight_decay"] == 0.1
     # an anchor equal to the base is not tried twice
@@ -171,14 +171,14 @@ def test_the_search_never_reads_the_test_split(tmp_path, shapes_dir, monkeypatch
 
     monkeypatch.setattr(sides, "image_features", spy_images)
     monkeypatch.setattr(sides, "text_features", spy_texts)
-    real_plan = search_mod.plan_folds
+    real_plan = tune_mod.plan_folds
 
     def spy_plan(pool, *a, **kw):
         plan = real_plan(pool, *a, **kw)
         scored.extend(i for f in plan.folds for i in (*f.val.image_id, *f.train.image_id))
         return plan
 
-    monkeypatch.setattr(search_mod, "plan_folds", spy_plan)
+    monkeypatch.setattr(tune_mod, "plan_folds", spy_plan)
     res = tune(data, tmp_path / "search", load_config(None, FAST), _search(trials=2), progress=False)
     assert embedded_paths and embedded_texts and scored
     assert not {p.rsplit("/", 1)[-1] for p in embedded_paths} & test_ids
@@ -214,7 +214,7 @@ def test_resumed_search_continues_the_same_study(tmp_path, shapes_dir, caplog):
     assert cut.params == params
     with pytest.raises(Exception, match="already holds a search"):
         tune(shapes_dir, run, base, _search(trials=2), progress=False)
-    res = resume_search(run, trials=5, progress=False)
+    res = resume_tune(run, trials=5, progress=False)
     rows = _rows(run)
     assert [r["trial"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
     assert rows[:3] == first  # earlier trials kept as they were
@@ -226,7 +226,7 @@ def test_resumed_search_continues_the_same_study(tmp_path, shapes_dir, caplog):
 def test_trials_csv_and_saved_config_repeat_the_chosen_score(tmp_path, shapes_dir):
     run = tmp_path / "search"
     base = load_config(None, FAST + ["evaluate.ranking=plain"])
-    res = tune(shapes_dir, run, base, _search(trials=3, keep=("ranking",)), progress=False)
+    res = tune(shapes_dir, run, base, _search(trials=3, fix=("ranking",)), progress=False)
     row = next(r for r in _rows(run) if r["trial"] == str(res.best_trial))
     assert float(row["score"]) == res.best_score
     cfg = load_config(run / "config.yaml")
@@ -255,7 +255,7 @@ def test_a_seeded_search_proposes_the_same_recipes(tmp_path, shapes_dir):
     c = tune(shapes_dir, tmp_path / "c", base, _search(trials=4, max_epochs=2, seed=1), progress=False)
     n = 1 + len(anchor_params(base, [base.model.image.tower], 2, 2))  # the base and the anchors come first
     assert n == 3 and len(a.trials) == 3
-    a4 = resume_search(tmp_path / "a", trials=4, progress=False)
+    a4 = resume_tune(tmp_path / "a", trials=4, progress=False)
     assert [r["lr"] for r in c.trials[n:]] != [r["lr"] for r in a4.trials[n:]]
 
 
@@ -269,7 +269,7 @@ def test_each_listed_tower_is_extracted_once(tmp_path, shapes_dir, monkeypatch):
         built.append(cfg.model.image.tower)
         real(self, cfg, pool, progress)
 
-    monkeypatch.setattr(search_mod.FeatureSet, "__init__", count)
+    monkeypatch.setattr(tune_mod.FeatureSet, "__init__", count)
     base = load_config(None, FAST + ["model.image.freeze=frozen"])
     res = tune(shapes_dir, tmp_path / "s", base, _search(trials=5, max_epochs=2, towers=("lite0", "small_cnn")),
                progress=False)
@@ -297,7 +297,7 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
     summary = json.loads((run / "summary.json").read_text())
     assert cfg.train.keep == "last" and summary["best_epoch"] == cfg.train.epochs  # model_best is that epoch
     assert cfg.train.fit_on == "train+val"  # the final fit learns from every image the search held out
-    from crossalign.report import report
+    from crossalign.report.build import report
 
     html = report(run, shapes_dir, tmp_path / "report.html", k=4).html.read_text()
     assert "Recipe search" in html and "trials" in html and "cross-validation" in html
@@ -305,31 +305,31 @@ def test_train_auto_fits_the_chosen_recipe_and_reports_its_trials(tmp_path, shap
 
 
 def test_train_searches_by_default_only_when_no_recipe_is_named(tmp_path):
-    from crossalign.train.search import DEFAULT_SEARCH_MAX_CAPTIONS, default_search_reason
+    from crossalign.train.tune import DEFAULT_SEARCH_MAX_CAPTIONS, default_tune_reason
 
     cfg = load_config(None, [])
-    assert default_search_reason(cfg, None, [], 3000) is None
+    assert default_tune_reason(cfg, None, [], 3000) is None
     # settings that are not the recipe leave the default search on
     plain = ["data.strict=true", "cache.dir=/x", "train.device=cpu", "train.tensorboard=false"]
-    assert default_search_reason(load_config(None, plain), None, plain, 3000) is None
-    assert "lr" in default_search_reason(load_config(None, ["train.lr=1e-3"]), None, ["train.lr=1e-3"], 3000)
-    assert "epochs" in default_search_reason(cfg, None, ["train.patience=2"], 3000)
-    assert "ranking" in default_search_reason(cfg, None, ["evaluate.ranking=plain"], 3000)
+    assert default_tune_reason(load_config(None, plain), None, plain, 3000) is None
+    assert "lr" in default_tune_reason(load_config(None, ["train.lr=1e-3"]), None, ["train.lr=1e-3"], 3000)
+    assert "epochs" in default_tune_reason(cfg, None, ["train.patience=2"], 3000)
+    assert "ranking" in default_tune_reason(cfg, None, ["evaluate.ranking=plain"], 3000)
     (tmp_path / "c.yaml").write_text("train:\n  seed: 1\n")
-    assert "c.yaml" in default_search_reason(cfg, tmp_path / "c.yaml", [], 3000)
+    assert "c.yaml" in default_tune_reason(cfg, tmp_path / "c.yaml", [], 3000)
     scratch = load_config(None, ["model.image.tower=small_cnn"])
-    assert "image tower trains" in default_search_reason(scratch, None, [], 3000)
+    assert "image tower trains" in default_tune_reason(scratch, None, [], 3000)
     trains = load_config(None, ["model.text.freeze=last:2"])
-    assert "text tower trains" in default_search_reason(trains, None, [], 3000)
-    assert "--auto searches anyway" in default_search_reason(cfg, None, [], DEFAULT_SEARCH_MAX_CAPTIONS + 1)
+    assert "text tower trains" in default_tune_reason(trains, None, [], 3000)
+    assert "`auto` searches anyway" in default_tune_reason(cfg, None, [], DEFAULT_SEARCH_MAX_CAPTIONS + 1)
     warm = load_config(None, ["train.init_from=runs/heads"])
-    assert "init_from" in default_search_reason(warm, None, ["train.init_from=runs/heads"], 3000)
+    assert "init_from" in default_tune_reason(warm, None, ["train.init_from=runs/heads"], 3000)
 
 
 def test_train_with_no_recipe_searches_and_fixed_does_not(tmp_path, shapes_dir, monkeypatch, capsys):
     from crossalign.cli.main import main
 
-    monkeypatch.setattr(search_mod, "DEFAULT_BUDGET", 3.0)  # a short default search
+    monkeypatch.setattr(tune_mod, "DEFAULT_BUDGET", 3.0)  # a short default search
     run = tmp_path / "run"
     assert main(["train", "--data", str(shapes_dir), "--out", str(run), "--set", "train.tensorboard=false"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,196 @@
+"""``crossalign.index``, ``search``, ``serve`` and ``duplicates``: a collection made searchable,
+searched, shared and cleaned."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from crossalign.errors import ConfigError
+
+__all__ = ["index", "search", "serve", "duplicates"]
+
+
+def _quiet_faiss() -> None:
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
+
+
+def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | None = None,
+          images: str | Path | None = None, add: Sequence[str | Path] = (), from_embeddings: str | Path | None = None,
+          split: str = "all", format: str = "", index_type: str | None = None, recall: float = 0.95,
+          checkpoint: str = "best", nproc: int = 0, device: str = "cpu", progress: bool = True):
+    """Embed a collection with a trained run into an index folder: FAISS vectors plus SQLite
+    metadata (``crossalign index``). Run again to update it: only new or changed files are
+    embedded, and entries whose files are gone are dropped.
+
+    Args:
+        run: a run folder.
+        out: the index folder to create or update.
+        data: a data set in any layout (images and captions).
+        images: a folder of images, searched recursively.
+        add: more image folders.
+        from_embeddings: the partitions :func:`crossalign.embed` wrote (nothing is embedded again).
+        split: with ``data``: which split.
+        format: with ``data``: its layout (default: detected).
+        index_type: ``flat`` (exact), ``hnsw`` or ``ivfpq`` (approximate), or ``auto`` by size
+            (default: what the index had, auto for a new one).
+        recall: hnsw / ivfpq: the recall@10 against exact search the search is set to reach,
+            measured on a sample of the index's own vectors.
+        checkpoint: ``best`` or ``last``.
+        nproc: share the embedding over this many processes on this machine (torchrun).
+        device: ``cpu`` or ``cuda``.
+        progress: progress bars.
+
+    Returns:
+        A :class:`~crossalign.index.build.BuildSummary`; None where the work ran in other
+        processes (``nproc``, or a process of torchrun's other than the first).
+    """
+    from crossalign.index.build import build_from_embeddings, build_index
+
+    if not out:
+        raise ConfigError("give `out`: the index folder to create or update")
+    _quiet_faiss()
+    if from_embeddings:
+        if data or images or add:
+            raise ConfigError("`from_embeddings` builds from partitions alone; leave out `data`, `images`, `add`")
+        return build_from_embeddings(run, out, from_embeddings, index_type=index_type, which=checkpoint,
+                                     device=device, recall=recall)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from crossalign.api._training import _torchrun
+
+        argv = [str(run), "--out", str(out), "--split", split, "--recall", f"{recall!r}",
+                "--checkpoint", checkpoint, "--device", device]
+        argv += ["--data", str(data)] if data else []
+        argv += ["--images", str(images)] if images else []
+        argv += [a for folder in add for a in ("--add", str(folder))]
+        argv += ["--format", format] if format else []
+        argv += ["--index-type", index_type] if index_type else []
+        _torchrun("index", argv, nproc)
+        return None
+    from crossalign.distributed import cleanup_distributed, init_distributed
+
+    dist = init_distributed(backend="gloo" if device == "cpu" else "auto")
+    try:
+        return build_index(run, out, data=data, images=images, add=list(add), split=split, data_format=format,
+                           index_type=index_type, which=checkpoint, device=device, progress=progress,
+                           dist=dist if dist.world_size > 1 else None, recall=recall)
+    finally:
+        cleanup_distributed()
+
+
+def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Path | Sequence = (),
+           like: Sequence[int] = (), minus: str | Sequence[str] = (), weights: str | Sequence[float] | None = None,
+           k: int = 10, target: str = "images", min_score: float | None = None, split: str | None = None,
+           folder: str | None = None, since: str | None = None, until: str | None = None,
+           label: str | Sequence[str] = (), run: str | Path | None = None, device: str = "cpu"):
+    """The nearest images (or captions) of an index to a query (``crossalign search``).
+
+    Several terms add up; ``minus`` pushes a term away; ``weights`` weighs each term.
+
+    Args:
+        index: an index folder written by :func:`index`.
+        text: text terms.
+        image: image terms (files, bytes or PIL images).
+        like: images of the index, by id, as terms.
+        minus: text terms to push away.
+        weights: one weight per term, in order: texts, then images, then ``like`` items.
+        k: how many results.
+        target: ``images`` or ``captions``.
+        min_score: leave out hits scored below this cosine similarity.
+        split: only images of these splits (``"train,val"``).
+        folder: only images in this folder of the collection (or below it).
+        since: only pictures taken on or after this date (``YYYY-MM-DD``).
+        until: only pictures taken on or before this date.
+        label: only images with these labels (``"COLUMN=VALUE"``, all must hold).
+        run: the run whose model embeds the query (default: the one that built the index).
+        device: ``cpu`` or ``cuda``.
+
+    Returns:
+        A :class:`~crossalign.index.search.SearchResult` (``.hits``, each with rank, score,
+        path and captions).
+    """
+    from crossalign.api._scoring import numbers
+    from crossalign.index.search import Filters, open_index
+
+    _quiet_faiss()
+    one = lambda v: [v] if isinstance(v, (str, Path, bytes)) or hasattr(v, "convert") else list(v)  # noqa: E731
+    filters = Filters.of(split, folder, since, until, one(label))
+    opened = open_index(index, run, device=device)
+    try:
+        return opened.search(text=one(text), image=one(image), like=list(like), minus=one(minus),
+                             weights=None if weights is None else numbers(weights, float, "weights"), k=k,
+                             target=target,
+                             filters=filters, min_score=min_score)
+    finally:
+        opened.close()
+
+
+def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, run: str | Path | None = None,
+          token_file: str | Path | None = None, no_auth: bool = False, allow_host: Sequence[str] = (),
+          workers: int = 1, max_upload_mb: float = 10.0, max_pixels: int = 40_000_000, max_k: int = 100,
+          max_connections: int = 256, log_queries: bool = False, secure_cookie: bool = False,
+          text_runtime: str = "auto", device: str = "cpu", progress: bool = True) -> None:
+    """Serve an index over HTTP with a search page until stopped (``crossalign serve``).
+
+    With a token (``CROSSALIGN_TOKEN`` in the environment, or ``token_file``) every route but
+    ``/health`` asks for it; an address other than loopback is refused without one unless
+    ``no_auth`` says so.
+
+    Args:
+        index: an index folder.
+        host: the address to listen on (default 127.0.0.1: this machine only).
+        port: the port.
+        run: the run whose model embeds queries (default: the one that built the index).
+        token_file: a file whose first line is the token.
+        no_auth: serve an address other than loopback without a token, on purpose.
+        allow_host: host names answered besides the loopback names and ``host``.
+        workers: worker processes, each with the index open.
+        max_upload_mb: the largest image upload, in MB.
+        max_pixels: the most pixels of an uploaded image, read from its header.
+        max_k: the most results one query may ask for.
+        max_connections: open connections per worker; past it, 503 at once.
+        log_queries: write each request's query string into the access log.
+        secure_cookie: mark the sign-in cookie Secure (HTTPS through a reverse proxy).
+        text_runtime: what embeds text queries: ``onnx``, ``torch`` or ``auto``.
+        device: ``cpu`` or ``cuda``.
+        progress: the access log and start-up lines at INFO (else warnings only).
+    """
+    from crossalign.serve import serve as _serve
+
+    _serve(index, host=host, port=port, run=run, device=device, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+           max_k=max_k, log_level="info" if progress else "warning", text_runtime=text_runtime,
+           token_file=token_file, no_auth=no_auth, allow_hosts=tuple(allow_host), workers=workers,
+           max_pixels=max_pixels, log_queries=log_queries, secure_cookie=secure_cookie,
+           max_connections=max_connections)
+
+
+def duplicates(index: str | Path, *, threshold: float = 0.9, max_hash_distance: int = 10, neighbours: int = 10,
+               out: str | Path | None = None):
+    """True duplicates (same content) and near-duplicate pairs of an index's images
+    (``crossalign duplicates``): pairs at cosine ``threshold`` or more whose difference hashes
+    are at most ``max_hash_distance`` bits apart, each image against its nearest
+    ``neighbours``. With ``out``, a page of them and their JSON are written into that folder.
+
+    Returns:
+        A :class:`~crossalign.index.duplicates.Duplicates` (``.exact``, ``.near``, ``.page``).
+    """
+    import json
+
+    from crossalign._io import atomic_write_text
+    from crossalign.index.duplicates import find_duplicates, write_duplicates_page
+    from crossalign.index.store import IndexStore
+
+    _quiet_faiss()
+    store = IndexStore(index)
+    try:
+        dup = find_duplicates(store, threshold, max_hash_distance, neighbours)
+        if out:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            dup.page = write_duplicates_page(dup, folder / "duplicates.html")
+            atomic_write_text(folder / "duplicates.json", json.dumps(dup.to_dict(), indent=2))
+    finally:
+        store.close()
+    return dup
