@@ -326,19 +326,9 @@ def test_train_searches_by_default_only_when_no_recipe_is_named(tmp_path):
     assert "init_from" in default_tune_reason(warm, None, ["train.init_from=runs/heads"], 3000)
 
 
-def test_train_with_no_recipe_searches_and_fixed_does_not(tmp_path, shapes_dir, monkeypatch, capsys):
+def test_train_with_fixed_does_not_search(tmp_path, shapes_dir, capsys):
     from crossalign.cli.main import main
 
-    monkeypatch.setattr(tune_mod, "DEFAULT_BUDGET", 3.0)  # a short default search
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(shapes_dir), "--out", str(run), "--set", "train.tensorboard=false"]) == 0
-    out = capsys.readouterr().out
-    assert "no recipe given: searching one" in out and "chosen: trial" in out
-    info = json.loads((run / "search.json").read_text())
-    assert info["search"]["budget"] == 3.0 and info["trials_finished"] >= 1
-    # the default search's budget starts once the features are cached; --auto --budget counts extraction
-    assert info["search"]["count_extraction"] is False and info["extraction_seconds"] >= 0
-    assert load_config(run / "config.yaml").train.keep == "last"
     fixed = tmp_path / "fixed"
     assert main(["-q", "train", "--fixed", "--data", str(shapes_dir), "--out", str(fixed),
                  *sum((["--set", s] for s in FAST + ["train.epochs=1"]), [])]) == 0
@@ -373,3 +363,38 @@ def test_a_refit_learns_from_train_and_val_at_the_chosen_epoch_count(tmp_path, s
         train(shapes_dir, tmp_path / "bad", overrides=FAST + ["train.fit_on=train+val"], progress=False)
     assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(tmp_path / "bad2"),
                  "--set", "train.fit_on=everything", *sum((["--set", s] for s in FAST), [])]) == 2
+
+
+def test_python_and_the_command_train_alike_given_no_recipe(tmp_path, shapes_dir, monkeypatch, capsys):
+    """``crossalign.train(data, out)`` decides as ``crossalign train --data --out`` does: the same
+    default search (held to two trials here, so its length does not depend on the clock), the
+    same chosen recipe, the same trained figures."""
+    import dataclasses
+
+    import crossalign
+    from crossalign.cli.main import main
+
+    check = tune_mod._check
+    monkeypatch.setattr(tune_mod, "DEFAULT_BUDGET", 600.0)  # never reached by two trials
+    monkeypatch.setattr(tune_mod, "_check", lambda s: check(dataclasses.replace(s, trials=2)))
+    sets = ["train.tensorboard=false"]
+    assert main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "cli"), "--set", sets[0]]) == 0
+    out = capsys.readouterr().out
+    assert "no recipe given: searching one" in out and "chosen: trial" in out
+    assert "trained on" in out and "crossalign evaluate" in out  # the refit's val figures are not held out
+    info = json.loads((tmp_path / "cli" / "search.json").read_text())
+    # the default search's budget starts once the features are cached; --auto --budget counts extraction
+    assert info["search"]["budget"] == 600.0 and info["search"]["count_extraction"] is False
+    assert info["trials_finished"] == 2 and load_config(tmp_path / "cli" / "config.yaml").train.keep == "last"
+    lib = crossalign.train(shapes_dir, tmp_path / "lib", overrides=sets, progress=False)
+    assert lib.tuned is not None and lib.refit  # it searched, then refit on train + val
+    for name in ("config.yaml", "search.json"):
+        assert (tmp_path / "cli" / name).is_file() and (tmp_path / "lib" / name).is_file()
+    assert load_config(tmp_path / "cli" / "config.yaml") == load_config(tmp_path / "lib" / "config.yaml")
+    cli_trials = list(csv.DictReader(open(tmp_path / "cli" / "trials.csv")))
+    lib_trials = list(csv.DictReader(open(tmp_path / "lib" / "trials.csv")))
+    # one process, the same seeds and the same code: the scores agree to float printing
+    assert [float(r["score"]) for r in cli_trials] == pytest.approx([float(r["score"]) for r in lib_trials], abs=1e-6)
+    a = crossalign.evaluate(tmp_path / "cli", shapes_dir, progress=False)
+    b = crossalign.evaluate(tmp_path / "lib", shapes_dir, progress=False)
+    assert a["rsum"] == pytest.approx(b["rsum"], abs=1e-6)
