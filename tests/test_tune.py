@@ -367,7 +367,7 @@ def test_a_refit_learns_from_train_and_val_at_the_chosen_epoch_count(tmp_path, s
 
 def test_python_and_the_command_train_alike_given_no_recipe(tmp_path, shapes_dir, monkeypatch, capsys):
     """``crossalign.train(data, out)`` decides as ``crossalign train --data --out`` does: the same
-    default search (held to two trials here, so its length does not depend on the clock), the
+    default search (held to two short trials here, so its length does not depend on the clock), the
     same chosen recipe, the same trained figures."""
     import dataclasses
 
@@ -376,7 +376,7 @@ def test_python_and_the_command_train_alike_given_no_recipe(tmp_path, shapes_dir
 
     check = tune_mod._check
     monkeypatch.setattr(tune_mod, "DEFAULT_BUDGET", 600.0)  # never reached by two trials
-    monkeypatch.setattr(tune_mod, "_check", lambda s: check(dataclasses.replace(s, trials=2)))
+    monkeypatch.setattr(tune_mod, "_check", lambda s: check(dataclasses.replace(s, trials=2, max_epochs=3)))
     sets = ["train.tensorboard=false"]
     assert main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "cli"), "--set", sets[0]]) == 0
     out = capsys.readouterr().out
