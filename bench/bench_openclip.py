@@ -206,7 +206,7 @@ def run_crossalign(scenario: str, data: Path, out: Path, cache: Path, epochs: in
     run = out / f"cx-{scenario}-{int(time.time() * 1000)}"
     sets = [f"cache.dir={cache}", f"train.batch_size={args.batch}", f"train.epochs={epochs}",
             "train.early_stopping=false", "train.checkpoint_every=0", "train.tensorboard=false",
-            "model.embed_dim=256", "model.head=linear", "train.device=cpu",
+            "model.embed_dim=256", "model.head=linear", "runtime.device=cpu",
             *_crossalign_sets(scenario, args.last)]
     proc = subprocess.run([sys.executable, "-c", _CX_CHILD, str(data), str(run), *sets], env=_env(args.threads),
                           capture_output=True, text=True)

@@ -139,7 +139,7 @@ def data_dir(work: Path, n: int) -> Path:
 def config(work: Path, extra: list[str] = ()):
     from crossalign.config import load_config
 
-    return load_config(None, ["train.batch_size=4096", "train.tensorboard=false", "train.num_workers=0",
+    return load_config(None, ["train.batch_size=4096", "train.tensorboard=false", "runtime.num_workers=0",
                               f"cache.dir={work / 'cache'}", "data.shard_images=reference", *extra])
 
 

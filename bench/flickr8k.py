@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if args.gpu else "cpu"
-    common = ["train.checkpoint_every=0", f"train.device={device}"]
+    common = ["train.checkpoint_every=0", f"runtime.device={device}"]
     if args.limit:  # a quick check: small batches, so that a few images still make steps
         data = _subset(data, out, args.limit)
         common.append("train.batch_size=16")

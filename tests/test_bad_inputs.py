@@ -327,7 +327,7 @@ TINY = ["--set", "model.image.tower=small_cnn", "--set", "model.text.tower=lstm"
         "--set", "model.image.pretrained=false", "--set", "model.text.pretrained=false",
         "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "cache.enabled=false"]
 # evaluate and report read the run's config: their images are decoded in two worker processes
-LIMIT = ["--set", "data.max_pixels=1100", "--set", "train.num_workers=2"]
+LIMIT = ["--set", "data.max_pixels=1100", "--set", "runtime.num_workers=2"]
 
 
 def _tiny_towers() -> None:

@@ -19,7 +19,7 @@ TINY = ["model.image.tower=small_cnn", "model.image.width=32", "model.image.pret
         "model.text.freeze=trainable", "model.head=mlp", "model.head_dropout=0.2",
         "augment.image=true", "augment.cached_views=2", "train.batch_size=16",
         "train.early_stopping=false", "train.tensorboard=false", "train.checkpoint_every=0",
-        "train.eval_batch_size=32", "cache.enabled=false"]
+        "runtime.eval_batch_size=32", "cache.enabled=false"]
 TIMING = {"samples_per_s", "epoch_seconds"}
 
 
@@ -42,7 +42,7 @@ def test_workers_train_exactly_like_the_main_process(tmp_path, shapes_dir, freez
         runs[workers] = tmp_path / f"w{workers}"
         train(shapes_dir, runs[workers], progress=False,
               overrides=TINY + [f"model.image.freeze={freeze}", "train.epochs=2",
-                                f"train.num_workers={workers}"])
+                                f"runtime.num_workers={workers}"])
     assert _metrics(runs[0]) == _metrics(runs[2]) and len(_metrics(runs[0])) == 2
     _same_weights(runs[0], runs[2])
 
@@ -58,12 +58,12 @@ def test_training_steps_decode_in_the_workers(tmp_path, shapes_dir, monkeypatch)
 
     monkeypatch.setattr(DecodeImages, "__getitem__", spy)
     train(shapes_dir, tmp_path / "run", progress=False,
-          overrides=TINY + ["train.epochs=1", "train.num_workers=2"])
+          overrides=TINY + ["train.epochs=1", "runtime.num_workers=2"])
     assert here == []  # every training batch and every validation image came from a worker
 
 
 def test_resume_with_workers_is_exact(tmp_path, shapes_dir, monkeypatch):
-    sets = TINY + ["train.epochs=2", "train.num_workers=2", "train.checkpoint_every=2"]
+    sets = TINY + ["train.epochs=2", "runtime.num_workers=2", "train.checkpoint_every=2"]
     full = tmp_path / "full"
     train(shapes_dir, full, progress=False, overrides=sets)
     real_step, calls = engine_mod.Engine._optimizer_step, {"n": 0}

@@ -310,7 +310,7 @@ def test_train_searches_by_default_only_when_no_recipe_is_named(tmp_path):
     cfg = load_config(None, [])
     assert default_tune_reason(cfg, None, [], 3000) is None
     # settings that are not the recipe leave the default search on
-    plain = ["data.strict=true", "cache.dir=/x", "train.device=cpu", "train.tensorboard=false"]
+    plain = ["data.strict=true", "cache.dir=/x", "runtime.device=cpu", "train.tensorboard=false"]
     assert default_tune_reason(load_config(None, plain), None, plain, 3000) is None
     assert "lr" in default_tune_reason(load_config(None, ["train.lr=1e-3"]), None, ["train.lr=1e-3"], 3000)
     assert "epochs" in default_tune_reason(cfg, None, ["train.patience=2"], 3000)

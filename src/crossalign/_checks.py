@@ -36,7 +36,7 @@ _UNIT = ("augment.crop_prob", "augment.jitter_prob", "augment.grayscale_prob", "
          "train.min_lr_ratio")  # in [0, 1]
 _DROPOUT = ("model.image.dropout", "model.text.dropout", "model.head_dropout")  # in [0, 1)
 _AT_LEAST = {"train.batch_size": 1, "train.accum_steps": 1, "train.epochs": 0, "train.patience": 1,
-             "train.eval_batch_size": 1, "train.num_workers": 0, "train.warmup_steps": 0,
+             "runtime.eval_batch_size": 1, "runtime.num_workers": 0, "train.warmup_steps": 0,
              "train.checkpoint_every": 0, "train.log_every": 1, "model.embed_dim": 1,
              "model.text.max_tokens": 1, "augment.cached_views": 1, "augment.brightness": 0,
              "augment.contrast": 0, "augment.saturation": 0, "evaluate.qb_k": 1, "evaluate.qb_bank": 0,

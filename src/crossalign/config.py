@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "LossConfig",
     "TrainConfig",
+    "RuntimeConfig",
     "CacheConfig",
     "AugmentConfig",
     "EvaluateConfig",
@@ -164,9 +165,6 @@ class TrainConfig:
     # epoch count on held-out data: no early stopping, keep=last; val figures are then of seen data)
     fit_on: str = "train"
     seed: int = 0  # seed of initialisation, shuffling and augmentation
-    num_workers: int = 0  # processes decoding images (a DataLoader); 0 = the main process
-    device: str = "auto"  # auto | cpu | cuda
-    eval_batch_size: int = 128  # batch size when embedding: validation, evaluation, other commands
     scheduler: str = "cosine"  # none | cosine | plateau
     warmup_steps: int = 0  # cosine: linear warm-up over this many optimizer steps
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
@@ -177,6 +175,15 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimizer steps between mid-epoch resume points (0 = epoch ends only)
     log_every: int = 10  # optimizer steps between rows of steps.csv
     tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how fast a run computes; none of it changes what it learns or measures."""
+
+    device: str = "auto"  # auto (cuda when there is one, else cpu) | cpu | cuda | cuda:N
+    num_workers: int = 0  # processes that decode images for training (0: in the main process)
+    eval_batch_size: int = 128  # items embedded at a time by evaluation, the report and the index
 
 
 @dataclass
@@ -236,6 +243,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -32,6 +32,16 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str, dist: DistInfo | None = None) -> str:
+    """``auto`` is ``cuda`` where a GPU is, else ``cpu``; ``cuda`` in a process of several is
+    the process's own GPU (``cuda:LOCAL_RANK``)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist is not None and dist.world_size > 1:
+        return f"cuda:{dist.local_rank}"
+    return name
+
+
 def dist_info_from_env() -> DistInfo:
     """Read torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process otherwise."""
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),

@@ -268,10 +268,10 @@ def open_run(run: str | Path, data: str | Path | None = None, which: str = "best
 
 def embed_split(rd: RunData, sub: PairTable, progress: bool = True) -> EmbeddedTable:
     """Embed ``sub`` with the run's model, cache, data rules (``max_pixels``, ``strict``) and
-    decoding workers (``train.num_workers``)."""
+    decoding workers (``runtime.num_workers``)."""
     return embed_table(rd.model, sub, cache_root=rd.cache_root, device=rd.device,
-                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
-                       strict=rd.cfg.data.strict, progress=progress, workers=rd.cfg.train.num_workers)
+                       batch_size=rd.cfg.runtime.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
+                       strict=rd.cfg.data.strict, progress=progress, workers=rd.cfg.runtime.num_workers)
 
 
 def encode_texts(model: DualEncoder, texts: Sequence[str], device: str = "cpu",

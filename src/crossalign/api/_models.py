@@ -21,7 +21,7 @@ class Aligner:
     use, so an image embeds the same way from a path, from its bytes or as a PIL image.
     """
 
-    def __init__(self, model, cfg: RunConfig, device: str = "cpu") -> None:
+    def __init__(self, model, cfg: RunConfig, device: str = "auto") -> None:
         self.model, self.cfg, self.device = model, cfg, device
 
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
@@ -53,13 +53,16 @@ class Aligner:
         return explain_pair(self.model, image, text, method, steps, self.cfg.data.max_pixels)
 
 
-def load(run: str | Path, checkpoint: str = "best", device: str = "cpu", pretrained_weights: str = "") -> Aligner:
+def load(run: str | Path, checkpoint: str = "best", device: str = "auto", pretrained_weights: str = "") -> Aligner:
     """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding, or a
     pretrained pair as it is, before any training: ``"hf:FOLDER"`` (a CLIPModel or
     SiglipModel) or ``"open_clip:NAME"`` with ``pretrained_weights`` (a checkpoint file or a
     pretrained tag). A pretrained model's vectors are its library's own, normalised
     (``get_image_features`` / ``get_text_features``, ``encode_image`` / ``encode_text``)."""
+    from crossalign.distributed import resolve_device
     from crossalign.runs import is_pair_spec, load_model, load_pair
+
+    device = resolve_device(device)
 
     if is_pair_spec(run):
         model, cfg = load_pair(str(run), pretrained_weights, device)
@@ -144,7 +147,7 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
 
 def embed(run: str | Path, data: str | Path | None = None, out: str | Path | None = None, *,
           shard: str | tuple[int, int] = "", partition_size: int = 10_000, checkpoint: str = "best",
-          device: str = "cpu", progress: bool = True) -> EmbedSummary:
+          device: str = "auto", progress: bool = True) -> EmbedSummary:
     """Embed ``data`` with ``run`` into partitions under ``out`` (``crossalign embed``).
 
     Task ``i`` of ``n`` (``shard="i/n"``; default: torchrun's rank and world size, else the
@@ -153,10 +156,13 @@ def embed(run: str | Path, data: str | Path | None = None, out: str | Path | Non
     task may simply be run again after a failure; see :mod:`crossalign.embed.partitions` for
     the layout. ``index(run, out=..., from_embeddings=OUT)`` builds the index from them.
     """
+    from crossalign.distributed import resolve_device
     from crossalign.embed.collection import embed_table
     from crossalign.embed.partitions import is_done, write_partition
     from crossalign.features import weights_hash
     from crossalign.runs import open_run
+
+    device = resolve_device(device)
 
     if not data or not out:
         raise ConfigError("give `data` and `out`")
@@ -172,7 +178,7 @@ def embed(run: str | Path, data: str | Path | None = None, out: str | Path | Non
             skipped.append(u)
             continue
         emb = embed_table(rd.model, _unit_table(units[u], table, rd.cfg), cache_root=rd.cache_root,
-                          device=device, batch_size=rd.cfg.train.eval_batch_size,
+                          device=device, batch_size=rd.cfg.runtime.eval_batch_size,
                           max_pixels=rd.cfg.data.max_pixels, progress=progress)
         images, captions = _partition_rows(emb)
         (written if write_partition(out, u, whash, emb.image_emb, emb.text_emb, images, captions)

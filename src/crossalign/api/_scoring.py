@@ -46,7 +46,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
              qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None,
              protocol: str = "standard", label_column: str | None = None, pretrained_weights: str = "",
              wise: str | Sequence[float] | None = None, wise_data: str | Path | None = None,
-             json: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+             json: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict:
     """Retrieval metrics of a run (or a pretrained model, zero-shot) on one split (``crossalign evaluate``).
 
     Recall@K in both directions with several captions per image, median and mean rank, MRR and
@@ -87,7 +87,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
         The metrics as a dict (``t2i_R@1``, ``i2t_R@1``, ..., ``rsum``, ``chance``, ``ranking``);
         with ``wise``, ``{"wise": {alpha: metrics}, "wise_pools": ...}``.
     """
+    from crossalign.distributed import resolve_device
     from crossalign.evaluate.run import evaluate as _evaluate
+
+    device = resolve_device(device)
 
     ks = sorted(set(numbers(k, int, "k")))
     if not ks or ks[0] < 1:
@@ -129,7 +132,7 @@ def _wise_sweep(run, data, split, ks, checkpoint, device, progress, ranking, qb_
 def zeroshot(run: str | Path, data: str | Path | None = None, *, label_column: str | None = None,
              template: Sequence[str] | None = None, classes: str | Sequence[str] | None = None, sep: str = "|",
              split: str = "test", checkpoint: str = "best", pretrained_weights: str = "",
-             json: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+             json: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict:
     """Zero-shot classification of the images of ``split`` by the values of ``label_column``
     (``crossalign zeroshot``): each class becomes prompts from ``template`` (default: a small
     set of photo templates), and an image takes the class whose prompts it is nearest.
@@ -148,7 +151,10 @@ def zeroshot(run: str | Path, data: str | Path | None = None, *, label_column: s
         device: ``cpu`` or ``cuda``.
         progress: progress bars.
     """
+    from crossalign.distributed import resolve_device
     from crossalign.evaluate.zeroshot import DEFAULT_TEMPLATES, zeroshot as _zeroshot
+
+    device = resolve_device(device)
 
     if not data or not label_column:
         raise ConfigError("give `data` and `label_column`")
@@ -162,7 +168,7 @@ def zeroshot(run: str | Path, data: str | Path | None = None, *, label_column: s
 def report(runs: str | Path | Sequence[str | Path], data: str | Path | None = None, *,
            out: str | Path = "report.html", split: str = "test", gallery: int = 8, top: int = 5,
            seed: int = 0, label_column: str = "", explain: int = -1, checkpoint: str = "best",
-           device: str = "cpu", progress: bool = True):
+           device: str = "auto", progress: bool = True):
     """One self-contained HTML page of curves, a distance heatmap, galleries and ranks for one run
     or several (``crossalign report``); every plot is also saved as a PNG beside it.
 
@@ -180,7 +186,10 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path | None = No
     Returns:
         A :class:`~crossalign.report.build.ReportResult` (``.html``, ``.plots``).
     """
+    from crossalign.distributed import resolve_device
     from crossalign.report.build import report as _report
+
+    device = resolve_device(device)
 
     if not data:
         raise ConfigError("give `data`: the data folder the runs were trained on")
@@ -190,7 +199,7 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path | None = No
 
 def explain(run: str | Path, image: str | Path | None = None, text: str | None = None, *,
             out: str | Path | None = None, method: str = "layercam", steps: int = 32, checkpoint: str = "best",
-            device: str = "cpu"):
+            device: str = "auto"):
     """Which regions of ``image`` and which words of ``text`` made them close (``crossalign explain``).
 
     Args:
@@ -207,8 +216,11 @@ def explain(run: str | Path, image: str | Path | None = None, text: str | None =
     Returns:
         An :class:`~crossalign.explain.pair.Explanation`.
     """
+    from crossalign.distributed import resolve_device
     from crossalign.explain.pair import explain_pair
     from crossalign.runs import load_model
+
+    device = resolve_device(device)
 
     if not image or not Path(image).is_file():
         raise InputNotFound(f"`image` {image}: no such file")
@@ -227,7 +239,7 @@ def caption(run: str | Path, image: str | Path | Sequence[str | Path] = (), *, c
             data: str | Path | None = None, split: str | None = None, pool_split: str = "train",
             score: bool = False, k: int = 5, neighbours: int = DEFAULT_NEIGHBOURS, weight: float = DEFAULT_WEIGHT,
             top_m: int = DEFAULT_TOP_M,
-            json: str | Path | None = None, checkpoint: str = "best", device: str = "cpu",
+            json: str | Path | None = None, checkpoint: str = "best", device: str = "auto",
             progress: bool = True) -> dict:
     """Captions proposed for images from a pool of existing captions, by retrieval and consensus
     (``crossalign caption``); with ``score``, every image of a split captioned and scored
@@ -253,9 +265,11 @@ def caption(run: str | Path, image: str | Path | Sequence[str | Path] = (), *, c
     Returns:
         ``{"images": [{"image", "proposals": [...]}]}``, or with ``score`` the scores.
     """
+    from crossalign.caption.nearest import propose, score_split
+    from crossalign.distributed import resolve_device
     from dataclasses import asdict
 
-    from crossalign.caption.nearest import propose, score_split
+    device = resolve_device(device)
 
     images = [image] if isinstance(image, (str, Path)) else list(image)
     if score == bool(images):

@@ -20,7 +20,7 @@ def _quiet_faiss() -> None:
 def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | None = None,
           images: str | Path | None = None, add: Sequence[str | Path] = (), from_embeddings: str | Path | None = None,
           split: str = "all", format: str = "", index_type: str | None = None, recall: float = 0.95,
-          checkpoint: str = "best", nproc: int = 0, device: str = "cpu", progress: bool = True):
+          checkpoint: str = "best", nproc: int = 0, device: str = "auto", progress: bool = True):
     """Embed a collection with a trained run into an index folder: FAISS vectors plus SQLite
     metadata (``crossalign index``). Run again to update it: only new or changed files are
     embedded, and entries whose files are gone are dropped.
@@ -47,7 +47,10 @@ def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | 
         A :class:`~crossalign.index.build.BuildSummary`; None where the work ran in other
         processes (``nproc``, or a process of torchrun's other than the first).
     """
+    from crossalign.distributed import resolve_device
     from crossalign.index.build import build_from_embeddings, build_index
+
+    device = resolve_device(device)
 
     if not out:
         raise ConfigError("give `out`: the index folder to create or update")
@@ -84,7 +87,7 @@ def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Pa
            like: Sequence[int] = (), minus: str | Sequence[str] = (), weights: str | Sequence[float] | None = None,
            k: int = 10, target: str = "images", min_score: float | None = None, split: str | None = None,
            folder: str | None = None, since: str | None = None, until: str | None = None,
-           label: str | Sequence[str] = (), run: str | Path | None = None, device: str = "cpu"):
+           label: str | Sequence[str] = (), run: str | Path | None = None, device: str = "auto"):
     """The nearest images (or captions) of an index to a query (``crossalign search``).
 
     Several terms add up; ``minus`` pushes a term away; ``weights`` weighs each term.
@@ -112,7 +115,10 @@ def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Pa
         path and captions).
     """
     from crossalign.api._scoring import numbers
+    from crossalign.distributed import resolve_device
     from crossalign.index.search import Filters, open_index
+
+    device = resolve_device(device)
 
     _quiet_faiss()
     one = lambda v: [v] if isinstance(v, (str, Path, bytes)) or hasattr(v, "convert") else list(v)  # noqa: E731
@@ -131,7 +137,7 @@ def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, run: 
           token_file: str | Path | None = None, no_auth: bool = False, allow_host: Sequence[str] = (),
           workers: int = 1, max_upload_mb: float = 10.0, max_pixels: int = 40_000_000, max_k: int = 100,
           max_connections: int = 256, log_queries: bool = False, secure_cookie: bool = False,
-          text_runtime: str = "auto", device: str = "cpu", progress: bool = True) -> None:
+          text_runtime: str = "auto", device: str = "auto", progress: bool = True) -> None:
     """Serve an index over HTTP with a search page until stopped (``crossalign serve``).
 
     With a token (``CROSSALIGN_TOKEN`` in the environment, or ``token_file``) every route but
@@ -157,7 +163,10 @@ def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, run: 
         device: ``cpu`` or ``cuda``.
         progress: the access log and start-up lines at INFO (else warnings only).
     """
+    from crossalign.distributed import resolve_device
     from crossalign.serve import serve as _serve
+
+    device = resolve_device(device)
 
     _serve(index, host=host, port=port, run=run, device=device, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
            max_k=max_k, log_level="info" if progress else "warning", text_runtime=text_runtime,

@@ -186,7 +186,7 @@ def pool_from_captions(rd, captions: Sequence[str], source: str = "captions",
 
     captions = list(captions)
     text_emb = embed_texts(rd.model, captions, cache_root=rd.cache_root, device=rd.device,
-                           batch_size=rd.cfg.train.eval_batch_size, progress=progress)
+                           batch_size=rd.cfg.runtime.eval_batch_size, progress=progress)
     return CaptionPool(captions, text_emb, Ngrams.build(captions), source)
 
 
@@ -285,7 +285,7 @@ def propose(run: str | Path, images: Sequence, *, captions: str | Path | None = 
     rd = _open(run, data, which, device, with_data=texts is None)
     pool = pool_from_split(rd, split, progress) if texts is None else \
         pool_from_captions(rd, texts, str(captions), progress)
-    vectors = embed_images(rd.model, list(images), device=device, batch_size=rd.cfg.train.eval_batch_size,
+    vectors = embed_images(rd.model, list(images), device=device, batch_size=rd.cfg.runtime.eval_batch_size,
                              max_pixels=rd.cfg.data.max_pixels)  # [n, dim]
     row_of = {str(Path(p).resolve()): i for i, p in enumerate(pool.image_paths or [])}
     exclude = [row_of.get(str(Path(x).resolve())) if isinstance(x, (str, Path)) else None for x in images]

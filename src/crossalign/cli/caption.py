@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"(default {DEFAULT_TOP_M}; 0: all of them)")
     p.add_argument("--json", help="also write the proposals or scores to this JSON file")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

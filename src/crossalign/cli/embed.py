@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partition-size", type=int, default=10_000,
                    help="images per partition, for layouts other than tar shards (default 10000)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

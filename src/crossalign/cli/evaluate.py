@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wise-data", metavar="DIR",
                    help="with --wise: also a second data set the run never trained on (all its items), "
                         "to see what the fine-tune kept of the checkpoint's generality")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

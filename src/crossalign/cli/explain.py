@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"heat-map method (default {DEFAULT_METHOD})")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.add_argument("--nproc", type=int, default=0,
                    help="share the embedding over N processes on this machine (through torchrun)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

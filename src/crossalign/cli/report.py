@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="explain the first hit of the first N queries of each gallery (heat over the image, "
                         "words shaded); default every query, 0 none")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", help="the run whose model embeds the query (default: the one that "
                                  "built the index)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

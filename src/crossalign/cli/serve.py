@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-runtime", default="auto", choices=["auto", "onnx", "torch"],
                    help="what embeds text queries: ONNX Runtime (onnx), torch, or auto (default: "
                         "ONNX Runtime where the text tower can run there, else torch)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="train, val, test, several joined by commas, or all (default test)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is a GPU, else cpu), cpu, cuda")
     p.set_defaults(func=run)
 
 

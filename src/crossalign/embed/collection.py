@@ -78,7 +78,7 @@ def embed_image_files(model: DualEncoder, paths: Sequence[str | Path], *,
         cache_root: feature cache folder (used only when the image tower is frozen).
         max_pixels: larger images are refused before decoding (``data.max_pixels``).
         dist: a DistInfo to share the tower's work among processes.
-        workers: processes decoding images (``train.num_workers``); 0 decodes here. The
+        workers: processes decoding images (``runtime.num_workers``); 0 decodes here. The
             vectors are the same either way.
     """
     model.eval()
@@ -144,7 +144,7 @@ def embed_table(model: DualEncoder, table: PairTable, *, cache_root: str | Path 
 
     Args:
         strict: raise ``DataError`` naming the first such row instead (``data.strict``).
-        workers: processes decoding images (``train.num_workers``).
+        workers: processes decoding images (``runtime.num_workers``).
     """
     ids, paths = table.images()
     images = embed_image_files(model, paths, cache_root=cache_root, device=device, batch_size=batch_size,

@@ -1,7 +1,7 @@
 """Tower outputs for whole collections: batched, cached when the tower is frozen.
 
 Images are decoded in ``workers`` processes by a ``torch.utils.data.DataLoader``
-(``train.num_workers``; 0 decodes in this process); the batches, and so the features, are
+(``runtime.num_workers``; 0 decodes in this process); the batches, and so the features, are
 the same either way. A file that cannot be read costs its own row: it comes back in ``failed`` as the
 :class:`~crossalign.data.transforms.ImageError` naming it, and the caller drops the rows
 that use it. Failures are never stored in the cache, so a later run names them again
@@ -257,7 +257,7 @@ def image_features(tower: torch.nn.Module, paths: Sequence[str], cache_root: str
         augment: optional ``fn(image, content_key) -> image`` applied before preprocessing;
             give a ``key_suffix`` naming the view so its features are cached apart.
         dist: a DistInfo to share the extraction among processes.
-        workers: processes decoding images (``train.num_workers``); 0 decodes here.
+        workers: processes decoding images (``runtime.num_workers``); 0 decodes here.
     """
     transform = eval_transform(tower.data_config)
     path_key, failed = _file_keys(paths, key_suffix)

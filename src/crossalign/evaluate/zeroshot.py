@@ -149,12 +149,12 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
         raise DataError(f"no image of the {split!r} split has a label in {label_column!r} among the classes")
     all_ids, paths = sub.images()
     vec = embed_image_files(rd.model, paths, cache_root=rd.cache_root, device=device, progress=progress,
-                       batch_size=rd.cfg.train.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
-                       workers=rd.cfg.train.num_workers)
+                       batch_size=rd.cfg.runtime.eval_batch_size, max_pixels=rd.cfg.data.max_pixels,
+                       workers=rd.cfg.runtime.num_workers)
     readable = set(vec.paths)
     ids = [i for i, p in zip(all_ids, paths) if p in readable]
     img, failed = vec.vectors, vec.failed
-    text = class_embeddings(lambda t: encode_texts(rd.model, t, device, rd.cfg.train.eval_batch_size),
+    text = class_embeddings(lambda t: encode_texts(rd.model, t, device, rd.cfg.runtime.eval_batch_size),
                             names, templates)
     scores = img @ text.T  # [n_images, n_classes]
     item_classes = [[col[c] for c in by_image[i] if c in col] for i in ids]

@@ -88,8 +88,8 @@ class Embedder:
 
         out = embed_image_files(self.model, list(dict.fromkeys(str(p) for p in paths)),
                            cache_root=self.cache_root, device=self.device,
-                           batch_size=self.cfg.train.eval_batch_size, max_pixels=self.cfg.data.max_pixels,
-                           progress=progress, workers=self.cfg.train.num_workers)
+                           batch_size=self.cfg.runtime.eval_batch_size, max_pixels=self.cfg.data.max_pixels,
+                           progress=progress, workers=self.cfg.runtime.num_workers)
         return _normed(out.vectors), {p: str(e) for p, e in out.failed.items()}
 
     def captions(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
@@ -97,7 +97,7 @@ class Embedder:
         from crossalign.embed.collection import embed_texts
 
         return _normed(embed_texts(self.model, list(texts), cache_root=self.cache_root,
-                                   device=self.device, batch_size=self.cfg.train.eval_batch_size,
+                                   device=self.device, batch_size=self.cfg.runtime.eval_batch_size,
                                    progress=progress))
 
     def text(self, queries: Sequence[str]) -> np.ndarray:

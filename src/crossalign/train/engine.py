@@ -27,24 +27,16 @@ from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
 from crossalign.models.dual import DualEncoder, build_model
 from crossalign.train.checkpoint import checkpoint_state
-from crossalign.distributed import DistInfo, all_reduce_mean
+from crossalign.distributed import DistInfo, all_reduce_mean, resolve_device
 from crossalign.train.distributed import has_batch_norm, sync_batch_norm
 from crossalign.train.logs import RunLogger
 from crossalign.train.schedule import make_scheduler
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
 from crossalign.train.state import load_resume_point, save_resume_point
 
-__all__ = ["Engine", "run_engine", "resolve_device", "seed_everything"]
+__all__ = ["Engine", "run_engine", "seed_everything"]
 
 log = logging.getLogger("crossalign.train")
-
-
-def resolve_device(name: str, dist: DistInfo | None = None) -> str:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist is not None and dist.world_size > 1:
-        return f"cuda:{dist.local_rank}"
-    return name
 
 
 def seed_everything(seed: int) -> None:
@@ -254,8 +246,8 @@ class Engine:
     def validate(self) -> dict:
         self.model.eval()
         ids, t2i = self.val.caption_image_index()
-        img = self.images.embed_all([self.images.index[i] for i in ids], self.cfg.train.eval_batch_size)
-        txt = self.texts.embed_all([self.texts.index[o] for o in self.val.origin], self.cfg.train.eval_batch_size)
+        img = self.images.embed_all([self.images.index[i] for i in ids], self.cfg.runtime.eval_batch_size)
+        txt = self.texts.embed_all([self.texts.index[o] for o in self.val.origin], self.cfg.runtime.eval_batch_size)
         self.model.train()
         return retrieval_metrics(img, txt, t2i)
 
@@ -295,7 +287,7 @@ def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Probl
     ``problems``: the rows already skipped; images that cannot be read are added to them."""
     from crossalign.data.augment import check_augment
 
-    device = resolve_device(cfg.train.device, dist)
+    device = resolve_device(cfg.runtime.device, dist)
     check_augment(cfg.augment)  # a missing WordNet fails here, before any work
     # every process builds the same model: DDP copies rank 0's trainable weights anyway, but
     # a frozen tower never passes through DDP, and its features fill one shared cache
@@ -313,7 +305,7 @@ def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Probl
         model.text_tower.fit_vocabulary(table.select("train").caption)
     cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
     used = table.select(["train", "val"])
-    bs = cfg.train.eval_batch_size
+    bs = cfg.runtime.eval_batch_size
     images = ImageSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)
     used, dropped = drop_failed_images(used, images.failed)
     texts = TextSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)

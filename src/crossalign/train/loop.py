@@ -25,11 +25,11 @@ from crossalign.data.validate import report_problems
 from crossalign.runs import is_run_folder, recorded_data
 from crossalign.train.checkpoint import save_model
 from crossalign.distributed import DistInfo
-from crossalign.train.engine import Engine, resolve_device, run_engine, seed_everything
+from crossalign.train.engine import Engine, run_engine, seed_everything
 from crossalign.train.logs import RunLogger
 from crossalign.train.state import has_resume_point, load_resume_point
 
-__all__ = ["train", "resume", "TrainResult", "resolve_device", "seed_everything"]
+__all__ = ["train", "resume", "TrainResult", "seed_everything"]
 
 log = logging.getLogger("crossalign.train")
 

@@ -10,7 +10,7 @@ freezing:
   blocks that learn.
 - ``raw``: the tower trains; inputs are loaded, augmented and encoded every step. The
   engine tells the image side each epoch's batches up front (``plan_epoch``), so a
-  ``torch.utils.data.DataLoader`` with ``train.num_workers`` workers decodes, augments and
+  ``torch.utils.data.DataLoader`` with ``runtime.num_workers`` workers decodes, augments and
   preprocesses them while the steps before them run.
 
 Every image is decoded through :class:`crossalign.embed.towers.DecodeImages` (extraction, the
@@ -219,7 +219,7 @@ class ImageSide(_Side):
         self.mirror = self._wants_mirror(cfg, training)
         self.transform = eval_transform(self.tower.data_config)
         self.max_pixels = cfg.data.max_pixels if cfg is not None else max_pixels
-        self.workers = cfg.train.num_workers if cfg is not None else 0
+        self.workers = cfg.runtime.num_workers if cfg is not None else 0
         ids, paths = table.images()
         self.failed: dict[str, ImageError] = {}
         if self.mode == "features":
@@ -301,7 +301,7 @@ class ImageSide(_Side):
 
     def plan_epoch(self, epoch: int, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """Start decoding the ``(rows, samples)`` of each coming step of ``epoch``, in order,
-        in ``train.num_workers`` processes (raw mode only; other modes decode nothing)."""
+        in ``runtime.num_workers`` processes (raw mode only; other modes decode nothing)."""
         if self.mode != "raw":
             return
         self._plan = deque(self._keys(rows, epoch, samples) for rows, samples in batches)

@@ -33,7 +33,8 @@ from crossalign.errors import ConfigError
 from crossalign.evaluate.bank import score_functions
 from crossalign.evaluate.retrieval import metrics_from_ranks, retrieve
 from crossalign.models.dual import build_towers, wrap_towers
-from crossalign.train.engine import Engine, resolve_device
+from crossalign.distributed import resolve_device
+from crossalign.train.engine import Engine
 from crossalign.train.folds import Fold, FoldPlan
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
 
@@ -63,7 +64,7 @@ class FeatureSet:
         from crossalign.data.augment import check_augment
 
         check_augment(cfg.augment)
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.runtime.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.towers = build_towers(cfg.model)
@@ -76,7 +77,7 @@ class FeatureSet:
         if hasattr(model.text_tower, "fit_vocabulary"):
             model.text_tower.fit_vocabulary(pool.select("train").caption)
         cache = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-        bs, dist = cfg.train.eval_batch_size, DistInfo()
+        bs, dist = cfg.runtime.eval_batch_size, DistInfo()
         self.images = ImageSide(model, pool, self.device, cache, bs, progress, cfg=cfg, dist=dist, training=True)
         self.pool, self.problems = drop_failed_images(pool, self.images.failed)
         self.texts = TextSide(model, self.pool, self.device, cache, bs, progress, cfg=cfg, dist=dist,
@@ -164,7 +165,7 @@ class _Fold:
         engine = self.engine
         images, texts, val = engine.images, engine.texts, engine.val
         engine.model.eval()
-        bs = engine.cfg.train.eval_batch_size
+        bs = engine.cfg.runtime.eval_batch_size
         ids, t2i = val.caption_image_index()
         img = images.embed_all([images.index[i] for i in ids], bs)  # [n_val_images, dim]
         txt = texts.embed_all([texts.index[o] for o in val.origin], bs)  # [n_val_captions, dim]

@@ -110,7 +110,7 @@ def default_tune_reason(cfg: RunConfig, config_file: str | Path | None, override
     """Why ``crossalign train`` trains the recipe as given rather than searching one; None: search.
 
     The command searches by default when the user named no recipe: no config file and no
-    ``--set`` of a searched setting (``data.*``, ``cache.*``, ``train.device`` and the like do not
+    ``--set`` of a searched setting (``data.*``, ``cache.*``, ``runtime.device`` and the like do not
     count), both towers frozen and the data no larger than DEFAULT_SEARCH_MAX_CAPTIONS.
     """
     from crossalign.models.registry import resolve_freeze
