@@ -177,10 +177,11 @@ def stage_read(work: Path, n: int) -> dict:
 
 
 def _towers(work: Path):
+    from crossalign.config import logit_start
     from crossalign.models.dual import build_model
 
     cfg = config(work)
-    return build_model(cfg.model, loss=cfg.loss), cfg
+    return build_model(cfg.model, logit_start(cfg)), cfg
 
 
 def stage_extract(work: Path, n: int) -> dict:

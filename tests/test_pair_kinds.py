@@ -16,8 +16,10 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
+from crossalign.config import logit_start
 from crossalign.cli.main import main
 from crossalign.errors import ConfigError
+from crossalign.train.engine import loss_of
 
 from _kill_runner import sets
 from _tiny_clip import OPEN_CLIP_SCALE, SIGLIP_BIAS, SIGLIP_SCALE, make_tiny_open_clip, make_tiny_siglip
@@ -86,8 +88,9 @@ def test_a_siglip_pair_gives_the_librarys_vectors_scale_and_bias(siglip_folder):
     np.testing.assert_allclose(aligner.encode_text(TEXTS), want_t.numpy(), rtol=1e-5, atol=1e-5)
     # the checkpoint's scale and bias win over the loss's, and loss=clip becomes siglip
     cfg = load_config(None, [f"model.pair=hf:{siglip_folder}", "loss.name=clip"])
-    built = build_model(cfg.model, loss=cfg.loss)
-    assert cfg.loss.name == "siglip" and float(built.logit_bias.detach()) == pytest.approx(SIGLIP_BIAS)
+    built = build_model(cfg.model, logit_start(cfg))
+    assert float(built.logit_bias.detach()) == pytest.approx(SIGLIP_BIAS)
+    assert loss_of(cfg.loss, built).name == "siglip"  # training settles the loss from the model
     assert built.scale().item() == pytest.approx(SIGLIP_SCALE, rel=1e-6)  # not siglip_scale_init
     with pytest.raises(ConfigError, match="pair_weights is for open_clip pairs"):
         crossalign.load(f"hf:{siglip_folder}", pretrained_weights="w.pt")
@@ -175,7 +178,7 @@ def test_an_open_clip_pair_gives_the_librarys_vectors(open_clip_files):
     # last:N over the resblocks, the projection matrices (registered before them) included
     cfg = load_config(None, [f"model.pair=open_clip:{config}", f"model.pair_weights={weights}",
                              "model.image.freeze=last:1", "model.text.freeze=last:1"])
-    built = build_model(cfg.model, loss=cfg.loss)
+    built = build_model(cfg.model, logit_start(cfg))
     visual, text = built.image_tower.visual, built.text_tower.text
     assert visual.proj.requires_grad and text.text_projection.requires_grad
     assert all(p.requires_grad for p in visual.transformer.resblocks[-1].parameters())

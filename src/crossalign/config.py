@@ -36,6 +36,7 @@ __all__ = [
     "default_cache_dir",
     "stage_configs",
     "trained_splits",
+    "logit_start",
     "FIT_ON",
 ]
 
@@ -258,6 +259,16 @@ class RunConfig:
         wrong together); raises a ConfigError naming the first bad one, else returns self."""
         validate(self)
         return self
+
+
+def logit_start(cfg: RunConfig) -> tuple[float, float | None]:
+    """The logit scale and bias (None: no bias) a run's model starts from, settled from its loss:
+    the sigmoid loss (SigLIP) starts from its own scale and bias, the softmax loss from
+    ``model.logit_scale_init`` with no bias. A pretrained model's checkpoint replaces the scale,
+    and the bias when it learned one (see ``models.dual.wrap_towers``)."""
+    if cfg.loss.name == "siglip":
+        return cfg.loss.siglip_scale_init, cfg.loss.siglip_bias_init
+    return cfg.model.logit_scale_init, None
 
 
 def trained_splits(cfg: RunConfig) -> tuple[str, ...]:

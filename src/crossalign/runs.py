@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from crossalign._io import sha256_bytes
-from crossalign.config import RunConfig, default_cache_dir, load_config
+from crossalign.config import RunConfig, default_cache_dir, load_config, logit_start
 from crossalign.data.prepare import prepare_table
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
@@ -147,7 +147,7 @@ def load_model(run: str | Path, which: str = "best", device: str = "cpu") -> tup
         raise CheckpointError(f"{meta_path}: damaged (no list of the towers left out of the checkpoint)")
     skipped = tuple(skipped)
     # pretrained weights of towers stored in the checkpoint would only be overwritten
-    model = build_model(cfg.model, loss=cfg.loss,
+    model = build_model(cfg.model, logit_start(cfg),
                         pretrained={side: f"{side}_tower." in skipped for side in ("image", "text")})
     for tower in (model.image_tower, model.text_tower):  # state outside tensors (a vocabulary)
         if hasattr(tower, "load_extras"):
@@ -208,7 +208,7 @@ def load_pair(spec: str, pair_weights: str = "", device: str = "cpu") -> tuple[D
     builds it (``model.pair=spec``, ``model.pair_weights``)."""
     overrides = [f"model.pair={spec}"] + ([f"model.pair_weights={pair_weights}"] if pair_weights else [])
     cfg = load_config(None, overrides)
-    model = build_model(cfg.model, loss=cfg.loss)
+    model = build_model(cfg.model, logit_start(cfg))
     return model.to(device).eval(), cfg
 
 

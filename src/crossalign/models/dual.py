@@ -184,31 +184,24 @@ def _resolve_freeze(cfg: ModelConfig) -> None:
             log.warning("%s tower %s is trained from scratch but freeze=frozen: it stays random", side, tcfg.tower)
 
 
-def _pair_bias(image_tower: nn.Module, cfg: ModelConfig, loss) -> float | None:
-    """The logit bias a pretrained pair's checkpoint learned (SigLIP), else None. Such a pair
-    trains with the sigmoid loss it was trained with: ``loss.name`` becomes ``siglip`` (in
-    place, before the loss is made from it)."""
-    bias = getattr(image_tower, "pair_logit_bias", None) if cfg.pair else None
-    if bias is not None and loss is not None and loss.name != "siglip":
-        log.info("%s learned a logit bias with the sigmoid loss: it trains with loss.name=siglip, not %s",
-                 cfg.pair, loss.name)
-        loss.name = "siglip"
-    return bias
+def wrap_towers(image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig,
+                start: tuple[float, float | None] | None = None) -> DualEncoder:
+    """Heads and logit scale around two built towers.
 
-
-def wrap_towers(image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig, loss=None) -> DualEncoder:
-    """Heads and logit scale around two built towers; SigLIP (``loss``) adds a logit bias and
-    starts from its own scale and bias, except that a pretrained pair starts from its
-    checkpoint's scale (``cfg.logit_scale_init``, set by ``build_pair``) and bias (a SigLIP
-    checkpoint's, which also sets the loss). Several models may share frozen towers (recipe
-    search)."""
+    ``start`` is the logit scale and bias (None: no bias) to start from, plain numbers that
+    ``config.logit_start`` settles from the run's loss (default: ``cfg.logit_scale_init``, no
+    bias). A pretrained model starts from its checkpoint's scale (``cfg.logit_scale_init``, set
+    by ``build_pair``) and from its bias when the checkpoint learned one (SigLIP). Several models
+    may share frozen towers (recipe search)."""
     import dataclasses
 
-    bias = _pair_bias(image_tower, cfg, loss)
-    if bias is None and loss is not None and loss.name == "siglip":
-        if not cfg.pair:
-            cfg = dataclasses.replace(cfg, logit_scale_init=getattr(loss, "siglip_scale_init", 10.0))
-        bias = getattr(loss, "siglip_bias_init", -10.0)
+    scale, bias = start if start is not None else (cfg.logit_scale_init, None)
+    if cfg.pair:
+        scale = cfg.logit_scale_init
+        learned = getattr(image_tower, "pair_logit_bias", None)
+        bias = learned if learned is not None else bias
+    if scale != cfg.logit_scale_init:
+        cfg = dataclasses.replace(cfg, logit_scale_init=scale)
     return DualEncoder(image_tower, text_tower, cfg, logit_bias_init=bias)
 
 
@@ -236,7 +229,8 @@ def build_towers(cfg: ModelConfig, pretrained: dict[str, bool] | None = None) ->
     return image_tower, text_tower
 
 
-def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None = None) -> DualEncoder:
+def build_model(cfg: ModelConfig, start: tuple[float, float | None] | None = None,
+                pretrained: dict[str, bool] | None = None) -> DualEncoder:
     """Create both towers from the registry and wrap them.
 
     ``freeze: auto`` in ``cfg`` is resolved in place (``trainable`` for from-scratch towers,
@@ -244,8 +238,8 @@ def build_model(cfg: ModelConfig, loss=None, pretrained: dict[str, bool] | None 
 
     Args:
         cfg: the model config.
-        loss: the LossConfig; SigLIP adds a logit bias and starts from its own scale.
+        start: the logit scale and bias to start from (``config.logit_start(run_config)``).
         pretrained: side ("image" / "text") -> False skips loading pretrained weights that a
             checkpoint will overwrite anyway.
     """
-    return wrap_towers(*build_towers(cfg, pretrained), cfg, loss)
+    return wrap_towers(*build_towers(cfg, pretrained), cfg, start)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from crossalign.errors import ConfigError, RunError
-from crossalign.config import RunConfig, default_cache_dir
+from crossalign.config import LossConfig, RunConfig, default_cache_dir, logit_start
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
@@ -37,6 +37,16 @@ from crossalign.train.state import load_resume_point, save_resume_point
 __all__ = ["Engine", "run_engine", "seed_everything"]
 
 log = logging.getLogger("crossalign.train")
+
+
+def loss_of(loss: LossConfig, model) -> LossConfig:
+    """The loss ``model`` trains with: a model with a learned logit bias (a SigLIP checkpoint)
+    trains with the sigmoid loss it learned it with; ``loss.name`` says so (in place)."""
+    if model.logit_bias is not None and loss.name != "siglip":
+        log.info("the model learned a logit bias with the sigmoid loss: it trains with loss.name=siglip, not %s",
+                 loss.name)
+        loss.name = "siglip"
+    return loss
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +131,7 @@ class Engine:
         self.rows, self.t2i, self.val = rows, t2i, val
         self.dist, self.device, self.run, self.progress = dist, device, run, progress
         self.problems = problems if problems is not None else []  # rows skipped on the way here
-        self.loss_fn = make_loss(cfg.loss, dist)
+        self.loss_fn = make_loss(loss_of(cfg.loss, model), dist)
         self._sync_batch_norm()
         self.step_module = _Step(model, images, texts)
         self.wrapped = self._wrap_ddp()
@@ -293,7 +303,7 @@ def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Probl
     # a frozen tower never passes through DDP, and its features fill one shared cache
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, loss=cfg.loss).to(device)
+        model = build_model(cfg.model, logit_start(cfg)).to(device)
     # a resumed run restores its own weights afterwards, but a frozen tower that the source
     # trained must hold that training before its features are extracted below
     if cfg.train.init_from:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from crossalign.config import RunConfig, default_cache_dir
+from crossalign.config import RunConfig, default_cache_dir, logit_start
 from crossalign.data.splits import sample_images
 from crossalign.data.table import PairTable
 from crossalign.distributed import DistInfo
@@ -69,7 +69,7 @@ class FeatureSet:
             torch.manual_seed(cfg.train.seed)
             self.towers = build_towers(cfg.model)
             self.rng_state = torch.get_rng_state()
-            model = wrap_towers(*self.towers, cfg.model, cfg.loss).to(self.device)
+            model = wrap_towers(*self.towers, cfg.model, logit_start(cfg)).to(self.device)
         for side in ("image", "text"):
             if getattr(cfg.model, side).freeze != "frozen":
                 raise ConfigError(f"the recipe search trains heads over cached features, so the {side} tower "
@@ -129,7 +129,7 @@ def fold_engine(cfg: RunConfig, fs: FeatureSet, train: PairTable, val: PairTable
     resume point."""
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(fs.rng_state)  # the heads start where build_model would start them
-        model = wrap_towers(*fs.towers, cfg.model, cfg.loss).to(fs.device)
+        model = wrap_towers(*fs.towers, cfg.model, logit_start(cfg)).to(fs.device)
     images, texts = copy.copy(fs.images), copy.copy(fs.texts)
     images.model = texts.model = model
     rows = np.array([texts.index[o] for o in train.origin])
