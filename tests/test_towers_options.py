@@ -114,7 +114,7 @@ def test_models_list_command(capsys):
     assert rows["small_cnn"]["params"] == sum(p.numel() for p in build_model(ModelConfig(
         image=ImageTowerConfig(tower="small_cnn"), text=TextTowerConfig(tower="lstm"))).image_tower.parameters())
     assert rows["hf:"]["modality"] == rows["open_clip:"]["modality"] == "pretrained"
-    assert "pair_weights" in rows["open_clip:"]["description"]
+    assert "pretrained_weights" in rows["open_clip:"]["description"]
     assert main(["towers"]) == 0
     listed = capsys.readouterr().out
     assert "pretrained models" in listed and "open_clip:NAME" in listed

@@ -117,8 +117,8 @@ class ModelConfig:
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     # both towers, projections and logit scale (and a SigLIP bias) from one pretrained checkpoint:
     # hf:FOLDER_OR_NAME (a CLIPModel or SiglipModel) or open_clip:NAME (a name or a config JSON)
-    pair: str = ""
-    pair_weights: str = ""  # open_clip pairs: a checkpoint file or a pretrained tag
+    pretrained_model: str = ""
+    pretrained_weights: str = ""  # open_clip models: a checkpoint file or a pretrained tag
     embed_dim: int = 256  # width of the shared space the heads project into
     head: str = "linear"  # linear | mlp | none
     head_hidden: int = 1024  # mlp head: hidden width
@@ -132,7 +132,7 @@ class ModelConfig:
 class LossConfig:
     """Contrastive objective."""
 
-    name: str = "clip"  # clip | siglip (a pretrained SigLIP pair, model.pair, always trains with siglip)
+    name: str = "clip"  # clip | siglip (a pretrained SigLIP model, model.pretrained_model, always trains with siglip)
     margin: float = 0.0  # clip only: subtracted from positive similarities
     gather_with_grad: bool = True  # exact global gradients across processes (see losses.py)
     local_loss: bool = True  # each process scores only its own rows: [local, global] logits
@@ -146,7 +146,7 @@ class TrainConfig:
 
     epochs: int = 40  # the most epochs (early stopping may end a run sooner)
     batch_size: int = 256  # pairs per batch in each process (the loss sees the global batch)
-    # a pretrained pair's run: the saved best weights become the WiSE-FT ensemble
+    # a pretrained model's run: the saved best weights become the WiSE-FT ensemble
     # (1 - wise_alpha) * zero-shot + wise_alpha * fine-tuned (1 = the fine-tune alone)
     wise_alpha: float = 1.0
     lr: float = 2e-4  # learning rate of the heads (and of the towers, unless backbone_lr)

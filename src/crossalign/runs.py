@@ -32,7 +32,7 @@ from crossalign.embed.collection import EmbeddedTable, embed_table, embed_texts
 from crossalign.errors import CheckpointError, ConfigError
 from crossalign.models.dual import DualEncoder, build_model, is_frozen
 
-__all__ = ["RunData", "open_run", "load_model", "load_pair", "is_pair_spec", "warm_start", "load_tensors",
+__all__ = ["RunData", "open_run", "load_model", "load_pretrained", "is_pretrained_spec", "warm_start", "load_tensors",
            "read_json", "is_run_folder", "recorded_data", "embed_split", "encode_texts", "select_split", "rebuilt_tower_prefixes",
            "tower_fingerprints"]
 
@@ -195,18 +195,18 @@ def warm_start(model: DualEncoder, cfg: RunConfig, run: str | Path) -> list[str]
     return sorted(copied)
 
 
-def is_pair_spec(run: str | Path) -> bool:
-    """True when ``run`` names a pretrained pair (``hf:FOLDER``, ``open_clip:NAME``) rather than a
+def is_pretrained_spec(run: str | Path) -> bool:
+    """True when ``run`` names a pretrained model (``hf:FOLDER``, ``open_clip:NAME``) rather than a
     run folder; a folder of that name wins."""
-    from crossalign.models.pairs import PAIR_PREFIXES
+    from crossalign.models.pretrained import PRETRAINED_PREFIXES
 
-    return isinstance(run, str) and run.partition(":")[0] in PAIR_PREFIXES and not Path(run).exists()
+    return isinstance(run, str) and run.partition(":")[0] in PRETRAINED_PREFIXES and not Path(run).exists()
 
 
-def load_pair(spec: str, pair_weights: str = "", device: str = "cpu") -> tuple[DualEncoder, RunConfig]:
-    """A pretrained pair as it is, before any training: the model and the default config that
-    builds it (``model.pair=spec``, ``model.pair_weights``)."""
-    overrides = [f"model.pair={spec}"] + ([f"model.pair_weights={pair_weights}"] if pair_weights else [])
+def load_pretrained(spec: str, pretrained_weights: str = "", device: str = "cpu") -> tuple[DualEncoder, RunConfig]:
+    """A pretrained model as it is, before any training: the model and the default config that
+    builds it (``model.pretrained_model=spec``, ``model.pretrained_weights``)."""
+    overrides = [f"model.pretrained_model={spec}"] + ([f"model.pretrained_weights={pretrained_weights}"] if pretrained_weights else [])
     cfg = load_config(None, overrides)
     model = build_model(cfg.model, logit_start(cfg))
     return model.to(device).eval(), cfg
@@ -214,8 +214,8 @@ def load_pair(spec: str, pair_weights: str = "", device: str = "cpu") -> tuple[D
 
 def recorded_data(run: str | Path) -> str:
     """The data folder a run was trained on, as training recorded it in ``run.json``."""
-    if is_pair_spec(run):
-        raise ConfigError(f"{run}: a pretrained pair has no data of its own; give `data`")
+    if is_pretrained_spec(run):
+        raise ConfigError(f"{run}: a pretrained model has no data of its own; give `data`")
     path = Path(run) / "run.json"
     data = read_json(path).get("data")
     if not isinstance(data, str) or not data:
@@ -237,21 +237,21 @@ class RunData:
 
 
 def open_run(run: str | Path, data: str | Path | None = None, which: str = "best", device: str = "cpu",
-             quiet: bool = False, wise: float | None = None, pair_weights: str = "") -> RunData:
+             quiet: bool = False, wise: float | None = None, pretrained_weights: str = "") -> RunData:
     """Load the run's checkpoint and read ``data`` (when given) with the run's stored split.
 
     Evaluation, the report and the index all use it, so all of them see the same model, data
     rules (``data.max_pixels``, ``data.strict``, the data-folder rule) and split. Problems are
     logged unless ``quiet``.
 
-    ``run`` may also name a pretrained pair (``hf:FOLDER``, ``open_clip:NAME`` with
-    ``pair_weights``): it is measured as it is, on the data's own split. ``wise`` (a pair's run)
+    ``run`` may also name a pretrained model (``hf:FOLDER``, ``open_clip:NAME`` with
+    ``pretrained_weights``): it is measured as it is, on the data's own split. ``wise`` (a pretrained model's run)
     puts the WiSE-FT ensemble ``(1 - wise) * zero-shot + wise * fine-tuned`` in place of the
     run's weights: 0 gives the checkpoint as it was before training, on the run's split.
     """
-    pair = is_pair_spec(run)
-    if pair:
-        model, cfg = load_pair(str(run), pair_weights, device)
+    pretrained = is_pretrained_spec(run)
+    if pretrained:
+        model, cfg = load_pretrained(str(run), pretrained_weights, device)
     else:
         model, cfg = load_model(run, which, device)
     if wise is not None:
@@ -261,9 +261,9 @@ def open_run(run: str | Path, data: str | Path | None = None, which: str = "best
     if data is None:
         table, problems = PairTable(), []
     else:
-        table, problems = prepare_table(data, cfg.data, run_dir=None if pair else run, quiet=quiet)
+        table, problems = prepare_table(data, cfg.data, run_dir=None if pretrained else run, quiet=quiet)
     cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
-    return RunData(model, cfg, table, problems, cache_root, device, None if pair else Path(run))
+    return RunData(model, cfg, table, problems, cache_root, device, None if pretrained else Path(run))
 
 
 def embed_split(rd: RunData, sub: PairTable, progress: bool = True) -> EmbeddedTable:

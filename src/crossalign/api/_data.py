@@ -82,7 +82,7 @@ def towers(name: str | None = None, *, modality: str | None = None) -> list[dict
     width, parameter count, weights and preprocessing, the library prefixes (``timm:``,
     ``hf:``), then the pretrained models; or, given ``name``, that one tower alone (prefixed
     names too: ``timm:resnet50``)."""
-    from crossalign.models.pairs import PAIR_KINDS
+    from crossalign.models.pretrained import PRETRAINED_KINDS
     from crossalign.models.registry import describe, describe_models
 
     if name:
@@ -91,5 +91,5 @@ def towers(name: str | None = None, *, modality: str | None = None) -> list[dict
         raise ConfigError(f"`modality` is image or text, got {modality!r}")
     rows = describe_models(modality)
     pretrained = [{"name": f"{prefix}:", "modality": "pretrained", "description": text}
-                  for prefix, text in PAIR_KINDS.items()]
+                  for prefix, text in PRETRAINED_KINDS.items()]
     return rows + ([] if modality else pretrained)

@@ -55,17 +55,17 @@ class Aligner:
 
 def load(run: str | Path, checkpoint: str = "best", device: str = "auto", pretrained_weights: str = "") -> Aligner:
     """Open a run folder's checkpoint (safetensors; nothing is unpickled) for embedding, or a
-    pretrained pair as it is, before any training: ``"hf:FOLDER"`` (a CLIPModel or
+    pretrained model as it is, before any training: ``"hf:FOLDER"`` (a CLIPModel or
     SiglipModel) or ``"open_clip:NAME"`` with ``pretrained_weights`` (a checkpoint file or a
     pretrained tag). A pretrained model's vectors are its library's own, normalised
     (``get_image_features`` / ``get_text_features``, ``encode_image`` / ``encode_text``)."""
     from crossalign.distributed import resolve_device
-    from crossalign.runs import is_pair_spec, load_model, load_pair
+    from crossalign.runs import is_pretrained_spec, load_model, load_pretrained
 
     device = resolve_device(device)
 
-    if is_pair_spec(run):
-        model, cfg = load_pair(str(run), pretrained_weights, device)
+    if is_pretrained_spec(run):
+        model, cfg = load_pretrained(str(run), pretrained_weights, device)
         return Aligner(model, cfg, device)
     if pretrained_weights:
         raise ConfigError(f"`pretrained_weights` is for a pretrained model (open_clip:NAME), not the run "
@@ -193,7 +193,7 @@ def export(run: str | Path, *, out: str | Path | None = None, wise: float | None
     ``.from_pretrained`` loads, an ``open_clip:`` model as a checkpoint file
     ``open_clip.create_model(NAME, pretrained=FILE)`` loads. ``wise`` writes the WiSE-FT ensemble
     ``(1 - wise) * zero-shot + wise * fine-tuned`` instead. Returns what was written, in words."""
-    from crossalign.models.pairs import export_pair
+    from crossalign.models.pretrained import export_pretrained
     from crossalign.models.wise import apply_wise
     from crossalign.runs import load_model
 
@@ -202,4 +202,4 @@ def export(run: str | Path, *, out: str | Path | None = None, wise: float | None
     model, _ = load_model(run, checkpoint)
     if wise is not None:
         apply_wise(model, wise)
-    return export_pair(model, out)
+    return export_pretrained(model, out)

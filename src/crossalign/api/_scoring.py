@@ -107,7 +107,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
     metrics = _evaluate(run, data, split, ks, checkpoint, device, progress=progress, gap=gap, seen=seen,
                         seed=seed, matrix=matrix, float16=float16, lists=lists, lists_k=lists_k,
                         ranking=ranking, qb_beta=qb_beta, qb_k=qb_k, qb_bank=qb_bank, protocol=protocol,
-                        label_column=label_column, pair_weights=pretrained_weights)
+                        label_column=label_column, pretrained_weights=pretrained_weights)
     _write_json(json, metrics)
     from crossalign.evaluate.tables import Metrics
 
@@ -160,7 +160,7 @@ def zeroshot(run: str | Path, data: str | Path | None = None, *, label_column: s
         raise ConfigError("give `data` and `label_column`")
     names = [c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else classes
     result = _zeroshot(run, data, label_column, template or DEFAULT_TEMPLATES, split, checkpoint, device,
-                       progress=progress, classes=names, sep=sep, pair_weights=pretrained_weights)
+                       progress=progress, classes=names, sep=sep, pretrained_weights=pretrained_weights)
     _write_json(json, result)
     return result
 

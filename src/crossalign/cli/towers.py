@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(_table([r for r in rows if r["modality"] != "pretrained"]))
         pretrained = [r for r in rows if r["modality"] == "pretrained"]
         if pretrained:  # both towers at once
-            print("\npretrained models (both towers, their projections and the logit scale: --set model.pair=...)")
+            print("\npretrained models (both towers, their projections and the logit scale: --set model.pretrained_model=...)")
             for r in pretrained:
                 print(f"  {r['description']}")
     return 0

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "matrix. A value may hold several classes separated by '|'; such an image "
                                    "is a hit when the predicted class is any of them.")
     p.add_argument("run", metavar="RUN_OR_PAIR",
-                   help="run folder written by 'crossalign train', or a pretrained pair as it is "
+                   help="run folder written by 'crossalign train', or a pretrained model as it is "
                         "(hf:FOLDER, open_clip:NAME with --pretrained-weights) on --data's own split")
     p.add_argument("--pretrained-weights", default="", metavar="FILE_OR_TAG",
                    help="the weights of an open_clip:NAME model (a file or a pretrained tag)")

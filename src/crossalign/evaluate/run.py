@@ -196,7 +196,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
              lists: str | Path | None = None, lists_k: int = 10, ranking: str | None = None,
              qb_beta: float | None = None, qb_k: int | None = None, qb_bank: int | None = None,
              protocol: str = "standard", label_column: str | None = None,
-             wise: float | None = None, pair_weights: str = "") -> dict:
+             wise: float | None = None, pretrained_weights: str = "") -> dict:
     """Retrieval metrics of the run's ``which`` checkpoint on ``split`` of ``data``.
 
     The split is the one stored in the run folder, so the held-out items are exactly
@@ -220,11 +220,11 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
         label_column: also the label agreement of the rankings by this label column (precision@K,
             R-precision, MAP@R and Jaccard@K beside chance, per class too; see
             :mod:`crossalign.evaluate.labels`), under ``labels`` (and in ``seen`` / ``unseen`` with ``gap``).
-        wise: for a pretrained pair's run, evaluate the WiSE-FT ensemble ``(1 - wise) * zero-shot
+        wise: for a pretrained model's run, evaluate the WiSE-FT ensemble ``(1 - wise) * zero-shot
             + wise * fine-tuned`` weights instead (0: the checkpoint as it was, 1: the run's).
-        pair_weights: when ``run`` names a pretrained pair (``open_clip:NAME``), its weights.
+        pretrained_weights: when ``run`` names a pretrained model (``open_clip:NAME``), its weights.
 
-    ``run`` is a run folder, or a pretrained pair (``hf:FOLDER``, ``open_clip:NAME``) measured
+    ``run`` is a run folder, or a pretrained model (``hf:FOLDER``, ``open_clip:NAME``) measured
     zero-shot on ``data``'s own split.
     """
     ks = sorted({int(k) for k in ks})
@@ -235,7 +235,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str = "test
     if protocol not in PROTOCOLS:
         raise ConfigError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     rd = open_run(run, recorded_data(run) if data is None else data, which, device, quiet=True, wise=wise,
-                  pair_weights=pair_weights)
+                  pretrained_weights=pretrained_weights)
     rd.cfg.evaluate = resolve_ranking(rd.cfg.evaluate, ranking, qb_beta, qb_k, qb_bank)
     sub = select_split(rd.table, split)
     if matrix and len(set(sub.image_id)) * len(sub) > MATRIX_MAX_CELLS:  # refuse before embedding

@@ -120,11 +120,11 @@ def classification_metrics(scores: np.ndarray, item_classes: Sequence[Sequence[i
 
 def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Sequence[str] = DEFAULT_TEMPLATES,
              split: str = "test", which: str = "best", device: str = "cpu", progress: bool = True,
-             classes: Sequence[str] | None = None, sep: str = "|", pair_weights: str = "") -> dict:
+             classes: Sequence[str] | None = None, sep: str = "|", pretrained_weights: str = "") -> dict:
     """Zero-shot classification of the images of ``split`` by the values of ``label_column``.
 
-    ``run`` is a run folder, or a pretrained pair (``hf:FOLDER``, ``open_clip:NAME`` with
-    ``pair_weights``) as it is, before any training, on the data's own split.
+    ``run`` is a run folder, or a pretrained model (``hf:FOLDER``, ``open_clip:NAME`` with
+    ``pretrained_weights``) as it is, before any training, on the data's own split.
 
     Args:
         templates: prompts with ``{}`` where the class name goes; their embeddings are averaged.
@@ -134,7 +134,7 @@ def zeroshot(run: str | Path, data: str | Path, label_column: str, templates: Se
     from crossalign.embed.collection import embed_image_files
     from crossalign.runs import encode_texts, open_run, select_split
 
-    rd = open_run(run, data, which, device, pair_weights=pair_weights)
+    rd = open_run(run, data, which, device, pretrained_weights=pretrained_weights)
     by_image = image_classes(rd.table, label_column, sep)  # whole table: every class is a candidate
     names = list(classes) if classes else sorted({c for cs in by_image.values() for c in cs})
     if len(names) < 2:

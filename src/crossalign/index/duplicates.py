@@ -10,7 +10,7 @@ do (candidates from embeddings, a check on the pixels):
    the threshold; through each image's nearest ``neighbours`` for an approximate one). An
    aligned space puts two photos of the same kind of scene close too, so this alone would
    call them duplicates;
-2. the check: the pair's difference hashes (:func:`~crossalign.data.transforms.dhash`, 64
+2. the check: the pretrained model's difference hashes (:func:`~crossalign.data.transforms.dhash`, 64
    bits) differ in at most ``max_hash_distance`` bits. Another picture differs in about 32.
 """
 

@@ -4,4 +4,4 @@ Importing the package imports the tower modules, whose ``register`` calls fill t
 (:mod:`crossalign.models.registry`), so every registered name is known wherever a tower is made.
 """
 
-from crossalign.models import image, pairs, scratch, text  # noqa: F401  (registers the towers)
+from crossalign.models import image, pretrained, scratch, text  # noqa: F401  (registers the towers)

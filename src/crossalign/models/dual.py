@@ -191,14 +191,14 @@ def wrap_towers(image_tower: nn.Module, text_tower: nn.Module, cfg: ModelConfig,
     ``start`` is the logit scale and bias (None: no bias) to start from, plain numbers that
     ``config.logit_start`` settles from the run's loss (default: ``cfg.logit_scale_init``, no
     bias). A pretrained model starts from its checkpoint's scale (``cfg.logit_scale_init``, set
-    by ``build_pair``) and from its bias when the checkpoint learned one (SigLIP). Several models
+    by ``build_pretrained``) and from its bias when the checkpoint learned one (SigLIP). Several models
     may share frozen towers (recipe search)."""
     import dataclasses
 
     scale, bias = start if start is not None else (cfg.logit_scale_init, None)
-    if cfg.pair:
+    if cfg.pretrained_model:
         scale = cfg.logit_scale_init
-        learned = getattr(image_tower, "pair_logit_bias", None)
+        learned = getattr(image_tower, "pretrained_logit_bias", None)
         bias = learned if learned is not None else bias
     if scale != cfg.logit_scale_init:
         cfg = dataclasses.replace(cfg, logit_scale_init=scale)
@@ -209,13 +209,13 @@ def build_towers(cfg: ModelConfig, pretrained: dict[str, bool] | None = None) ->
     """The image and text towers of ``cfg`` from the registry (``freeze: auto`` resolved in place)."""
     from crossalign.models.registry import create
 
-    from crossalign.models.pairs import build_pair, resolve_pair
+    from crossalign.models.pretrained import build_pretrained, resolve_pretrained
 
-    resolve_pair(cfg)
+    resolve_pretrained(cfg)
     _resolve_freeze(cfg)
     load = {"image": True, "text": True, **(pretrained or {})}
-    if cfg.pair:
-        return build_pair(cfg, load)
+    if cfg.pretrained_model:
+        return build_pretrained(cfg, load)
     img, txt = cfg.image, cfg.text
     img_kw = {"pretrained": img.pretrained and load["image"], "checkpoint": img.checkpoint if load["image"] else "",
               "image_size": img.image_size, "width": img.width}

@@ -157,7 +157,7 @@ class ImageTower(nn.Module):
 
 
 class UnsplitImageTower(nn.Module):
-    """Base of an image tower that cannot be cut before its last blocks (a pretrained pair's
+    """Base of an image tower that cannot be cut before its last blocks (a pretrained model's
     vision transformer): its prefix is the pixels themselves, so ``last:N`` runs the whole
     tower each step and only the last blocks learn."""
 

@@ -1,4 +1,4 @@
-"""WiSE-FT (Wortsman et al. 2022): weight-space ensembles of a pair's zero-shot and fine-tuned
+"""WiSE-FT (Wortsman et al. 2022): weight-space ensembles of a pretrained model's zero-shot and fine-tuned
 weights, so a fine-tune that forgets keeps part of what the checkpoint knew."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 from crossalign.errors import ConfigError
 from crossalign.models.dual import build_model
-from crossalign.models.pairs import tower_pair
+from crossalign.models.pretrained import pretrained_of
 
 __all__ = ["wise", "zero_shot_state", "apply_wise"]
 
@@ -35,9 +35,9 @@ def wise(zero_shot: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alp
 
 
 def zero_shot_state(model) -> dict[str, torch.Tensor]:
-    """The state dict ``model`` (a pair's run) had before any training: both towers from the
+    """The state dict ``model`` (a pretrained model's run) had before any training: both towers from the
     checkpoint, the logit scale the checkpoint learned."""
-    tower_pair(model)
+    pretrained_of(model)
     cfg = copy.deepcopy(model.cfg)
     fresh = build_model(cfg).state_dict()  # pretrained weights, the checkpoint's logit scale
     # what the checkpoint has no counterpart for (a SigLIP loss's bias) keeps the run's value

@@ -234,8 +234,8 @@ def _comparison_plots(data: list[RunReport], out: Path, ctx: dict) -> list[Path]
 
 
 def _fine_tuned_pair(d: RunReport) -> bool:
-    """A pretrained pair's run that trained: the report adds its zero-shot baseline."""
-    return bool(d.cfg.model.pair) and any((row.get("epoch") or 0) > 0 for row in d.history)
+    """A pretrained model's run that trained: the report adds its zero-shot baseline."""
+    return bool(d.cfg.model.pretrained_model) and any((row.get("epoch") or 0) > 0 for row in d.history)
 
 
 def _earlier_stages(d: RunReport) -> list[tuple[int, Path]]:
@@ -255,7 +255,7 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path, out: str |
 
     Args:
         runs: one run folder or several (several add a comparison table and bar chart); a
-            fine-tuned pretrained pair (``model.pair``) adds its zero-shot baseline to the table,
+            fine-tuned pretrained model (``model.pretrained_model``) adds its zero-shot baseline to the table,
             and a staged run (``then``) its earlier stages.
         data: the data folder the runs were trained on.
         out: the HTML file to write; PNGs go next to it as ``<stem>_<run>_<plot>.png``.

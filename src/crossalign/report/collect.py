@@ -109,7 +109,7 @@ def collect_run(run: str | Path, data: str | Path, split: str = "test", name: st
     """Open ``run``, embed ``split`` of ``data`` with it and compute ranks, metrics and the gap
     (and with ``label_column``, the label agreement of the same rankings, seen and unseen).
 
-    ``zero_shot`` (a pretrained pair's run): its checkpoint as it was before any training, on
+    ``zero_shot`` (a pretrained model's run): its checkpoint as it was before any training, on
     the run's split, with no history of its own; the baseline a fine-tune is compared with.
     """
     run = Path(run)

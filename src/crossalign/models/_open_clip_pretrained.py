@@ -1,4 +1,4 @@
-"""open_clip pairs (``model.pair=open_clip:NAME``, ``model.pair_weights=FILE_OR_TAG``).
+"""open_clip pairs (``model.pretrained_model=open_clip:NAME``, ``model.pretrained_weights=FILE_OR_TAG``).
 
 ``NAME`` is an open_clip model name (``ViT-B-32``, ``ViT-B-16-SigLIP``, ...) or the path of an
 open_clip model-config JSON file, registered with ``open_clip.add_model_config`` under its
@@ -12,7 +12,7 @@ std), captions with ``open_clip.get_tokenizer`` at the model's context length.
 
 CLIP models (``CLIP`` / ``CustomTextCLIP``, SigLIP-type ones with a logit bias included) are
 read; CoCa, whose text side also decodes, is refused. open_clip is an optional dependency
-(``pip install crossalign[open_clip]``), imported only here and only when a pair needs it.
+(``pip install crossalign[open_clip]``), imported only here and only when an open_clip model is used.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from crossalign.models.image import UnsplitImageTower
 from crossalign.models.registry import register
 
 __all__ = ["OpenClipImageTower", "OpenClipTextTower", "open_clip_module", "load_open_clip",
-           "open_clip_pair", "export_open_clip"]
+           "open_clip_pretrained", "export_open_clip"]
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip names that carry their own weights
 
@@ -38,7 +38,7 @@ def open_clip_module():
     try:
         import open_clip
     except ImportError:
-        raise ConfigError("model.pair=open_clip:... needs open_clip, which is not installed: "
+        raise ConfigError("model.pretrained_model=open_clip:... needs open_clip, which is not installed: "
                           "pip install crossalign[open_clip]") from None
     return open_clip
 
@@ -72,20 +72,20 @@ def _build_kwargs(oc, name: str, model_name: str, weights: str, pretrained: bool
     checkpoint brings them) and a tag's preprocessing is applied without its download."""
     schema = model_name.startswith(SCHEMAS)
     if schema and weights:
-        raise ConfigError(f"open_clip:{name}: the weights come with the name; leave model.pair_weights empty")
+        raise ConfigError(f"open_clip:{name}: the weights come with the name; leave model.pretrained_weights empty")
     cfg = None if schema else oc.get_model_config(model_name)
     if not schema and cfg is None:
         raise ConfigError(f"open_clip:{name}: not an open_clip model; open_clip.list_models() names them, "
                           f"or give a model-config JSON file")
     if cfg and "multimodal_cfg" in cfg:
-        raise ConfigError(f"open_clip:{name}: a CoCa model; model.pair reads CLIP models")
+        raise ConfigError(f"open_clip:{name}: a CoCa model; model.pretrained_model reads CLIP models")
     is_file = bool(weights) and Path(weights).is_file()
     tag = oc.get_pretrained_cfg(model_name, weights) if weights and not is_file else {}
     if weights and not (is_file or tag):
-        raise ConfigError(f"model.pair_weights={weights}: neither a file nor a pretrained tag of "
+        raise ConfigError(f"model.pretrained_weights={weights}: neither a file nor a pretrained tag of "
                           f"{model_name} (tags: {oc.list_pretrained_tags_by_model(model_name)})")
     if pretrained and not (weights or schema):
-        raise ConfigError(f"open_clip:{name}: give its weights in model.pair_weights (a checkpoint file or "
+        raise ConfigError(f"open_clip:{name}: give its weights in model.pretrained_weights (a checkpoint file or "
                           f"a tag: {oc.list_pretrained_tags_by_model(model_name)})")
     kw = {"force_custom_text": True, "pretrained_image": False, "pretrained_text": False}
     if pretrained:
@@ -148,9 +148,9 @@ class OpenClipImageTower(UnsplitImageTower):
         self.name, self.width = f"open_clip_image:{source}", int(model.text.output_dim)
         self.data_config = _data_config(get_model_preprocess_cfg(model))
         # what the checkpoint learned: the logit scale, and a SigLIP-type model's bias (else None)
-        self.pair_logit_scale = float(model.logit_scale.detach().exp())
+        self.pretrained_logit_scale = float(model.logit_scale.detach().exp())
         bias = getattr(model, "logit_bias", None)
-        self.pair_logit_bias = float(bias.detach()) if bias is not None else None
+        self.pretrained_logit_bias = float(bias.detach()) if bias is not None else None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual(pixels)  # [batch, embed_dim]
@@ -207,7 +207,7 @@ class OpenClipTextTower(nn.Module):
 
 
 @register("open_clip_image", "image", "the image side of an open_clip model: open_clip_image:<name> "
-          "(see model.pair)", prefix=True)
+          "(see model.pretrained_model)", prefix=True)
 def _build_image(model_name: str, pretrained: bool = True, checkpoint: str = "",
                  **_: object) -> OpenClipImageTower:
     model, _tok = load_open_clip(model_name, checkpoint, bool(pretrained))
@@ -215,15 +215,15 @@ def _build_image(model_name: str, pretrained: bool = True, checkpoint: str = "",
 
 
 @register("open_clip_text", "text", "the text side of an open_clip model: open_clip_text:<name> "
-          "(see model.pair)", prefix=True)
+          "(see model.pretrained_model)", prefix=True)
 def _build_text(model_name: str, pretrained: bool = True, checkpoint: str = "",
                 **_: object) -> OpenClipTextTower:
     model, tokenizer = load_open_clip(model_name, checkpoint, bool(pretrained))
     return OpenClipTextTower(model, tokenizer, model_name)
 
 
-def open_clip_pair(name: str, weights: str, pretrained: bool) -> tuple[OpenClipImageTower, OpenClipTextTower]:
-    """Both towers of an open_clip pair from one load of the model."""
+def open_clip_pretrained(name: str, weights: str, pretrained: bool) -> tuple[OpenClipImageTower, OpenClipTextTower]:
+    """Both towers of an open_clip model from one load of the model."""
     model, tokenizer = load_open_clip(name, weights, pretrained)
     return OpenClipImageTower(model, name), OpenClipTextTower(model, tokenizer, name)
 
@@ -240,7 +240,7 @@ def _standard_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def export_open_clip(model, img: OpenClipImageTower, txt: OpenClipTextTower, name: str, weights: str,
                      out) -> str:
-    """Write a pair's run as a checkpoint file that ``open_clip.create_model(NAME, pretrained=out)``
+    """Write a pretrained model's run as a checkpoint file that ``open_clip.create_model(NAME, pretrained=out)``
     loads with the same vectors (safetensors for a ``.safetensors`` name, else ``torch.save``);
     returns NAME. Text keys are in the layout open_clip builds the model in without
     ``force_custom_text`` (a plain CLIP's for most models)."""

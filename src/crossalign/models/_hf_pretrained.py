@@ -1,4 +1,4 @@
-"""Hugging Face pairs (``model.pair=hf:FOLDER``): a ``CLIPModel`` or a ``SiglipModel``.
+"""Hugging Face pairs (``model.pretrained_model=hf:FOLDER``): a ``CLIPModel`` or a ``SiglipModel``.
 
 Each tower's output is what the library's ``get_image_features`` / ``get_text_features``
 give: for CLIP the pooled output through ``visual_projection`` / ``text_projection``; for
@@ -19,9 +19,9 @@ from crossalign.errors import ConfigError
 from crossalign.models.image import UnsplitImageTower
 from crossalign.models.registry import register
 
-__all__ = ["CLIPImageTower", "CLIPTextTower", "HF_KINDS", "load_hf", "hf_pair", "export_hf"]
+__all__ = ["CLIPImageTower", "CLIPTextTower", "HF_KINDS", "load_hf", "hf_pretrained", "export_hf"]
 
-HF_KINDS = ("clip", "siglip")  # the model_type values an hf: pair reads
+HF_KINDS = ("clip", "siglip")  # the model_type values an hf: pretrained model reads
 
 
 def load_hf(source: str, pretrained: bool):
@@ -35,7 +35,7 @@ def load_hf(source: str, pretrained: bool):
             config = AutoConfig.from_pretrained(source)
             kind = getattr(config, "model_type", "")
             if kind not in HF_KINDS:
-                raise ConfigError(f"hf:{source}: a {kind!r} checkpoint; model.pair=hf: reads CLIPModel "
+                raise ConfigError(f"hf:{source}: a {kind!r} checkpoint; model.pretrained_model=hf: reads CLIPModel "
                                   f"and SiglipModel folders (model_type clip or siglip)")
             if kind == "siglip" and not getattr(config.vision_config, "vision_use_head", True):
                 raise ConfigError(f"hf:{source}: a SigLIP vision tower without its pooling head "
@@ -97,8 +97,8 @@ class CLIPImageTower(UnsplitImageTower):
         self.name, self.width = f"clip_image:{source}", int(width)
         self.data_config = _data_config(processor)
         # what the checkpoint learned: the logit scale, and SigLIP's logit bias (None for CLIP)
-        self.pair_logit_scale = float(model.logit_scale.detach().exp())
-        self.pair_logit_bias = float(model.logit_bias.detach()) if siglip else None
+        self.pretrained_logit_scale = float(model.logit_scale.detach().exp())
+        self.pretrained_logit_bias = float(model.logit_bias.detach()) if siglip else None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.vision_model(pixel_values=pixels).pooler_output  # [batch, hidden]
@@ -163,7 +163,7 @@ class CLIPTextTower(nn.Module):
 
 
 @register("clip_image", "image", "the image side of a CLIPModel or SiglipModel: clip_image:<folder> "
-          "(see model.pair)", prefix=True)
+          "(see model.pretrained_model)", prefix=True)
 def _build_clip_image(model_name: str, pretrained: bool = True, checkpoint: str = "",
                       **_: object) -> CLIPImageTower:
     model, _tok, processor = load_hf(checkpoint or model_name, bool(pretrained))
@@ -171,21 +171,21 @@ def _build_clip_image(model_name: str, pretrained: bool = True, checkpoint: str 
 
 
 @register("clip_text", "text", "the text side of a CLIPModel or SiglipModel: clip_text:<folder> "
-          "(see model.pair)", prefix=True)
+          "(see model.pretrained_model)", prefix=True)
 def _build_clip_text(model_name: str, pretrained: bool = True, checkpoint: str = "", max_tokens: int = 77,
                      **_: object) -> CLIPTextTower:
     model, tokenizer, _proc = load_hf(checkpoint or model_name, bool(pretrained))
     return CLIPTextTower(model, tokenizer, model_name, max_tokens)
 
 
-def hf_pair(source: str, pretrained: bool, max_tokens: int) -> tuple[CLIPImageTower, CLIPTextTower]:
-    """Both towers of an hf: pair from one load of the checkpoint."""
+def hf_pretrained(source: str, pretrained: bool, max_tokens: int) -> tuple[CLIPImageTower, CLIPTextTower]:
+    """Both towers of an hf: model from one load of the checkpoint."""
     model, tokenizer, processor = load_hf(source, pretrained)
     return CLIPImageTower(model, processor, source), CLIPTextTower(model, tokenizer, source, max_tokens)
 
 
 def export_hf(model, img: CLIPImageTower, txt: CLIPTextTower, source: str, out) -> None:
-    """Write a pair's run as a ``CLIPModel`` / ``SiglipModel`` folder that ``from_pretrained``
+    """Write a pretrained model's run as a ``CLIPModel`` / ``SiglipModel`` folder that ``from_pretrained``
     loads with the same vectors: the checkpoint's config, tokenizer and image processor, and the
     run's towers, projections, logit scale and (SigLIP) bias. The folder is written beside
     ``out`` under a temporary name and renamed into place whole."""
@@ -207,7 +207,7 @@ def export_hf(model, img: CLIPImageTower, txt: CLIPTextTower, source: str, out) 
         lib.logit_scale.copy_(model.logit_scale.detach().to(lib.logit_scale))
         if _is_siglip(lib):
             if model.logit_bias is None:
-                raise ConfigError("this SigLIP pair's run has no logit bias to export")
+                raise ConfigError("this SigLIP model's run has no logit bias to export")
             lib.logit_bias.copy_(model.logit_bias.detach().to(lib.logit_bias))
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -1,4 +1,4 @@
-"""A pretrained CLIP pair (``model.pair=hf:FOLDER``): loaded as it is, measured zero-shot,
+"""A pretrained CLIP pair (``model.pretrained_model=hf:FOLDER``): loaded as it is, measured zero-shot,
 fine-tuned with the engine. No CLIP weights ship on PyPI, so the pair here is a tiny random
 ``CLIPModel`` saved with ``save_pretrained``, with a byte-level tokenizer of its own."""
 
@@ -62,7 +62,7 @@ def test_a_pair_gives_the_librarys_own_vectors(clip_folder):
 
 
 def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, tmp_path):
-    base = [f"model.pair=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
+    base = [f"model.pretrained_model=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
             f"cache.dir={tmp_path / 'cache'}", "train.lr=1e-3"]
     zs, ft = tmp_path / "zero-shot", tmp_path / "fine-tuned"
     # zero-shot: no step, the checkpoint measured as it is (epoch 0), the baseline of a fine-tune
@@ -82,7 +82,7 @@ def test_a_pair_is_measured_zero_shot_then_fine_tuned(clip_folder, shapes_dir, t
     assert main(["-q", "evaluate", str(ft), "--split", "test", "--json", str(tmp_path / "ft.json")]) == 0
     tuned_m, zero_m = (json.loads((tmp_path / f).read_text()) for f in ("ft.json", "zs.json"))
     assert set(tuned_m) == set(zero_m)  # the same figures, side by side
-    assert f"pair: hf:{clip_folder}" in (ft / "config.yaml").read_text()  # resolved when built
+    assert f"pretrained_model: hf:{clip_folder}" in (ft / "config.yaml").read_text()  # resolved when built
     from crossalign.runs import load_model
     from transformers import CLIPModel
 
@@ -105,7 +105,7 @@ def test_zeroshot_classifies_with_a_pair_as_it_is(clip_folder, shapes_dir, label
 
     zs = tmp_path / "zs"
     assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs),
-                 *sets([f"model.pair=hf:{clip_folder}", "train.epochs=0", "train.tensorboard=false",
+                 *sets([f"model.pretrained_model=hf:{clip_folder}", "train.epochs=0", "train.tensorboard=false",
                         f"cache.dir={tmp_path / 'cache'}"])]) == 0
     by_run = zeroshot(zs, labelled_shapes, "colour", split="all", progress=False)
     by_pair = zeroshot(f"hf:{clip_folder}", labelled_shapes, "colour", split="all", progress=False)
@@ -124,7 +124,7 @@ def test_wise_ends_are_the_two_weights_and_a_fine_tune_exports(clip_folder, shap
     from crossalign.runs import load_model
     from transformers import CLIPModel
 
-    base = [f"model.pair=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
+    base = [f"model.pretrained_model=hf:{clip_folder}", "train.tensorboard=false", "train.batch_size=32",
             f"cache.dir={tmp_path / 'cache'}", "train.lr=1e-3"]
     zs, ft = tmp_path / "zs", tmp_path / "ft"
     assert main(["-q", "train", "--data", str(shapes_dir), "--out", str(zs), *sets(base + ["train.epochs=0"])]) == 0
@@ -209,5 +209,5 @@ def test_wise_and_export_refuse_a_run_that_is_no_pair():
 
     model = build_model(ModelConfig(image=ImageTowerConfig(tower="small_cnn", width=8, image_size=32),
                                     text=TextTowerConfig(tower="lstm", width=8, vocab_size=32)))
-    with pytest.raises(ConfigError, match="need the run of a pretrained pair"):
+    with pytest.raises(ConfigError, match="need the run of a pretrained model"):
         zero_shot_state(model)

@@ -1,5 +1,5 @@
-"""The other kinds of pretrained pair: a Hugging Face ``SiglipModel`` (``model.pair=hf:FOLDER``)
-and an open_clip model (``model.pair=open_clip:NAME``, ``model.pair_weights=FILE``), each loaded
+"""The other kinds of pretrained model: a Hugging Face ``SiglipModel`` (``model.pretrained_model=hf:FOLDER``)
+and an open_clip model (``model.pretrained_model=open_clip:NAME``, ``model.pretrained_weights=FILE``), each loaded
 as it is against its library's own vectors, measured zero-shot, fine-tuned, exported and read
 back by that library. No weights can be downloaded, so both are tiny random models
 (tests/_tiny_clip.py)."""
@@ -87,12 +87,12 @@ def test_a_siglip_pair_gives_the_librarys_vectors_scale_and_bias(siglip_folder):
         torch.testing.assert_close(model.encode_text(**ours), want_t, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(aligner.encode_text(TEXTS), want_t.numpy(), rtol=1e-5, atol=1e-5)
     # the checkpoint's scale and bias win over the loss's, and loss=clip becomes siglip
-    cfg = load_config(None, [f"model.pair=hf:{siglip_folder}", "loss.name=clip"])
+    cfg = load_config(None, [f"model.pretrained_model=hf:{siglip_folder}", "loss.name=clip"])
     built = build_model(cfg.model, logit_start(cfg))
     assert float(built.logit_bias.detach()) == pytest.approx(SIGLIP_BIAS)
     assert loss_of(cfg.loss, built).name == "siglip"  # training settles the loss from the model
     assert built.scale().item() == pytest.approx(SIGLIP_SCALE, rel=1e-6)  # not siglip_scale_init
-    with pytest.raises(ConfigError, match="pair_weights is for open_clip pairs"):
+    with pytest.raises(ConfigError, match="pretrained_weights is for open_clip pairs"):
         crossalign.load(f"hf:{siglip_folder}", pretrained_weights="w.pt")
 
 
@@ -100,7 +100,7 @@ def test_a_siglip_pair_trains_with_its_bias_and_exports(siglip_folder, shapes_di
     from crossalign.runs import load_model
     from transformers import SiglipModel
 
-    base = _base([f"model.pair=hf:{siglip_folder}"], tmp_path)
+    base = _base([f"model.pretrained_model=hf:{siglip_folder}"], tmp_path)
     zs, ft = tmp_path / "zs", tmp_path / "ft"
     _train(shapes_dir, zs, base + ["train.epochs=0"])
     (row,) = list(csv.DictReader(open(zs / "metrics.csv")))
@@ -155,9 +155,9 @@ def test_an_open_clip_pair_gives_the_librarys_vectors(open_clip_files):
     from crossalign.embed.onnx_text import onnx_supported
     from crossalign.explain.words import word_scores
     from crossalign.models.dual import build_model
-    from crossalign.models.pairs import PAIR_KINDS, PAIR_PREFIXES
+    from crossalign.models.pretrained import PRETRAINED_KINDS, PRETRAINED_PREFIXES
 
-    assert PAIR_PREFIXES == ("hf", "open_clip") and set(PAIR_KINDS) == set(PAIR_PREFIXES)
+    assert PRETRAINED_PREFIXES == ("hf", "open_clip") and set(PRETRAINED_KINDS) == set(PRETRAINED_PREFIXES)
     config, weights = open_clip_files
     aligner = crossalign.load(f"open_clip:{config}", pretrained_weights=str(weights))
     model = aligner.model
@@ -176,7 +176,7 @@ def test_an_open_clip_pair_gives_the_librarys_vectors(open_clip_files):
                                    rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(aligner.encode_text(TEXTS), want_t.numpy(), rtol=1e-5, atol=1e-5)
     # last:N over the resblocks, the projection matrices (registered before them) included
-    cfg = load_config(None, [f"model.pair=open_clip:{config}", f"model.pair_weights={weights}",
+    cfg = load_config(None, [f"model.pretrained_model=open_clip:{config}", f"model.pretrained_weights={weights}",
                              "model.image.freeze=last:1", "model.text.freeze=last:1"])
     built = build_model(cfg.model, logit_start(cfg))
     visual, text = built.image_tower.visual, built.text_tower.text
@@ -188,7 +188,7 @@ def test_an_open_clip_pair_gives_the_librarys_vectors(open_clip_files):
     assert "not a transformers encoder" in onnx_supported(model)
     with pytest.raises(ConfigError, match="no token embedding layer"):
         word_scores(model, "a red circle", want_i[0])
-    with pytest.raises(ConfigError, match="pair_weights"):
+    with pytest.raises(ConfigError, match="pretrained_weights"):
         crossalign.load(f"open_clip:{config}")
 
 
@@ -197,7 +197,7 @@ def test_an_open_clip_pair_fine_tunes_mixes_and_exports(open_clip_files, shapes_
     from crossalign.runs import load_model
 
     config, weights = open_clip_files
-    base = _base([f"model.pair=open_clip:{config}", f"model.pair_weights={weights}"], tmp_path)
+    base = _base([f"model.pretrained_model=open_clip:{config}", f"model.pretrained_weights={weights}"], tmp_path)
     zs, ft = tmp_path / "zs", tmp_path / "ft"
     _train(shapes_dir, zs, base + ["train.epochs=0"])
     (row,) = list(csv.DictReader(open(zs / "metrics.csv")))
