@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossalign.errors import ConfigError, RunError
-from crossalign.config import LossConfig, RunConfig, default_cache_dir, logit_start
+from crossalign.errors import RunError
+from crossalign.config import LossConfig, RunConfig, default_cache_dir, logit_start, trained_splits
 from crossalign.data.table import PairTable
 from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
@@ -96,21 +96,12 @@ class _Position:
     loss_sum: float = 0.0  # training loss summed over this epoch's finished steps
 
 
-FIT_ON = {"train": ["train"], "train+val": ["train", "val"]}
-
-
-def fit_splits(cfg) -> list[str]:
-    """The splits the weights learn from (``train.fit_on``). Learning from val too is a refit:
-    val can neither choose the epoch (``keep=last``) nor stop the run early."""
-    if cfg.fit_on not in FIT_ON:
-        raise ConfigError(f"train.fit_on must be one of {', '.join(FIT_ON)}, got {cfg.fit_on!r}")
-    if cfg.fit_on == "train+val" and (cfg.keep != "last" or cfg.early_stopping):
-        raise ConfigError("train.fit_on=train+val trains on the val split, so val cannot pick the epoch: "
-                          "set train.keep=last and train.early_stopping=false (the epoch count is the "
-                          "one chosen on held-out data)")
-    if cfg.fit_on == "train+val":
+def fit_splits(cfg: RunConfig) -> list[str]:
+    """The splits the weights learn from (``train.fit_on``; ``RunConfig.validate`` refused the
+    combinations where val would both be learned from and pick the epoch)."""
+    if cfg.train.fit_on == "train+val":
         log.info("train.fit_on=train+val: the val split is trained on; its figures are of seen data")
-    return FIT_ON[cfg.fit_on]
+    return list(trained_splits(cfg))
 
 
 class Engine:
@@ -172,10 +163,8 @@ class Engine:
         return max(1, len(self.rows) // per_step)  # the last partial global batch is dropped
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if self.cfg.train.precision == "bf16":  # else fp32 (RunConfig.validate allows no other)
             return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
-        if self.cfg.train.precision != "fp32":
-            raise ConfigError(f"train.precision must be fp32 or bf16, got {self.cfg.train.precision!r}")
         return nullcontext()
 
     def _local(self, batch: np.ndarray) -> np.ndarray:
@@ -319,7 +308,7 @@ def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Probl
     images = ImageSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)
     used, dropped = drop_failed_images(used, images.failed)
     texts = TextSide(model, used, device, cache_root, bs, progress, cfg=cfg, dist=dist, training=True)
-    rows = np.array([texts.index[o] for o in used.select(fit_splits(cfg.train)).origin])
+    rows = np.array([texts.index[o] for o in used.select(fit_splits(cfg)).origin])
     t2i = np.array([images.index[i] for i in texts.image_ids])
     return Engine(cfg, model, images, texts, rows=rows, t2i=t2i, val=used.select("val"), dist=dist,
                   device=device, run=run, progress=progress, problems=problems + dropped)
