@@ -27,7 +27,7 @@ from crossalign._io import sha256_file
 from crossalign.runs import embed_split, open_run, select_split
 from crossalign.features import FeatureCache, text_key
 from crossalign.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from crossalign.train.distributed import CpuSyncBatchNorm, sync_batch_norm
+from crossalign.train.batch_norm import CpuSyncBatchNorm, sync_batch_norm
 
 from _ties import assert_recalls_within, assert_same_retrieval, recall_slack, recorded_validation
 

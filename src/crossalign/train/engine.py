@@ -28,7 +28,7 @@ from crossalign.evaluate.retrieval import retrieval_metrics
 from crossalign.models.dual import DualEncoder, build_model
 from crossalign.train.checkpoint import checkpoint_state
 from crossalign.distributed import DistInfo, all_reduce_mean, resolve_device
-from crossalign.train.distributed import has_batch_norm, sync_batch_norm
+from crossalign.train.batch_norm import has_batch_norm, sync_batch_norm
 from crossalign.train.logs import RunLogger
 from crossalign.train.schedule import make_scheduler
 from crossalign.train.sides import ImageSide, TextSide, drop_failed_images

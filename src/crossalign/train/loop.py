@@ -190,16 +190,15 @@ def _fit(engine: Engine, logger: RunLogger, gen_state: torch.Tensor | None) -> N
 def _apply_wise(run: Path, alpha: float) -> None:
     """``train.wise_alpha``: ``model_best`` becomes the WiSE-FT ensemble of the checkpoint's
     zero-shot weights and the best fine-tuned ones; those stay as ``model_finetuned``."""
-    from crossalign.models.wise import wise, zero_shot_state
+    from crossalign.models.wise import apply_wise
     from crossalign.runs import load_model
 
     model, _ = load_model(run, "best")
     meta = json.loads((run / "model_best.json").read_text())
     if "wise_alpha" in meta:  # a finished run resumed: model_best is the ensemble already
         return
-    ensembled = wise(zero_shot_state(model), model.state_dict(), float(alpha))
     save_model(model, run / "model_finetuned.safetensors", meta)
-    model.load_state_dict(ensembled)
+    apply_wise(model, alpha)
     save_model(model, run / "model_best.safetensors", {**meta, "wise_alpha": float(alpha)})
     log.info("model_best: WiSE-FT ensemble, alpha %g (the fine-tuned weights are model_finetuned)", alpha)
 
