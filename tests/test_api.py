@@ -127,3 +127,15 @@ def test_every_setting_is_checked_when_the_config_resolves(bad):
         load_config(None, [bad])
     with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
         crossalign.train("no-data", "no-run", overrides=[bad], fixed=True)
+
+
+def test_the_parser_and_the_package_import_no_heavy_library():
+    """``crossalign --help`` and ``import crossalign`` stay instant: torch, numpy's users and the
+    rest load inside the functions that need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import crossalign; from crossalign.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'timm', 'faiss', 'fastapi') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

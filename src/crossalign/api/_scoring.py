@@ -8,6 +8,7 @@ from typing import Sequence
 
 from crossalign.caption.nearest import DEFAULT_NEIGHBOURS, DEFAULT_TOP_M, DEFAULT_WEIGHT
 from crossalign.errors import ConfigError, InputNotFound
+from crossalign.explain import DEFAULT_METHOD
 
 __all__ = ["evaluate", "zeroshot", "report", "explain", "caption", "wise_alphas", "numbers"]
 
@@ -198,7 +199,7 @@ def report(runs: str | Path | Sequence[str | Path], data: str | Path | None = No
 
 
 def explain(run: str | Path, image: str | Path | None = None, text: str | None = None, *,
-            out: str | Path | None = None, method: str = "layercam", steps: int = 32, checkpoint: str = "best",
+            out: str | Path | None = None, method: str = DEFAULT_METHOD, steps: int = 32, checkpoint: str = "best",
             device: str = "auto"):
     """Which regions of ``image`` and which words of ``text`` made them close (``crossalign explain``).
 

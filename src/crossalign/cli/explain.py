@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_METHOD = "layercam"  # the best pointing game and deletion ratio of bench/bench_explain.py
 WORDS_PRINTED = 8
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from crossalign.explain.image import METHODS
+    from crossalign.explain import DEFAULT_METHOD, METHODS
 
     p = sub.add_parser("explain", help="which image regions and which words made a pair close",
                        description="Explain the similarity of one image and one text: a heat map over the "

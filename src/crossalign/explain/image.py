@@ -17,9 +17,10 @@ from torch import nn
 
 from crossalign.errors import ConfigError
 
+from crossalign.explain import METHODS
+
 __all__ = ["METHODS", "target_layers", "SimilarityTarget", "image_heat", "heat_in_frame", "crop_box"]
 
-METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
 
 
 def _cam_class(method: str):

@@ -84,7 +84,7 @@ def explain_pair(model, image, text: str, method: str = "gradcam", steps: int = 
 
     Args:
         model: a DualEncoder (``crossalign.runs.load_model``).
-        method: a Grad-CAM-family method (:data:`crossalign.explain.image.METHODS`).
+        method: a Grad-CAM-family method (:data:`crossalign.explain.METHODS`).
         steps: integrated-gradients steps over the words.
         max_pixels: larger images are refused (the run's ``data.max_pixels``; 0: Pillow's limit).
     Raises:
