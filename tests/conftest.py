@@ -126,3 +126,13 @@ def shared_index_dir(tmp_path_factory, shapes_dir) -> Path:
     from _live import shapes_index
 
     return shapes_index(tmp_path_factory.mktemp("served"), shapes_dir)
+
+
+@pytest.fixture(scope="module")
+def served_index(shared_index_dir):
+    """That index, open, for one module of the service's tests."""
+    from crossalign.index.search import open_index
+
+    ix = open_index(shared_index_dir)
+    yield ix
+    ix.close()

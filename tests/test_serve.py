@@ -32,20 +32,8 @@ LOCAL = "http://127.0.0.1"  # the service answers loopback host names only, unle
 
 
 @pytest.fixture(scope="module")
-def index_dir(shared_index_dir) -> Path:
-    return shared_index_dir
-
-
-@pytest.fixture(scope="module")
-def index(index_dir):
-    ix = open_index(index_dir)
-    yield ix
-    ix.close()
-
-
-@pytest.fixture(scope="module")
-def app(index):
-    return create_app(index, ServiceLimits(max_k=50, max_query_chars=200, max_upload_bytes=LIMIT))
+def app(served_index):
+    return create_app(served_index, ServiceLimits(max_k=50, max_query_chars=200, max_upload_bytes=LIMIT))
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +47,13 @@ def _png(color=(200, 30, 30), size=64) -> bytes:
     return buf.getvalue()
 
 
-def test_health_and_text_search(client, index):
+def test_health_and_text_search(client, served_index):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["images"] == 60 and h["captions"] == 300
     r = client.get("/search", params={"q": "a red circle", "k": 5})
     assert r.status_code == 200
     body = r.json()
-    direct = index.search(text="a red circle", k=5)
+    direct = served_index.search(text="a red circle", k=5)
     assert [x["id"] for x in body["hits"]] == [x.id for x in direct.hits]
     np.testing.assert_allclose([x["score"] for x in body["hits"]], [x.score for x in direct.hits], atol=1e-6)
     # the scores say what they are: plain ranking, cosine similarity, given as both
@@ -77,30 +65,30 @@ def test_health_and_text_search(client, index):
     with Image.open(io.BytesIO(thumb.content)) as im:
         assert max(im.size) <= 256
     full = client.get(body["hits"][0]["image_url"])
-    path = index.image(body["hits"][0]["image_id"]).path
+    path = served_index.image(body["hits"][0]["image_id"]).path
     assert full.status_code == 200 and full.content == Path(path).read_bytes()
 
 
-def test_no_answer_names_a_path_on_the_server(client, index, index_dir):
+def test_no_answer_names_a_path_on_the_server(client, served_index, shared_index_dir):
     """Hits and items name an image by id and name; where the files lie stays on the server."""
-    folder = str(Path(index.image(index.store.row_ids["images"][0]).path).parent)
+    folder = str(Path(served_index.image(served_index.store.row_ids["images"][0]).path).parent)
     answers = [client.get("/search", params={"q": "a red circle", "k": 50}),
                client.get("/search", params={"q": "a red circle", "target": "captions"}),
                client.get("/search", params={"like": 0}),
-               client.get(f"/items/{int(index.store.row_ids['images'][0])}"),
+               client.get(f"/items/{int(served_index.store.row_ids['images'][0])}"),
                client.get("/health"), client.get("/config")]
     for r in answers:
         assert r.status_code == 200
-        assert folder not in r.text and str(index_dir) not in r.text and "path" not in r.json()
+        assert folder not in r.text and str(shared_index_dir) not in r.text and "path" not in r.json()
     hit = answers[0].json()["hits"][0]
     assert set(hit) >= {"id", "name", "image_id", "split", "folder", "date", "image_url"}
 
 
-def test_filters_and_cut_off_through_the_api(client, index):
+def test_filters_and_cut_off_through_the_api(client, served_index):
     from crossalign.index.search import Filters
 
     r = client.get("/search", params={"q": "a red circle", "k": 50, "split": "val"}).json()
-    direct = index.search(text="a red circle", k=50, filters=Filters(split="val"))
+    direct = served_index.search(text="a red circle", k=50, filters=Filters(split="val"))
     assert [h["id"] for h in r["hits"]] == [h.id for h in direct.hits]
     assert r["hits"] and {h["split"] for h in r["hits"]} == {"val"} and r["query"]["split"] == "val"
     cut = r["hits"][1]["score"]
@@ -115,7 +103,7 @@ def test_filters_and_cut_off_through_the_api(client, index):
         assert 400 <= r.status_code < 500 and r.json()["detail"], bad
 
 
-def test_captions_like_items_and_upload(client, index, shapes_dir):
+def test_captions_like_items_and_upload(client, served_index, shapes_dir):
     r = client.get("/search", params={"q": "a green triangle", "k": 4, "target": "captions"}).json()
     assert r["target"] == "captions" and all(h["kind"] == "caption" for h in r["hits"])
     first = r["hits"][0]["image_id"]
@@ -126,12 +114,12 @@ def test_captions_like_items_and_upload(client, index, shapes_dir):
     photo = (shapes_dir / "images" / "scene_00007.png").read_bytes()
     up = client.post("/search/image", params={"k": 3}, files={"file": ("p.png", photo, "image/png")})
     assert up.status_code == 200
-    assert [h["id"] for h in up.json()["hits"]] == [h.id for h in index.search(image=photo, k=3).hits]
+    assert [h["id"] for h in up.json()["hits"]] == [h.id for h in served_index.search(image=photo, k=3).hits]
 
 
-def test_config_gives_the_limits_and_k_never_exceeds_them(index, client):
+def test_config_gives_the_limits_and_k_never_exceeds_them(served_index, client):
     assert client.get("/config").json()["k"] == 24  # the page's k, under a limit of 50
-    small = TestClient(create_app(index, ServiceLimits(max_k=5, max_query_chars=200)),
+    small = TestClient(create_app(served_index, ServiceLimits(max_k=5, max_query_chars=200)),
                        raise_server_exceptions=False, base_url=LOCAL)
     c = small.get("/config").json()
     assert c["k"] == 5 and c["max_k"] == 5 and c["default_k"] == 5 and c["max_query_chars"] == 200
@@ -144,10 +132,10 @@ def test_config_gives_the_limits_and_k_never_exceeds_them(index, client):
 
 
 @pytest.fixture()
-def breakable(index_dir, tmp_path):
+def breakable(shared_index_dir, tmp_path):
     """A copy of the index served by an app of its own, to break under it."""
     root = tmp_path / "idx"
-    shutil.copytree(index_dir, root)
+    shutil.copytree(shared_index_dir, root)
     ix = open_index(root, model=False)
     yield root, ix, TestClient(create_app(ix), raise_server_exceptions=False, base_url=LOCAL)
     ix.close()
@@ -223,7 +211,7 @@ def test_bad_requests_get_a_4xx_with_a_message(client, url, status):
     assert "root:" not in r.text and "import" not in r.text
 
 
-def test_explain_a_hit(client, index):
+def test_explain_a_hit(client, served_index):
     hit = client.get("/search", params={"q": "a red circle", "k": 3}).json()["hits"][0]
     r = client.get("/explain", params={"id": hit["image_id"], "q": "a red circle"})
     assert r.status_code == 200, r.text
@@ -237,7 +225,7 @@ def test_explain_a_hit(client, index):
 
     with Image.open(io.BytesIO(base64.b64decode(d["overlay"].split(",", 1)[1]))) as im:
         assert im.format == "JPEG" and max(im.size) <= 384
-    assert "path" not in d and str(index.image(hit["image_id"]).path) not in r.text
+    assert "path" not in d and str(served_index.image(hit["image_id"]).path) not in r.text
     again = client.get("/explain", params={"id": hit["image_id"], "q": "a red circle", "method": "gradcam"})
     assert again.status_code == 200 and again.json()["method"] == "gradcam"
 
@@ -288,21 +276,21 @@ def test_upload_limit_refuses_before_reading_the_body(app):
     assert len(read) == LIMIT // 65536 + 1  # chunked: stops at the first chunk past the limit
 
 
-def test_a_bug_is_a_logged_500(index, caplog, monkeypatch):
-    c = TestClient(create_app(index), raise_server_exceptions=False, base_url=LOCAL)
+def test_a_bug_is_a_logged_500(served_index, caplog, monkeypatch):
+    c = TestClient(create_app(served_index), raise_server_exceptions=False, base_url=LOCAL)
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(index, "search", broken)
+    monkeypatch.setattr(served_index, "search", broken)
     with caplog.at_level(logging.ERROR, logger="crossalign.serve"):
         r = c.get("/search", params={"q": "x"})
     assert r.status_code == 500 and "boom" not in r.text
     assert any(rec.exc_info and "boom" in str(rec.exc_info[1]) for rec in caplog.records)
 
 
-def test_file_gone_after_indexing(client, index):
-    rec = index.image(59)
+def test_file_gone_after_indexing(client, served_index):
+    rec = served_index.image(59)
     gone = Path(rec.path)
     saved = gone.read_bytes()
     gone.unlink()
@@ -327,11 +315,11 @@ def test_openapi_and_docs(client):
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_fuzzing_from_the_openapi_finds_no_server_error(index, mode):
+def test_fuzzing_from_the_openapi_finds_no_server_error(served_index, mode):
     """Requests generated from the service's own spec (valid ones, then invalid ones), bounded."""
     from crossalign.serve.guard import Access
 
-    app = create_app(index, ServiceLimits(max_k=50, max_query_chars=200, max_upload_bytes=LIMIT),
+    app = create_app(served_index, ServiceLimits(max_k=50, max_query_chars=200, max_upload_bytes=LIMIT),
                      Access(hosts=("testserver",)))  # the host name schemathesis sends
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     statuses: dict[str, list[int]] = {}
@@ -400,9 +388,9 @@ def test_page_in_a_real_browser(live_url, shapes_dir, tmp_path):
 
 
 @pytest.mark.needs("chromium")
-def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
+def test_page_asks_for_no_more_than_the_service_allows(served_index, shapes_dir):
     """Under a limit of 5 results the page asks for 5, by text, by image and for more like this."""
-    app = create_app(index, ServiceLimits(max_k=5, max_query_chars=40))
+    app = create_app(served_index, ServiceLimits(max_k=5, max_query_chars=40))
     errors, asked = [], []
     with serving(app) as url, browser_page(errors) as page:
         page.on("request", lambda r: asked.append(r.url) if "/search" in r.url else None)
@@ -423,12 +411,12 @@ def test_page_asks_for_no_more_than_the_service_allows(index, shapes_dir):
 
 
 @pytest.mark.needs("chromium")
-def test_page_state_lives_in_its_address(live_url, index):
+def test_page_state_lives_in_its_address(live_url, served_index):
     """/?q=... opens that search with its filters; a new search goes into the address; back
     returns to the one before."""
     from crossalign.index.search import Filters
 
-    n_val = len(index.search(text="a red circle", k=50, filters=Filters(split="val")).hits)
+    n_val = len(served_index.search(text="a red circle", k=50, filters=Filters(split="val")).hits)
     errors, asked = [], []
     with browser_page(errors) as page:
         page.on("request", lambda r: asked.append(r.url) if "/search" in r.url else None)

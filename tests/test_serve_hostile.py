@@ -36,37 +36,25 @@ LOCAL = "http://127.0.0.1"
 TOKEN = "a-test-token-that-is-long-enough"
 
 
-@pytest.fixture(scope="module")
-def index_dir(shared_index_dir) -> Path:
-    return shared_index_dir
-
-
-@pytest.fixture(scope="module")
-def index(index_dir):
-    ix = open_index(index_dir)
-    yield ix
-    ix.close()
-
-
-def _client(index, access=None, limits=None, **kw) -> TestClient:
-    return TestClient(create_app(index, limits, access, **kw), base_url=LOCAL,
+def _client(served_index, access=None, limits=None, **kw) -> TestClient:
+    return TestClient(create_app(served_index, limits, access, **kw), base_url=LOCAL,
                       raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
-def client(index):
-    return _client(index)
+def client(served_index):
+    return _client(served_index)
 
 
 @pytest.fixture(scope="module")
-def locked(index):
+def locked(served_index):
     """The service with a token."""
-    return _client(index, Access(token=TOKEN))
+    return _client(served_index, Access(token=TOKEN))
 
 
 # ---- hosts -----------------------------------------------------------------------------------
 
-def test_a_host_name_not_allowed_is_refused_before_routing(index, client):
+def test_a_host_name_not_allowed_is_refused_before_routing(served_index, client):
     """DNS rebinding: a page of evil.example whose name now points here sends Host: evil.example."""
     for path in ("/search?q=a+red+circle", "/items/0", "/images/0", "/", "/health", "/nosuch"):
         r = client.get(path, headers={"Host": "evil.example"})
@@ -75,7 +63,7 @@ def test_a_host_name_not_allowed_is_refused_before_routing(index, client):
     for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:9", "[::1]:8000"):
         assert client.get("/search?q=a+red+circle", headers={"Host": host}).status_code == 200, host
     assert client.get("/health", headers={"Host": "search.lab:443"}).status_code == 421
-    allowed = _client(index, Access(hosts=("search.lab",)))
+    allowed = _client(served_index, Access(hosts=("search.lab",)))
     assert allowed.get("/health", headers={"Host": "search.lab:443"}).status_code == 200
     assert allowed.get("/health", headers={"Host": "other.lab"}).status_code == 421
 
@@ -104,7 +92,7 @@ def test_every_route_but_health_asks_for_the_token(locked):
         assert locked.get("/items/0", headers={"Authorization": wrong}).status_code == 401, wrong
 
 
-def test_the_page_asks_for_the_token_once_and_keeps_a_cookie(locked, index):
+def test_the_page_asks_for_the_token_once_and_keeps_a_cookie(locked, served_index):
     page = locked.get("/")
     assert page.status_code == 401 and 'action="/login"' in page.text and 'type="password"' in page.text
     wrong = locked.post("/login", data={"token": "nope"}, follow_redirects=False)
@@ -115,25 +103,25 @@ def test_the_page_asks_for_the_token_once_and_keeps_a_cookie(locked, index):
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert "Secure" not in cookie and TOKEN not in cookie  # plain HTTP; a value derived from it
     value = re.search(COOKIE + r"=([0-9a-f]+)", cookie).group(1)
-    fresh = _client(index, Access(token=TOKEN))
+    fresh = _client(served_index, Access(token=TOKEN))
     fresh.cookies.set(COOKIE, value)
     assert fresh.get("/search?q=a+red+circle").status_code == 200
     assert fresh.get("/").status_code == 200
     fresh.cookies.set(COOKIE, value[:-1] + ("0" if value[-1] != "0" else "1"))
     assert fresh.get("/search?q=a").status_code == 401
     # behind TLS (a proxy that says so, or https itself) the cookie is Secure
-    tls = TestClient(create_app(index, None, Access(token=TOKEN)), base_url="https://localhost")
+    tls = TestClient(create_app(served_index, None, Access(token=TOKEN)), base_url="https://localhost")
     assert "Secure" in tls.post("/login", data={"token": TOKEN}, follow_redirects=False).headers["set-cookie"]
 
 
-def test_serving_beyond_loopback_needs_a_token(index_dir, tmp_path, monkeypatch, capsys):
+def test_serving_beyond_loopback_needs_a_token(shared_index_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("CROSSALIGN_TOKEN", raising=False)
-    assert main(["serve", str(index_dir), "--host", "0.0.0.0"]) == 2
+    assert main(["serve", str(shared_index_dir), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--no-auth" in err[0] and "CROSSALIGN_TOKEN" in err[0]
     short = tmp_path / "short"
     short.write_text("1234\n")
-    assert main(["serve", str(index_dir), "--token-file", str(short)]) == 2
+    assert main(["serve", str(shared_index_dir), "--token-file", str(short)]) == 2
     assert "at least 16" in capsys.readouterr().err
     good = tmp_path / "token"
     good.write_text(TOKEN + "\n")
@@ -152,7 +140,7 @@ def test_serving_beyond_loopback_needs_a_token(index_dir, tmp_path, monkeypatch,
 
 # ---- headers ---------------------------------------------------------------------------------
 
-def test_every_answer_carries_the_security_headers(client, index):
+def test_every_answer_carries_the_security_headers(client, served_index):
     answers = [client.get("/"), client.get("/search?q=a+red+circle"), client.get("/nosuch"),
                client.get("/search?k=0"), client.get("/images/0"), client.get("/images/0?size=64"),
                client.get("/static/app.js"), client.get("/docs"), client.get("/metrics"),
@@ -234,16 +222,16 @@ class _FakeExplanation:
                 "image_size": [64, 64]}
 
 
-def test_an_explain_flood_is_refused_at_once_and_searches_go_on(index, monkeypatch):
+def test_an_explain_flood_is_refused_at_once_and_searches_go_on(served_index, monkeypatch):
     """40 explanations at once: one runs, two wait, the rest get 503 + Retry-After while the
     first is still running; searches and a cached explanation are answered meanwhile."""
     from crossalign.serve import app as app_module
 
     gate = _Gate()
-    monkeypatch.setattr(index, "explain", gate)
+    monkeypatch.setattr(served_index, "explain", gate)
     monkeypatch.setattr(app_module, "_explanation_json",
                         lambda e: {**e.to_json(), "overlay": "data:image/jpeg;base64,"})
-    with serving(create_app(index)) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with serving(create_app(served_index)) as url, httpx.Client(base_url=url, timeout=60) as http:
         gate.open.set()
         assert http.get("/explain", params={"id": 0, "q": "cached"}).status_code == 200
         gate.open.clear()
@@ -290,7 +278,7 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") ->
     return False
 
 
-def test_idle_and_slow_clients_are_let_go(index):
+def test_idle_and_slow_clients_are_let_go(served_index):
     """Deadlines of 1 s for the headers and 2 s for the body here (10 s and 60 s by default);
     each connection must be closed by the server within a few seconds more (slack for a busy
     machine), where without the deadlines they stayed open for good."""
@@ -299,7 +287,7 @@ def test_idle_and_slow_clients_are_let_go(index):
     class Quick(GuardedH11Protocol):
         header_timeout_s, body_timeout_s = 1.0, 2.0
 
-    with serving(create_app(index), http=Quick) as url:
+    with serving(create_app(served_index), http=Quick) as url:
         port = int(url.rsplit(":", 1)[1])
         idle = socket.create_connection(("127.0.0.1", port))
         headers = socket.create_connection(("127.0.0.1", port))
@@ -317,10 +305,10 @@ def test_idle_and_slow_clients_are_let_go(index):
 
 # ---- nothing of the server in an answer ------------------------------------------------------
 
-def test_no_error_answer_tells_the_servers_insides(index_dir, tmp_path, monkeypatch):
+def test_no_error_answer_tells_the_servers_insides(shared_index_dir, tmp_path, monkeypatch):
     """Every route's error paths: no absolute path, object repr or traceback in any body."""
     root = tmp_path / "idx"
-    shutil.copytree(index_dir, root)
+    shutil.copytree(shared_index_dir, root)
     ix = open_index(root)
     c = _client(ix)
     rec = ix.image(3)
@@ -339,14 +327,14 @@ def test_no_error_answer_tells_the_servers_insides(index_dir, tmp_path, monkeypa
     for r in answers:
         text = r.text
         assert r.json()["detail"], text
-        for inside in (str(root), str(tmp_path), str(index_dir), home + "/", "/tmp/", "Traceback",
+        for inside in (str(root), str(tmp_path), str(shared_index_dir), home + "/", "/tmp/", "Traceback",
                        "object at 0x", 'File "', "site-packages"):
             assert inside not in text, (r.request.url, text)
 
 
 def _error_answers(c, ix, root: Path, picture: Path, monkeypatch) -> list:
     """An answer of every error path: bad uploads, a damaged and a missing file, unknown ids,
-    bad parameters, an unknown route and method, a damaged index, a bug."""
+    bad parameters, an unknown route and method, a damaged served_index, a bug."""
     answers = [
         c.post("/search/image", files={"file": ("x.png", b"this is not an image", "image/png")}),
         c.post("/search/image", files={"file": ("x.png", b"", "image/png")}),
@@ -381,8 +369,8 @@ def test_public_cuts_paths_and_reprs():
 
 # ---- operations ------------------------------------------------------------------------------
 
-def test_metrics_in_the_prometheus_format(index):
-    c = _client(index)
+def test_metrics_in_the_prometheus_format(served_index):
+    c = _client(served_index)
     c.get("/search", params={"q": "a red circle"})
     c.get("/items/0")
     c.get("/items/99999")
@@ -391,19 +379,19 @@ def test_metrics_in_the_prometheus_format(index):
     assert 'route="/items/{item_id}",status="404"' in text and 'route="/items/{item_id}",status="200"' in text
     assert "crossalign_request_seconds_bucket" in text
     assert 'crossalign_index_items{target="images"} 60.0' in text
-    assert f'crossalign_index_version_info{{version="{index.version}"}} 1.0' in text
+    assert f'crossalign_index_version_info{{version="{served_index.version}"}} 1.0' in text
     assert 'crossalign_queue_depth{pool="explain"} 0.0' in text
 
 
-def test_the_access_log_leaves_queries_out_unless_asked(index, caplog):
+def test_the_access_log_leaves_queries_out_unless_asked(served_index, caplog):
     with caplog.at_level(logging.INFO, logger="crossalign.serve"):
-        r = _client(index).get("/search", params={"q": "my secret holiday"})
+        r = _client(served_index).get("/search", params={"q": "my secret holiday"})
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "crossalign.serve"]
     assert any(line.startswith("GET /search") for line in lines)
     assert not any("secret" in line for line in lines)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="crossalign.serve"):
-        _client(index, log_queries=True).get("/search", params={"q": "my secret holiday"})
+        _client(served_index, log_queries=True).get("/search", params={"q": "my secret holiday"})
     assert any("secret" in rec.getMessage() for rec in caplog.records if rec.name == "crossalign.serve")
     from crossalign.serve.guard import RequestIdFilter, request_id
 
@@ -414,12 +402,12 @@ def test_the_access_log_leaves_queries_out_unless_asked(index, caplog):
     assert record.request_id == r.headers["x-request-id"]
 
 
-def test_two_workers_answer_and_count_together(index_dir, tmp_path):
+def test_two_workers_answer_and_count_together(shared_index_dir, tmp_path):
     """``crossalign serve --workers 2`` as a user starts it: both processes answer, and
     /metrics adds up the requests of both."""
     port = free_port()
     env = {**os.environ, "CROSSALIGN_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "crossalign.cli.main", "serve", str(index_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "crossalign.cli.main", "serve", str(shared_index_dir),
                              "--port", str(port), "--workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
@@ -449,12 +437,12 @@ def test_two_workers_answer_and_count_together(index_dir, tmp_path):
 # ---- the docs, offline -----------------------------------------------------------------------
 
 @pytest.mark.needs("chromium")
-def test_docs_load_with_the_network_blocked(index):
+def test_docs_load_with_the_network_blocked(served_index):
     """/docs and /redoc draw the API from files of this origin alone: every other request is
     blocked, and the page must still show the operations, with no console error (a policy
     violation is one)."""
     errors, foreign = [], []
-    with serving(create_app(index)) as url, browser_page(errors) as page:
+    with serving(create_app(served_index)) as url, browser_page(errors) as page:
         def gate(route):
             if route.request.url.startswith(url) or route.request.url.startswith("data:"):
                 return route.continue_()
@@ -475,9 +463,9 @@ def test_docs_load_with_the_network_blocked(index):
 
 
 @pytest.mark.needs("chromium")
-def test_the_page_signs_in_with_the_token_and_searches(index, tmp_path):
+def test_the_page_signs_in_with_the_token_and_searches(served_index, tmp_path):
     errors = []
-    with serving(create_app(index, None, Access(token=TOKEN))) as url, browser_page(errors) as page:
+    with serving(create_app(served_index, None, Access(token=TOKEN))) as url, browser_page(errors) as page:
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(url + "/?q=a+red+circle", wait_until="load")
         assert page.locator("#login").count() == 1
