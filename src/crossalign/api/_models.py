@@ -21,8 +21,8 @@ class Aligner:
     use, so an image embeds the same way from a path, from its bytes or as a PIL image.
     """
 
-    def __init__(self, model, cfg: RunConfig, device: str = "auto") -> None:
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model, cfg: RunConfig, device: str = "cpu") -> None:
+        self.model, self.cfg, self.device = model, cfg, device  # the device the model is on
 
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
         """``[n, embed_dim]`` for image paths, file bytes or PIL images (one alone: ``[1, embed_dim]``).

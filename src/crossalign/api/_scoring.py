@@ -85,8 +85,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
         progress: progress bars.
 
     Returns:
-        The metrics as a dict (``t2i_R@1``, ``i2t_R@1``, ..., ``rsum``, ``chance``, ``ranking``);
-        with ``wise``, ``{"wise": {alpha: metrics}, "wise_pools": ...}``.
+        The metrics, a :class:`~crossalign.evaluate.tables.Metrics` (a dict: ``t2i_R@1``,
+        ``i2t_R@1``, ..., ``rsum``, ``chance``, ``ranking``; printed as the command's table, shown
+        as an HTML table in a notebook); with ``wise``, ``{"wise": {alpha: metrics},
+        "wise_pools": ...}``.
     """
     from crossalign.distributed import resolve_device
     from crossalign.evaluate.run import evaluate as _evaluate

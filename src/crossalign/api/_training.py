@@ -36,7 +36,7 @@ def tune_config(trials: int | None = None, budget: str | float | None = None, to
     from crossalign.train.tune import TuneConfig, parse_budget
 
     return TuneConfig(trials=trials or 0, budget=parse_budget(budget) if budget else 0.0,
-                      towers=tuple(t.strip() for t in _names(towers)), seed=search_seed, folds=folds,
+                      towers=tuple(_names(towers)), seed=search_seed, folds=folds,
                       min_val_images=min_val_images, objective=objective, max_epochs=max_epochs,
                       prune=prune, count_extraction=count_extraction, refit=refit,
                       fix=tuple(_names(fix)))

@@ -41,19 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _print(result) -> None:
-    label = "cos" if result.score_kind == "cosine similarity" else result.ranking
-    for h in result.hits:
-        print(f"{h.rank:>3}  {label} {h.score:.4f}  {h.path}")
-        if h.captions:
-            more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
-            print(f"       {h.captions[0]}{more}")
-    if not result.hits:
-        print("nothing found (no item passes the filters and the cut-off)")
-    print(f"{len(result.hits)} {result.target} in {result.seconds * 1000:.1f} ms "
-          f"(ranking {result.ranking}: {label} is {result.score_kind})")
-
-
 def run(args: argparse.Namespace) -> int:
     from crossalign.api import search
 
@@ -63,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
                           "ranking": result.ranking, "score_kind": result.score_kind,
                           "hits": [h.to_dict() for h in result.hits]}, indent=2))
     else:
-        _print(result)
+        print(result)  # the text SearchResult gives: rank, score, path, first caption
     return 0
