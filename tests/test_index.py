@@ -143,7 +143,7 @@ def test_search_command(built, capsys):
     out = capsys.readouterr().out
     assert out.count(".png") >= 3 and "3 images in" in out
     assert out.splitlines()[0].startswith("  1  cos ")  # every score says what it is
-    assert "(ranking plain: cos is cosine similarity)" in out
+    assert "(vector search, ranking plain: cos is cosine similarity)" in out
     assert main(["-q", "search", str(built), "a blue square", "--minus", "grass", "--target", "captions",
                  "-k", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -20,7 +20,8 @@ def _quiet_faiss() -> None:
 def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | None = None,
           images: str | Path | None = None, add: Sequence[str | Path] = (), from_embeddings: str | Path | None = None,
           split: str = "all", format: str = "", index_type: str | None = None, recall: float = 0.95,
-          checkpoint: str = "best", nproc: int = 0, device: str = "auto", progress: bool = True):
+          ocr: bool | None = None, checkpoint: str = "best", nproc: int = 0, device: str = "auto",
+          progress: bool = True):
     """Embed a collection with a trained run into an index folder: FAISS vectors plus SQLite
     metadata (``crossalign index``). Run again to update it: only new or changed files are
     embedded, and entries whose files are gone are dropped.
@@ -38,6 +39,8 @@ def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | 
             (default: what the index had, auto for a new one).
         recall: hnsw / ivfpq: the recall@10 against exact search the search is set to reach,
             measured on a sample of the index's own vectors.
+        ocr: read the words in each picture (PP-OCR) into the keyword index, cached by content
+            hash (default: what the index did, off for a new one).
         checkpoint: ``best`` or ``last``.
         nproc: share the embedding over this many processes on this machine (torchrun).
         device: ``cpu`` or ``cuda``.
@@ -56,8 +59,9 @@ def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | 
         raise ConfigError("give `out`: the index folder to create or update")
     _quiet_faiss()
     if from_embeddings:
-        if data or images or add:
-            raise ConfigError("`from_embeddings` builds from partitions alone; leave out `data`, `images`, `add`")
+        if data or images or add or ocr:
+            raise ConfigError("`from_embeddings` builds from partitions alone; leave out `data`, `images`, "
+                              "`add` and `ocr`")
         return build_from_embeddings(run, out, from_embeddings, index_type=index_type, which=checkpoint,
                                      device=device, recall=recall)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -70,6 +74,7 @@ def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | 
         argv += [a for folder in add for a in ("--add", str(folder))]
         argv += ["--format", format] if format else []
         argv += ["--index-type", index_type] if index_type else []
+        argv += [] if ocr is None else ["--ocr" if ocr else "--no-ocr"]
         _torchrun("index", argv, nproc)
         return None
     from crossalign.distributed import cleanup_distributed, init_distributed
@@ -78,19 +83,23 @@ def index(run: str | Path, out: str | Path | None = None, *, data: str | Path | 
     try:
         return build_index(run, out, data=data, images=images, add=list(add), split=split, data_format=format,
                            index_type=index_type, which=checkpoint, device=device, progress=progress,
-                           dist=dist if dist.world_size > 1 else None, recall=recall)
+                           dist=dist if dist.world_size > 1 else None, recall=recall, ocr=ocr)
     finally:
         cleanup_distributed()
 
 
 def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Path | Sequence = (),
            like: Sequence[int] = (), minus: str | Sequence[str] = (), weights: str | Sequence[float] | None = None,
-           k: int = 10, target: str = "images", min_score: float | None = None, split: str | None = None,
+           query: str | None = None, mode: str = "vector", fusion: str | Sequence[float] | None = None,
+           k: int = 10, target: str = "images", min_score: float | None = None, min_prob: float | None = None,
+           coverage: float | None = None, split: str | None = None,
            folder: str | None = None, since: str | None = None, until: str | None = None,
            label: str | Sequence[str] = (), run: str | Path | None = None, device: str = "auto"):
     """The nearest images (or captions) of an index to a query (``crossalign search``).
 
-    Several terms add up; ``minus`` pushes a term away; ``weights`` weighs each term.
+    Several terms add up; ``minus`` pushes a term away; ``weights`` weighs each term; ``query``
+    says all three in one string (``"beach +sunset:0.5 -people"``). ``mode`` searches by
+    meaning, by words, or both.
 
     Args:
         index: an index folder written by :func:`index`.
@@ -99,9 +108,19 @@ def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Pa
         like: images of the index, by id, as terms.
         minus: text terms to push away.
         weights: one weight per term, in order: texts, then images, then ``like`` items.
+        query: text terms, their weights and terms to push away in one string, in place of
+            ``text``, ``weights`` and ``minus``: terms are split at words starting with ``+``
+            or ``-``, ``:W`` weighs one, quotes make a phrase (``"red car":2 -people``).
+        mode: ``vector`` (by meaning), ``keyword`` (by words: captions, file names, labels, the
+            words read in the pictures; BM25) or ``hybrid`` (both, reciprocal rank fusion).
+        fusion: hybrid: the weights of the vector and the keyword ranking (default ``1,1``).
         k: how many results.
         target: ``images`` or ``captions``.
-        min_score: leave out hits scored below this cosine similarity.
+        min_score: leave out hits below this cosine similarity (one cut for every query).
+        min_prob: leave out hits whose calibrated probability of being the query's match is
+            below this (the index calibrates on the run's validation pairs when it is built).
+        coverage: keep the smallest set of hits that holds the query's match with this
+            probability (split-conformal prediction; at most ``k`` are returned).
         split: only images of these splits (``"train,val"``).
         folder: only images in this folder of the collection (or below it).
         since: only pictures taken on or after this date (``YYYY-MM-DD``).
@@ -116,19 +135,22 @@ def search(index: str | Path, text: str | Sequence[str] = (), *, image: str | Pa
     """
     from crossalign.api._scoring import numbers
     from crossalign.distributed import resolve_device
-    from crossalign.index.search import Filters, open_index
+    from crossalign.index.search import FUSION_WEIGHTS, Filters, open_index
 
     device = resolve_device(device)
 
     _quiet_faiss()
     one = lambda v: [v] if isinstance(v, (str, Path, bytes)) or hasattr(v, "convert") else list(v)  # noqa: E731
     filters = Filters.of(split, folder, since, until, one(label))
-    opened = open_index(index, run, device=device)
+    # a keyword search of words alone needs no model: the index opens without one
+    words_only = mode == "keyword" and not one(image) and not list(like)
+    opened = open_index(index, run, device=device, model=not words_only)
     try:
         return opened.search(text=one(text), image=one(image), like=list(like), minus=one(minus),
                              weights=None if weights is None else numbers(weights, float, "weights"), k=k,
-                             target=target,
-                             filters=filters, min_score=min_score)
+                             target=target, filters=filters, min_score=min_score, query=query, mode=mode,
+                             min_prob=min_prob, coverage=coverage,
+                             fusion=FUSION_WEIGHTS if fusion is None else numbers(fusion, float, "fusion"))
     finally:
         opened.close()
 

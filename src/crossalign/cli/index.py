@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recall", type=float, default=0.95,
                    help="hnsw / ivfpq: set the search to reach this recall@10 against exact "
                         "search, measured on a sample of the index's own vectors (default 0.95)")
+    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the words in each picture (PP-OCR) into the keyword index, cached by "
+                        "content hash (default: what the index did, off for a new one)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     p.add_argument("--nproc", type=int, default=0,
                    help="share the embedding over N processes on this machine (through torchrun)")
@@ -57,3 +60,6 @@ def print_summary(summary) -> None:
         verdict = "" if t["met"] else f" (short of the {t['target']:.2f} asked: the widest search tried)"
         print(f"  {target}: {params}: recall@10 {t['recall']:.3f} on {t['queries']} held queries, "
               f"{t['ms']:.2f} ms a query{verdict}")
+    if summary.ocr_read:
+        print(f"  words read in {summary.ocr_read} pictures")
+    print(f"  cut-off calibration: {summary.calibration}")

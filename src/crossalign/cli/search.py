@@ -1,4 +1,5 @@
-"""``crossalign search INDEX "a dog runs on the beach" [--image photo.jpg] [--minus TEXT] -k 5``"""
+"""``crossalign search INDEX "a dog runs on the beach" [--image photo.jpg] [--minus TEXT] -k 5``
+``crossalign search INDEX --query "beach +sunset:0.5 -people" --mode hybrid --min-prob 0.5``"""
 
 from __future__ import annotations
 
@@ -22,11 +23,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a text term to push away (repeatable)")
     p.add_argument("--weights", metavar="W,W,...",
                    help="one weight per term, in order: texts, then images, then --like items")
+    p.add_argument("--query", metavar="QUERY",
+                   help='the text terms in one string, with weights and terms to push away: '
+                        '"beach +sunset:0.5 -people" (in place of TEXT, --weights, --minus)')
+    p.add_argument("--mode", default="vector", choices=["vector", "keyword", "hybrid"],
+                   help="vector: by meaning (default); keyword: by words (captions, file names, "
+                        "labels, words read in the pictures), ranked by BM25; hybrid: both "
+                        "rankings fused (reciprocal rank fusion)")
+    p.add_argument("--fusion", metavar="V,K",
+                   help="hybrid: the weights of the vector and the keyword ranking (default 1,1)")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--target", default="images", choices=["images", "captions"],
                    help="search images (default) or captions")
     p.add_argument("--min-score", type=float, metavar="S",
-                   help="leave out hits scored below S (a cosine similarity): fewer than k may remain")
+                   help="leave out hits below cosine similarity S, the same S for every query: "
+                        "fewer than k may remain")
+    p.add_argument("--min-prob", type=float, metavar="P",
+                   help="leave out hits whose calibrated probability of being the query's match "
+                        "is below P (calibrated on the run's validation pairs when indexing)")
+    p.add_argument("--coverage", type=float, metavar="C",
+                   help="keep the smallest set of hits that holds the query's match with "
+                        "probability C (split-conformal, e.g. 0.9); at most k are shown")
     p.add_argument("--split", help="only images of these splits (comma-separated: train,val)")
     p.add_argument("--folder", help="only images in this folder of the collection (or below it)")
     p.add_argument("--since", metavar="DATE", help="only pictures taken (EXIF date, else the "
@@ -46,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = call(search, args)
     if args.json:
-        print(json.dumps({"target": result.target, "seconds": result.seconds,
+        print(json.dumps({"target": result.target, "seconds": result.seconds, "mode": result.mode,
                           "ranking": result.ranking, "score_kind": result.score_kind,
-                          "hits": [h.to_dict() for h in result.hits]}, indent=2))
+                          "cutoff": result.cutoff, "hits": [h.to_dict() for h in result.hits]},
+                         indent=2))
     else:
         print(result)  # the text SearchResult gives: rank, score, path, first caption
     return 0

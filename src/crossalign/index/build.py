@@ -46,6 +46,8 @@ class BuildSummary:
     factory: dict[str, str]  # the FAISS index of each target
     seconds: float
     tuned: dict[str, dict] = field(default_factory=dict)  # approximate targets: Tuned.to_dict()
+    ocr_read: int = 0  # pictures whose words were read in this build (--ocr)
+    calibration: str = ""  # the search cut-off's calibration, or why there is none
 
 
 def _plan_source(emb: Embedder, k: int, src: dict, quiet: bool) -> list[ImageRecord]:
@@ -194,7 +196,7 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
                 images: str | Path | None = None, add: Sequence[str | Path] = (), split: str = "all",
                 data_format: str = "", index_type: str | None = None, which: str = "best",
                 device: str = "cpu", progress: bool = True, dist=None,
-                recall: float = DEFAULT_RECALL) -> BuildSummary | None:
+                recall: float = DEFAULT_RECALL, ocr: bool | None = None) -> BuildSummary | None:
     """Build or update the index at ``out`` with the model of ``run``.
 
     Args:
@@ -210,6 +212,8 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
         dist: a DistInfo to share the embedding out over processes.
         recall: an approximate index's search parameters are tuned to reach this recall@10
             against exact search (measured on a sample of the index's own vectors).
+        ocr: read the words in each picture into the keyword index (cached by content hash);
+            default: what the index did, off for a new one.
 
     Returns:
         A :class:`BuildSummary` (None on processes other than the first).
@@ -242,6 +246,7 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
         index_type = old.info.get("index_type", "auto") if old is not None else "auto"
     info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    read, info = _enrich(emb, old, kept, info, ocr, progress)
     version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type, recall)
     _clean_parts(out)
     _wait(dist)
@@ -252,7 +257,29 @@ def build_index(run: str | Path | Embedder, out: str | Path, *, data: str | Path
     factory, tuned = _factories(out)
     return BuildSummary(out, version, len(kept), len(caption_vecs), len(new_paths), len(new_texts),
                         len(set(old_ids) - {im.path for im in kept}), failed, factory,
-                        time.perf_counter() - t0, tuned)
+                        time.perf_counter() - t0, tuned, read, _calibration_line(info))
+
+
+def _enrich(emb: Embedder, old: IndexStore | None, kept: list[ImageRecord], info: dict,
+            ocr: bool | None, progress: bool) -> tuple[int, dict]:
+    """The words read in the pictures (``ocr``; default: as the old index did) and the
+    calibration of the cut-off, added to ``kept`` and ``info``; how many pictures were read."""
+    from crossalign.index._enrich import fit_from_run, read_words
+
+    if ocr is None:
+        ocr = bool(old.info.get("ocr", False)) if old is not None else False
+    read = read_words(kept, old, progress) if ocr else 0
+    calibration, note = fit_from_run(emb, old, progress)
+    info = {**info, "ocr": bool(ocr), "calibration": calibration}
+    return read, {**info, "calibration_note": note} if note else info
+
+
+def _calibration_line(info: dict) -> str:
+    from crossalign.index.calibrate import Calibration
+
+    fitted = info.get("calibration", {}).get("images")
+    line = Calibration.from_dict(fitted).summary() if fitted else "none"
+    return line + (f" ({info['calibration_note']})" if info.get("calibration_note") else "")
 
 
 def _open_old(out: Path) -> IndexStore | None:
@@ -407,6 +434,7 @@ def _finish_from_embeddings(emb, out: Path, parts, old, kept, image_vecs, captio
         index_type = old.info.get("index_type", "auto") if old is not None else "auto"
     info = {"run": str(emb.run.resolve()), "weights_hash": emb.weights_hash, "dim": emb.dim,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _, info = _enrich(emb, old, kept, info, False, False)
     sources = [dict(kind="embeddings", path=str(Path(parts).resolve()), split="all", format="")]
     version = write_version(out, info, sources, kept, image_vecs, caption_vecs, index_type, recall)
     if old is not None:
@@ -414,4 +442,4 @@ def _finish_from_embeddings(emb, out: Path, parts, old, kept, image_vecs, captio
     factory, tuned = _factories(out)
     return BuildSummary(out, version, len(kept), len(caption_vecs), 0, 0,
                         len(set(old_ids) - {im.path for im in kept}), {}, factory,
-                        time.perf_counter() - t0, tuned)
+                        time.perf_counter() - t0, tuned, 0, _calibration_line(info))

@@ -32,17 +32,25 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from crossalign.errors import ConfigError, RunError, UnknownItem
+from crossalign.index._cutoff import Calibrated, cutoff_of
 from crossalign.index._versions import read_current, relative_message
+from crossalign.index.fusion import fuse
+from crossalign.index.query import Query, Term, fts_match, parse_query
 from crossalign.index.store import Filters, IndexStore
 from crossalign.index.recall import apply_params, approximate_top, tuned_params
 
 __all__ = ["Index", "ServedVersion", "Hit", "SearchResult", "Filters", "open_index", "TARGETS",
-           "RANKING", "SCORE_KIND"]
+           "RANKING", "SCORE_KIND", "MODES", "RANKINGS", "FUSION_WEIGHTS"]
 
 log = logging.getLogger("crossalign.index")
 
 TARGETS = ("images", "captions")
 RANKING, SCORE_KIND = "plain", "cosine similarity"  # how search ranks, and what its scores are
+MODES = ("vector", "keyword", "hybrid")
+RANKINGS = {"vector": (RANKING, SCORE_KIND), "keyword": ("bm25", "BM25 relevance"),
+            "hybrid": ("rrf", "reciprocal rank fusion score")}
+FUSION_WEIGHTS = (1.0, 1.0)  # hybrid: the vector ranking's weight, the keyword ranking's
+FUSION_DEPTH = 100  # hybrid: the least depth of each ranking fused (4 k when that is more)
 # what an approximate index built without tuned parameters searches with: HNSW's breadth,
 # IVF's lists visited
 HNSW_EF_SEARCH = 128
@@ -57,8 +65,8 @@ class Hit:
     """One result: an image (with its captions), or a caption (with its image)."""
 
     rank: int
-    score: float  # what the ranking ordered by (plain ranking: the cosine similarity)
-    cosine: float  # cosine similarity to the query
+    score: float  # what the ranking ordered by (vector mode: the cosine similarity)
+    cosine: float | None  # cosine similarity to the query (None: a keyword search, no vector)
     kind: str  # "image" or "caption"
     id: int  # id of the image or caption
     image_id: int
@@ -69,6 +77,11 @@ class Hit:
     split: str = ""
     folder: str = ""  # the image's folder relative to its source
     date: str = ""  # when the picture was taken (EXIF), else its file's mtime
+    # the calibrated probability that this is the query's match (None: not calibrated for it)
+    probability: float | None = None
+    # where the words matched (keyword and hybrid modes): [text, matched] pieces in order
+    snippet: list = field(default_factory=list)
+    ocr: str = ""  # the words read in the picture (an index built with --ocr)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +97,8 @@ class SearchResult:
     ranking: str = RANKING  # which ranking produced the hits' scores
     score_kind: str = SCORE_KIND  # what those scores are
     version: str = ""  # the version of the index that answered
+    mode: str = "vector"  # vector, keyword or hybrid
+    cutoff: dict = field(default_factory=dict)  # what cut the hits off: asked, and the cosine
 
     THUMB_SIDE = 128  # pixels: the longer side of a hit's picture in a notebook
 
@@ -91,15 +106,29 @@ class SearchResult:
         return "cos" if self.score_kind == SCORE_KIND else self.ranking
 
     def _summary(self) -> str:
+        cut = ""
+        if self.cutoff.get("cosine") is not None:
+            asked = ", ".join(f"{k} {v}" for k, v in self.cutoff.items() if k != "cosine")
+            cut = f"; cut off below cos {self.cutoff['cosine']:.4f} ({asked})"
         return (f"{len(self.hits)} {self.target} in {self.seconds * 1000:.1f} ms "
-                f"(ranking {self.ranking}: {self._score_label()} is {self.score_kind})")
+                f"({self.mode} search, ranking {self.ranking}: {self._score_label()} is "
+                f"{self.score_kind}{cut})")
+
+    @staticmethod
+    def _extra(h: Hit) -> str:
+        """What a hit carries beside its score: its cosine (when ranked otherwise) and its
+        calibrated probability."""
+        out = f"  cos {h.cosine:.4f}" if h.cosine is not None and h.cosine != h.score else ""
+        return out + (f"  p {h.probability:.3f}" if h.probability is not None else "")
 
     def __str__(self) -> str:
         """The hits as ``crossalign search`` prints them: rank, score, path, first caption."""
         lines = []
         for h in self.hits:
-            lines.append(f"{h.rank:>3}  {self._score_label()} {h.score:.4f}  {h.path}")
-            if h.captions:
+            lines.append(f"{h.rank:>3}  {self._score_label()} {h.score:.4f}{self._extra(h)}  {h.path}")
+            if h.snippet:
+                lines.append("       " + "".join(f"[{t}]" if hit else t for t, hit in h.snippet))
+            elif h.captions:
                 more = f"  (+{len(h.captions) - 1} more)" if len(h.captions) > 1 else ""
                 lines.append(f"       {h.captions[0]}{more}")
         if not self.hits:
@@ -178,6 +207,8 @@ class ServedVersion:
             if nprobe is not None:
                 params["nprobe"] = nprobe
             apply_params(store.faiss[target], params)
+        self._calibrated: dict[str, Calibrated] = {}
+        self._calibrating = threading.Lock()
         self.pins = 0  # calls using this version now (counted under the Index's lock)
         self.retired = False  # another version is served: close this one when its calls end
         self._closed = False
@@ -189,6 +220,20 @@ class ServedVersion:
     @property
     def info(self) -> dict:
         return self.store.info
+
+    def calibrated(self, target: str, kind: str) -> tuple[Calibrated | None, str]:
+        """The calibration of ``target`` for a query of this ``kind`` (``text``: text terms
+        alone; ``other``), or None and why there is none."""
+        fitted = self.store.info.get("calibration") or {}
+        if target not in fitted:
+            return None, self.store.info.get("calibration_note") or (
+                f"the index holds no calibration of its {target}")
+        if kind != "text":
+            return None, "it is fitted on text queries (captions), and this query has image terms"
+        with self._calibrating:
+            if target not in self._calibrated:
+                self._calibrated[target] = Calibrated(self.store, target)
+            return self._calibrated[target], ""
 
     def close(self) -> None:
         if not self._closed:
@@ -417,7 +462,10 @@ class Index:
                target: str = "images", weights: Sequence[float] | None = None,
                minus: str | Sequence[str] | None = None,
                like: int | Sequence[int] | None = None, filters: Filters | None = None,
-               min_score: float | None = None) -> SearchResult:
+               min_score: float | None = None, *, query: str | Query | None = None,
+               mode: str = "vector", min_prob: float | None = None,
+               coverage: float | None = None,
+               fusion: Sequence[float] = FUSION_WEIGHTS) -> SearchResult:
         """The ``k`` images (or captions) nearest the query.
 
         Args:
@@ -429,16 +477,44 @@ class Index:
             minus: text terms to push away.
             like: ids of indexed images to search by ("more like this").
             filters: which images may be returned (a caption: when its image may).
-            min_score: leave out hits scored below this (at most ``k`` remain).
+            min_score: leave out hits below this cosine similarity (at most ``k`` remain).
+            query: the text terms in one string, with their weights and the terms to push
+                away (``beach +sunset:0.5 -people``; see :mod:`crossalign.index.query`), in place
+                of ``text``, ``weights`` and ``minus``.
+            mode: ``vector`` (by meaning), ``keyword`` (by words: captions, file names, labels
+                and the words read in the pictures, ranked by BM25) or ``hybrid`` (both
+                rankings fused by reciprocal rank fusion).
+            min_prob: leave out hits whose calibrated probability of being the query's match
+                is below this.
+            coverage: keep the smallest set of hits that holds the query's match with this
+                probability (split-conformal; at most ``k`` of them are returned).
+            fusion: hybrid: the weights of the vector and the keyword ranking.
         """
         t0 = time.perf_counter()
         if target not in TARGETS:
             raise ConfigError(f"target must be 'images' or 'captions', got {target!r}")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        if mode not in MODES:
+            raise ConfigError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
+        if query is not None:
+            if _as_list(text) or _as_list(minus) or weights is not None:
+                raise ConfigError("give `query` (terms, weights and pushed terms in one string) "
+                                  "or `text`/`weights`/`minus`, not both")
+            parsed = query if isinstance(query, Query) else parse_query(query)
+            text, weights, minus = parsed.texts, parsed.weights, None
+        else:
+            parsed = _as_query(text, minus, weights)
+        kind = "text" if parsed.terms and not _as_list(image) and not _as_list(like) else "other"
         with self.pinned() as served:
-            q = self._terms(served.store, text, image, like, minus, weights)
-            return self._search(served, q, k, target, filters, min_score, t0)
+            q = None
+            if mode != "keyword":
+                q = self._terms(served.store, text, image, like, minus, weights)
+            elif kind != "text":
+                raise ConfigError("a keyword search takes words only: no image or `like` terms")
+            return self._search(served, q, k, target, filters, t0, mode=mode, query=parsed,
+                                kind=kind, fusion=fusion,
+                                limits=(min_score, min_prob, coverage))
 
     def search_vector(self, q: np.ndarray, k: int = 10, target: str = "images",
                       filters: Filters | None = None, min_score: float | None = None,
@@ -446,16 +522,43 @@ class Index:
         """The ``k`` nearest items to a query vector ``[dim]`` (normalised by the caller)."""
         t0 = time.perf_counter() if started is None else started
         with self.pinned() as served:
-            return self._search(served, q, k, target, filters, min_score, t0)
+            return self._search(served, q, k, target, filters, t0, limits=(min_score, None, None))
 
-    def _search(self, served: ServedVersion, q: np.ndarray, k: int, target: str,
-                filters: Filters | None, min_score: float | None, t0: float) -> SearchResult:
-        rows, scores = self._nearest(served, np.asarray(q, np.float32), int(k), target, filters)
-        if min_score is not None:
-            keep = scores >= float(min_score)
-            rows, scores = rows[keep], scores[keep]
-        return SearchResult(self._hits(served.store, rows, scores, target), target,
-                            time.perf_counter() - t0, version=served.version)
+    def _search(self, served: ServedVersion, q: np.ndarray | None, k: int, target: str,
+                filters: Filters | None, t0: float, *, mode: str = "vector", query=None,
+                kind: str = "other", fusion: Sequence[float] = FUSION_WEIGHTS,
+                limits: tuple = (None, None, None)) -> SearchResult:
+        store = served.store
+        q = None if q is None else np.asarray(q, np.float32)
+        calibrated, why_not = served.calibrated(target, kind)
+        n = len(store.rows_matching(target, filters)) if filters else len(store.row_ids[target])
+        cut = cutoff_of(q, calibrated, n, *limits, why_not=why_not)
+        snippets: dict[int, list] = {}
+        if mode == "vector":
+            rows, scores = self._nearest(served, q, int(k), target, filters)
+            cosines = scores
+        else:
+            depth = int(k) if mode == "keyword" and cut.cosine is None else max(FUSION_DEPTH, 4 * k)
+            krows, kscores, snips = store.keyword_rows(target, fts_match(query), filters, depth)
+            snippets = {int(r): _pieces(s) for r, s in zip(krows, snips)}
+            if mode == "keyword":
+                rows, scores, cosines = krows, kscores, None
+            else:
+                vrows, _ = self._nearest(served, q, depth, target, filters)
+                rows, scores = fuse([vrows, krows], fusion)
+                cosines = _cosines(store.vectors[target], rows, q)
+        if cut.cosine is not None:
+            keep = cosines >= cut.cosine
+            rows, scores, cosines = rows[keep], scores[keep], cosines[keep]
+        rows, scores = rows[:k], scores[:k]
+        cosines = None if cosines is None else cosines[:k]
+        probs = None if calibrated is None or cosines is None else calibrated.probability(q, cosines, n)
+        hits = self._hits(store, rows, scores, target, cosines, probs, snippets)
+        ranking, score_kind = RANKINGS[mode]
+        return SearchResult(hits, target, time.perf_counter() - t0, ranking, score_kind,
+                            version=served.version, mode=mode,
+                            cutoff=cut.to_dict() if cut.asked else {})
+
 
     def _nearest(self, served: ServedVersion, q: np.ndarray, k: int, target: str,
                  filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -479,17 +582,21 @@ class Index:
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
-    def _hits(self, store: IndexStore, rows: np.ndarray, scores: np.ndarray,
-              target: str) -> list[Hit]:
+    def _hits(self, store: IndexStore, rows: np.ndarray, scores: np.ndarray, target: str,
+              cosines: np.ndarray | None = None, probs: np.ndarray | None = None,
+              snippets: dict | None = None) -> list[Hit]:
         ids = [int(store.row_ids[target][r]) for r in rows]
+        cos = [None] * len(ids) if cosines is None else [float(c) for c in cosines]
+        prob = [None] * len(ids) if probs is None else [float(p) for p in probs]
+        snip = [(snippets or {}).get(int(r), []) for r in rows]
         if target == "captions":
             caps = store.captions(ids)
             images = store.images({c.image for c in caps.values()})
-            return [_hit(rank, s, "caption", cid, images[caps[cid].image], [caps[cid].text])
-                    for rank, (cid, s) in enumerate(zip(ids, scores), 1)]
+            return [_hit(rank, s, c, p, sn, "caption", cid, images[caps[cid].image], [caps[cid].text])
+                    for rank, (cid, s, c, p, sn) in enumerate(zip(ids, scores, cos, prob, snip), 1)]
         images = store.images(ids)
-        return [_hit(rank, s, "image", i, images[i], [c.text for c in images[i].captions])
-                for rank, (i, s) in enumerate(zip(ids, scores), 1)]
+        return [_hit(rank, s, c, p, sn, "image", i, images[i], [c_.text for c_ in images[i].captions])
+                for rank, (i, s, c, p, sn) in enumerate(zip(ids, scores, cos, prob, snip), 1)]
 
     def problems(self) -> list[str]:
         """What makes the index unusable now (empty when nothing), in lines that name files
@@ -506,7 +613,7 @@ class Index:
                     continue
                 try:
                     q = np.array(served.store.vectors[target][0], np.float32)  # [dim]
-                    hits = self._search(served, q, 1, target, None, None, time.perf_counter()).hits
+                    hits = self._search(served, q, 1, target, None, time.perf_counter()).hits
                 except Exception as e:  # noqa: BLE001 - any failure here is what the check reports
                     out.append(f"a search of the {target} fails: {type(e).__name__}: "
                                f"{relative_message(self.root, str(e))}")
@@ -550,9 +657,43 @@ class Index:
             served.close()
 
 
-def _hit(rank: int, score, kind: str, item_id: int, im, captions: list[str]) -> Hit:
-    return Hit(rank, float(score), float(score), kind, item_id, im.id, im.path, im.name, captions,
-               im.labels, im.split, im.folder, im.date)
+def _hit(rank: int, score, cosine, prob, snippet, kind: str, item_id: int, im,
+         captions: list[str]) -> Hit:
+    return Hit(rank, float(score), cosine, kind, item_id, im.id, im.path, im.name, captions,
+               im.labels, im.split, im.folder, im.date, prob, snippet, im.ocr or "")
+
+
+def _pieces(snippet: str) -> list[list]:
+    """A snippet with its matched words marked (``\\x02word\\x03``) as ``[text, matched]``
+    pieces in order."""
+    out = []
+    for part in snippet.split("\x02"):
+        word, sep, rest = part.partition("\x03")
+        if sep:
+            out.append([word, True])
+            part = rest
+        if part:
+            out.append([part, False])
+    return [p for p in out if p[0]]
+
+
+def _cosines(vecs, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``[len(rows)]`` the exact cosines of stored rows to the query."""
+    if len(rows) == 0:
+        return np.zeros(0, np.float32)
+    order = np.argsort(rows)  # read the stored rows in order (a row file seeks less)
+    out = np.empty(len(rows), np.float32)
+    out[order] = np.asarray(vecs[rows[order]], np.float32) @ q
+    return out
+
+
+def _as_query(text, minus, weights) -> Query:
+    """The query of separate text terms (their weights: the first ones of ``weights``), as the
+    keyword search reads it; image terms have no words."""
+    texts, pushed = [str(t) for t in _as_list(text)], [str(t) for t in _as_list(minus)]
+    given = [float(w) for w in _as_list(weights)] if weights is not None else []
+    terms = [Term(t, given[i] if i < len(given) else 1.0) for i, t in enumerate(texts)]
+    return Query(terms + [Term(t, -1.0) for t in pushed])
 
 
 def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

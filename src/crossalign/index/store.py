@@ -63,6 +63,7 @@ from crossalign.index._versions import (hold_version, is_index, new_folder, read
 from crossalign.index.recall import DEFAULT_RECALL, set_recall
 
 __all__ = ["IndexStore", "ImageRecord", "CaptionRecord", "Filters", "write_version", "resolve_index_type",
+           "KEYWORD_TABLES",
            "factory_string", "INDEX_TYPES", "AUTO_FLAT_BELOW", "AUTO_HNSW_BELOW", "is_index", "hnsw_bytes",
            "machine_memory", "MATCH_CACHE_BYTES"]
 
@@ -82,12 +83,18 @@ CREATE TABLE sources (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT 
 CREATE TABLE images (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL, source INTEGER NOT NULL,
                      path TEXT UNIQUE NOT NULL, name TEXT NOT NULL, content_hash TEXT NOT NULL,
                      split TEXT NOT NULL, labels TEXT NOT NULL, folder TEXT NOT NULL DEFAULT '',
-                     date TEXT NOT NULL DEFAULT '');
+                     date TEXT NOT NULL DEFAULT '', ocr TEXT);
 CREATE TABLE captions (id INTEGER PRIMARY KEY, row INTEGER UNIQUE NOT NULL,
                        image INTEGER NOT NULL REFERENCES images(id), text TEXT NOT NULL,
                        origin TEXT NOT NULL);
 CREATE INDEX captions_image ON captions(image);
+CREATE VIRTUAL TABLE image_words USING fts5(caption_words, file_name, label_words, picture_words,
+                                            tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE caption_words USING fts5(text, tokenize = 'porter unicode61 remove_diacritics 2');
 """
+# the keyword index: one document per image (rowid = its FAISS row) of its captions, its file
+# name, its label values and the words read in the picture; one per caption (rowid = its row)
+KEYWORD_TABLES = {"images": "image_words", "captions": "caption_words"}
 
 
 @dataclass
@@ -114,6 +121,7 @@ class ImageRecord:
     captions: list[CaptionRecord] = field(default_factory=list)
     folder: str = ""  # the file's folder relative to its source ("" at the source's top)
     date: str = ""  # when the picture was taken (EXIF) or else its file's mtime, ISO 8601
+    ocr: str | None = None  # the words read in the picture (``index --ocr``); None: not read
 
 
 def _open_vectors(path: Path, dtype: str | None):
@@ -228,13 +236,20 @@ def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRec
             con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
                             [(k, s["kind"], s["path"], s.get("split", ""), s.get("format", ""))
                              for k, s in enumerate(sources)])
-            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(im.id, r, im.source, im.path, im.name, im.content_hash, im.split,
-                              json.dumps(im.labels, default=str), im.folder, im.date)
+                              json.dumps(im.labels, default=str), im.folder, im.date, im.ocr)
                              for r, im in enumerate(images)])
             caps = [c for im in images for c in im.captions]
             con.executemany("INSERT INTO captions VALUES (?, ?, ?, ?, ?)",
                             [(c.id, r, c.image, c.text, c.origin) for r, c in enumerate(caps)])
+            con.executemany("INSERT INTO image_words(rowid, caption_words, file_name, label_words, "
+                            "picture_words) VALUES (?, ?, ?, ?, ?)",
+                            [(r, "\n".join(c.text for c in im.captions), im.name,
+                              " ".join(str(v) for v in im.labels.values()), im.ocr or "")
+                             for r, im in enumerate(images)])
+            con.executemany("INSERT INTO caption_words(rowid, text) VALUES (?, ?)",
+                            [(r, c.text) for r, c in enumerate(caps)])
         data = con.serialize()
     finally:
         con.close()
@@ -345,7 +360,10 @@ class IndexStore:
         have = {r[1] for r in self._rows("PRAGMA table_info(images)")}
         # an index written before images had a folder and a date reads them as unknown
         self._image_cols = ("id, row, source, path, name, content_hash, split, labels, " +
-                            ("folder, date" if {"folder", "date"} <= have else "'', ''"))
+                            ("folder, date" if {"folder", "date"} <= have else "'', ''") +
+                            (", ocr" if "ocr" in have else ", NULL"))
+        tables = {r[0] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table'")}
+        self.has_keywords = set(KEYWORD_TABLES.values()) <= tables
         # (target, normalised Filters) -> FAISS rows, the least recently used first
         self._matching: OrderedDict[tuple[str, Filters], np.ndarray] = OrderedDict()
         self._matching_bytes, self.match_cache_bytes = 0, MATCH_CACHE_BYTES
@@ -426,9 +444,9 @@ class IndexStore:
         return len(self.row_ids["images"])
 
     def _image(self, row: tuple, captions: list[CaptionRecord]) -> ImageRecord:
-        iid, _, source, path, name, chash, split, labels, folder, date = row
+        iid, _, source, path, name, chash, split, labels, folder, date, ocr = row
         return ImageRecord(iid, path, name, chash, source, split, json.loads(labels), captions,
-                           folder, date)
+                           folder, date, ocr)
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """The records of these image ids (unknown ids are left out), captions included."""
@@ -500,6 +518,34 @@ class IndexStore:
         rows.flags.writeable = False  # one array shared by every search with this filter
         self._remember(key, rows)
         return rows
+
+    def keyword_rows(self, target: str, match: str, filters: Filters | None,
+                     limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The FAISS rows of ``target`` whose words match the FTS5 expression ``match`` and
+        whose images pass ``filters``, best first by BM25, at most ``limit``; their scores
+        (higher is better: BM25 negated, as SQLite's is lower-better); and a snippet of each,
+        the matched words between ``\\x02`` and ``\\x03``.
+
+        Raises :class:`ConfigError` for an index written before it had a keyword index, and
+        for an expression SQLite refuses.
+        """
+        if not self.has_keywords:
+            raise ConfigError(f"{self.root} was built before it had a keyword index; update it "
+                              f"with 'crossalign index RUN --out {self.root}' to search by words")
+        table = KEYWORD_TABLES[target]
+        where, args = (filters.normalised().where() if filters else ("1", []))
+        join = (f"JOIN images ON images.row = {table}.rowid" if target == "images" else
+                f"JOIN captions ON captions.row = {table}.rowid "
+                f"JOIN images ON images.id = captions.image")
+        sql = (f"SELECT {table}.rowid, -bm25({table}), "
+               f"snippet({table}, -1, char(2), char(3), '…', 12) FROM {table} {join} "
+               f"WHERE {table} MATCH ? AND ({where}) ORDER BY 2 DESC, {table}.rowid LIMIT ?")
+        try:
+            found = self._rows(sql, [match, *args, int(limit)])
+        except sqlite3.OperationalError as e:
+            raise ConfigError(f"the keyword query cannot be read ({e})") from None
+        rows = np.array([r[0] for r in found], dtype=np.int64)
+        return rows, np.array([r[1] for r in found], dtype=np.float32), [r[2] for r in found]
 
     def _remember(self, key: tuple[str, Filters], rows: np.ndarray) -> None:
         """Keep ``rows`` for ``key``, dropping the least recently used lists until all the kept

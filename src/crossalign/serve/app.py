@@ -29,7 +29,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from crossalign.errors import ConfigError, CrossalignError, ImageError, UnknownItem
-from crossalign.index.search import RANKING, SCORE_KIND, Filters, Hit, Index, SearchResult
+from crossalign.index.query import Query as TextQuery, Term, parse_query
+from crossalign.index.search import (FUSION_WEIGHTS, MODES, RANKING, SCORE_KIND, Filters, Hit, Index,
+                                     SearchResult)
 from crossalign.serve.guard import Access, Front, HostCheck, TokenCheck, UploadLimit
 from crossalign.serve.work import Busy, PoolSizes, WorkPool
 
@@ -38,6 +40,7 @@ __all__ = ["create_app", "ServiceLimits", "public", "THUMB_SIZES"]
 STATIC = Path(__file__).parent / "static"
 MAX_ID = 2**62  # ids are SQLite integers; larger numbers are simply unknown
 Target = Literal["images", "captions"]
+Mode = Literal[MODES]
 THUMB_SIZES = (64, 128, 256, 512, 1024)  # a thumbnail asked for is drawn at the next of these
 POOLS = {"query": PoolSizes(slots=4, queue=64, wait_s=5.0),  # text queries, more like this
          "upload": PoolSizes(slots=1, queue=4, wait_s=5.0),  # decode and embed an upload
@@ -133,8 +136,8 @@ def _result_json(result: SearchResult, query: dict) -> dict:
     """The answer to a search, of plain JSON types (sent as it is: FastAPI's generic encoder
     would take longer than the search)."""
     return {"query": query, "target": result.target, "seconds": result.seconds,
-            "ranking": result.ranking, "score_kind": result.score_kind,
-            "hits": [_hit_json(h) for h in result.hits]}
+            "mode": result.mode, "ranking": result.ranking, "score_kind": result.score_kind,
+            "cutoff": result.cutoff, "hits": [_hit_json(h) for h in result.hits]}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -189,18 +192,24 @@ class _Narrowing:
                  label: list[str] = Query([], description="COLUMN=VALUE: only images with that "
                                           "label (repeatable, all must hold)"),
                  min_score: float | None = Query(None, ge=-1.0, le=1.0, description="leave out "
-                                                 "hits scored below this")) -> None:
+                                                 "hits below this cosine similarity"),
+                 min_prob: float | None = Query(None, gt=0.0, lt=1.0, description="leave out "
+                                                "hits whose calibrated probability of being the "
+                                                "query's match is below this"),
+                 coverage: float | None = Query(None, gt=0.0, lt=1.0, description="keep the "
+                                                "smallest set of hits that holds the query's "
+                                                "match with this probability (conformal)")) -> None:
         if len(label) > MAX_LABEL_FILTERS or any(len(x) > 200 for x in label):
             raise HTTPException(422, f"at most {MAX_LABEL_FILTERS} label filters of at most 200 "
                                      f"characters each")
         self.filters = Filters.of(split, folder, since, until, label)
-        self.min_score = min_score
+        self.limits = {"min_score": min_score, "min_prob": min_prob, "coverage": coverage}
 
     def echo(self) -> dict:
         f = self.filters
         return {"split": f.split or None, "folder": f.folder or None, "since": f.since or None,
                 "until": f.until or None, "label": [f"{c}={v}" for c, v in f.labels],
-                "min_score": self.min_score}
+                **self.limits}
 
 
 def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
@@ -209,26 +218,32 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
 
     @app.get("/search", summary="Search by text (and/or by an indexed image: more like this)")
     async def search(q: str | None = Query(None, max_length=limits.max_query_chars,
-                                           description="text query"),
+                                           description='text query: terms split at words starting '
+                                           'with + or -, ":W" weighs one, quotes make a phrase '
+                                           '("beach +sunset:0.5 -people")'),
                      k: int = Query(limits.default_k, ge=1, le=limits.max_k),
                      target: Target = "images",
                      minus: str | None = Query(None, max_length=limits.max_query_chars,
                                                description="a text to push away"),
                      like: int | None = Query(None, ge=0, le=MAX_ID,
                                               description="an image id: more like this"),
+                     mode: Mode = Query("vector", description="vector (by meaning), keyword (by "
+                                        "words, BM25) or hybrid (both, rank fusion)"),
+                     fusion: str | None = Query(None, max_length=40, description="hybrid: the "
+                                                "weights of the vector and keyword rankings, V,K"),
                      narrow: _Narrowing = Depends()):
         if (q is None or not q.strip()) and like is None:
             raise HTTPException(422, "give a non-empty query q (or like=ID)")
-        if minus is not None and not minus.strip():
-            minus = None
-        text = q if q and q.strip() else None
+        query = _query_of(q, minus)
+        weights = _fusion_of(fusion)
 
         def run():
-            return index.search(text=text, like=like, minus=minus, k=k, target=target,
-                                filters=narrow.filters, min_score=narrow.min_score)
+            return index.search(query=query, like=like, k=k, target=target, mode=mode,
+                                fusion=weights, filters=narrow.filters, **narrow.limits)
 
         result = await pools["query"].run(run)
         return JSONResponse(_result_json(result, {"q": q, "minus": minus, "like": like, "k": k,
+                                                  "mode": mode, "fusion": fusion,
                                                   **narrow.echo()}))
 
     @app.post("/search/image", summary="Search by an uploaded image (multipart field 'file')")
@@ -240,11 +255,31 @@ def _add_search_routes(app: FastAPI, index: Index, limits: ServiceLimits,
         def run():
             check_upload(data, limits.max_pixels)  # from the header, before any decoding
             return index.search(image=data, k=k, target=target, filters=narrow.filters,
-                                min_score=narrow.min_score)
+                                **narrow.limits)
 
         result = await pools["upload"].run(run)
         return JSONResponse(_result_json(result, {"image": file.filename or "upload", "k": k,
                                                   **narrow.echo()}))
+
+
+def _query_of(q: str | None, minus: str | None) -> TextQuery | None:
+    """The query of the page's box (its grammar: :mod:`crossalign.index.query`) and a text to
+    push away; None for a search by an indexed image alone."""
+    query = parse_query(q) if q and q.strip() else None
+    if minus and minus.strip():
+        if query is None:
+            raise HTTPException(422, "minus pushes a text away from a query: give q too")
+        query.terms.append(Term(minus.strip(), -1.0))
+    return query
+
+
+def _fusion_of(fusion: str | None) -> tuple[float, ...]:
+    if fusion is None or not fusion.strip():
+        return FUSION_WEIGHTS
+    try:
+        return tuple(float(x) for x in fusion.split(","))
+    except ValueError:
+        raise HTTPException(422, f"fusion: two numbers V,K, got {fusion!r}") from None
 
 
 def _snap(size: int, largest: int) -> int:
@@ -336,6 +371,16 @@ def _add_explain_route(app: FastAPI, index: Index, limits: ServiceLimits,
         return JSONResponse({"id": id, "q": q, **d})
 
 
+def _abilities(index: Index) -> dict:
+    """What the served version can do beyond a vector search: keywords, a calibrated cut-off,
+    words read in its pictures."""
+    with index.pinned() as served:
+        info = served.info
+        return {"modes": list(MODES) if served.store.has_keywords else ["vector"],
+                "calibrated": bool((info.get("calibration") or {}).get("images")),
+                "ocr": bool(info.get("ocr"))}
+
+
 def _add_service_routes(app: FastAPI, index: Index, limits: ServiceLimits, metrics) -> None:
     @app.get("/health", summary="Whether the index is usable (503 with the reasons if not), "
                                 "and what it holds")
@@ -360,7 +405,8 @@ def _add_service_routes(app: FastAPI, index: Index, limits: ServiceLimits, metri
                 "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                 "max_thumb": limits.max_thumb, "thumb_sizes": [s for s in THUMB_SIZES
                                                                if s <= limits.max_thumb],
-                "ranking": RANKING, "score_kind": SCORE_KIND, "version": index.version}
+                "ranking": RANKING, "score_kind": SCORE_KIND, "version": index.version,
+                **_abilities(index)}
 
     @app.get("/metrics", summary="The service's metrics in the Prometheus text format",
              response_class=Response)

@@ -7,15 +7,25 @@ const statusLine = $("status"), results = $("results");
 
 // what this service allows and what its scores are; until it answers (or if it cannot),
 // requests name no k and the service's own default applies, which is within its limit
-let config = {k: null, ranking: "plain", score_kind: "cosine similarity"};
+let config = {k: null, ranking: "plain", score_kind: "cosine similarity", modes: ["vector"],
+              calibrated: false};
 const configured = fetch("/config").then((r) => (r.ok ? r.json() : null)).then((c) => {
   if (!c) return;
   config = c;
   query.maxLength = c.max_query_chars;
+  $("mode").hidden = (c.modes || []).length < 2;
+  $("good-switch").hidden = !c.calibrated;
 }).catch(() => {});
+
+// "only good matches": hits whose calibrated probability of being the match is at least this
+const GOOD_PROB = "0.5";
 
 function target() {
   return document.querySelector('input[name="target"]:checked').value;
+}
+
+function mode() {
+  return document.querySelector('input[name="mode"]:checked').value;
 }
 
 function setStatus(text, isError) {
@@ -44,6 +54,8 @@ function readForm(extra) {
   const state = {target: target()};
   const q = query.value.trim();
   if (q) state.q = q;
+  if (mode() !== "vector") state.mode = mode();
+  if ($("good").checked) state.min_prob = GOOD_PROB;
   for (const [key, id] of Object.entries(FILTERS)) {
     const v = $(id).value.trim();
     if (v) state[key] = v;
@@ -57,6 +69,9 @@ function writeForm(state) {
   query.value = state.q || "";
   const t = document.querySelector(`input[name="target"][value="${state.target || "images"}"]`);
   (t || document.querySelector('input[name="target"][value="images"]')).checked = true;
+  const m = document.querySelector(`input[name="mode"][value="${state.mode || "vector"}"]`);
+  (m || document.querySelector('input[name="mode"][value="vector"]')).checked = true;
+  $("good").checked = Boolean(state.min_prob);
   for (const [key, id] of Object.entries(FILTERS)) $(id).value = state[key] || "";
   $("f-label").value = (state.label || []).join("; ");
   if (Object.keys(FILTERS).some((k) => state[k]) || (state.label || []).length) $("narrow").open = true;
@@ -64,7 +79,7 @@ function writeForm(state) {
 
 function fromURL(search) {
   const p = new URLSearchParams(search), state = {};
-  for (const key of ["q", "like", "target", ...Object.keys(FILTERS)]) {
+  for (const key of ["q", "like", "target", "mode", "min_prob", ...Object.keys(FILTERS)]) {
     if (p.get(key)) state[key] = p.get(key);
   }
   if (p.getAll("label").length) state.label = p.getAll("label");
@@ -89,8 +104,17 @@ function card(hit, data) {
   meta.appendChild(el("span", {}, "#" + hit.rank));
   meta.appendChild(el("span", {class: "score", title: `${data.score_kind} (ranking: ${data.ranking})`},
                       `${scoreLabel(data)} ${hit.score.toFixed(3)}`));
+  if (hit.cosine !== null && data.score_kind !== "cosine similarity") {
+    meta.appendChild(el("span", {class: "cos", title: "cosine similarity"}, `cos ${hit.cosine.toFixed(3)}`));
+  }
+  if (hit.probability !== null) {
+    meta.appendChild(el("span", {class: "prob", title: "calibrated probability that this is the match"},
+                        `p ${hit.probability.toFixed(2)}`));
+  }
   body.appendChild(meta);
-  if (hit.captions.length) body.appendChild(el("div", {class: "caption"}, hit.captions[0]));
+  if (hit.snippet.length) body.appendChild(snippet(hit.snippet));
+  else if (hit.captions.length) body.appendChild(el("div", {class: "caption"}, hit.captions[0]));
+  if (hit.ocr) body.appendChild(el("div", {class: "ocr", title: "words read in the picture"}, "words: " + hit.ocr));
   body.appendChild(el("div", {class: "name"}, hit.name));
   if (hit.date) body.appendChild(el("div", {class: "date", title: "taken (EXIF), else the file's date"},
                                     hit.date.slice(0, 10)));
@@ -107,6 +131,13 @@ function card(hit, data) {
   body.appendChild(actions);
   c.appendChild(body);
   return c;
+}
+
+// where the words matched: [text, matched] pieces, the matched ones marked
+function snippet(pieces) {
+  const box = el("div", {class: "caption snippet"});
+  for (const [text, matched] of pieces) box.appendChild(matched ? el("mark", {}, text) : document.createTextNode(text));
+  return box;
 }
 
 // the words of the query, each shaded by its part in the match (red raised it, blue lowered it)
@@ -190,7 +221,8 @@ async function run(path, init, label) {
     results.replaceChildren(...data.hits.map((hit) => card(hit, data)));
     const ms = (data.seconds * 1000).toFixed(1), total = (performance.now() - t0).toFixed(0);
     const none = data.hits.length ? "" : " (nothing passes the filters and the cut-off)";
-    setStatus(`${data.hits.length} ${data.target} for ${label} in ${ms} ms (${total} ms with the network)${none}`);
+    const cut = data.cutoff && data.cutoff.cosine != null ? `, cut off below cos ${data.cutoff.cosine.toFixed(3)}` : "";
+    setStatus(`${data.hits.length} ${data.target} for ${label} in ${ms} ms (${total} ms with the network; ${data.mode} search${cut})${none}`);
   } catch (err) {
     setStatus("the service did not answer: " + err, true);
   }
@@ -216,6 +248,8 @@ function searchFile(f) {
   body.append("file", f, f.name);
   const state = readForm();
   delete state.q;
+  delete state.mode;  // a picture is searched by meaning; the calibration is of text queries
+  delete state.min_prob;
   run(() => "/search/image?" + toParams(state, true), {method: "POST", body}, f.name);
 }
 
@@ -227,7 +261,7 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   searchFile(e.dataTransfer.files[0]);
 });
-document.querySelectorAll('input[name="target"]').forEach((r) => r.addEventListener("change", () => {
+document.querySelectorAll('input[name="target"], input[name="mode"], #good').forEach((r) => r.addEventListener("change", () => {
   if (query.value.trim()) form.requestSubmit();
 }));
 
