@@ -221,7 +221,9 @@ async function run(path, init, label) {
     results.replaceChildren(...data.hits.map((hit) => card(hit, data)));
     const ms = (data.seconds * 1000).toFixed(1), total = (performance.now() - t0).toFixed(0);
     const none = data.hits.length ? "" : " (nothing passes the filters and the cut-off)";
-    const cut = data.cutoff && data.cutoff.cosine != null ? `, cut off below cos ${data.cutoff.cosine.toFixed(3)}` : "";
+    const at = data.cutoff ? data.cutoff.cosine : null;
+    const cut = at == null ? "" : at > 1 ? ", cut off: no item can be that likely a match"
+                                         : `, cut off below cos ${at.toFixed(3)}`;
     setStatus(`${data.hits.length} ${data.target} for ${label} in ${ms} ms (${total} ms with the network; ${data.mode} search${cut})${none}`);
   } catch (err) {
     setStatus("the service did not answer: " + err, true);
