@@ -38,7 +38,7 @@ from crossalign.embed.towers import mirror, wants_channels_last
 from crossalign.errors import ConfigError, ImageError
 from crossalign.models.dual import DualEncoder, is_frozen, n_last_blocks
 
-__all__ = ["Features", "ImageSide", "TextSide", "drop_failed_images", "side_mode"]
+__all__ = ["Features", "ImageSide", "TextSide", "drop_failed_images", "side_mode", "take"]
 
 
 def side_mode(freeze: str, training: bool, splittable: bool = True) -> str:
@@ -91,6 +91,13 @@ def _in_chunks(forward, items: list, lengths: Sequence[int]) -> torch.Tensor:
     back = np.empty(len(items), np.int64)
     back[np.concatenate(groups)] = np.arange(len(items))
     return outs[torch.from_numpy(back).to(outs.device)]
+
+
+def take(inputs: torch.Tensor | list, positions: np.ndarray) -> torch.Tensor | list:
+    """The items at ``positions`` of what a side's ``inputs`` gave (a tensor or a list)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[torch.from_numpy(np.asarray(positions, np.int64)).to(inputs.device)]
+    return [inputs[i] for i in positions]
 
 
 def _split_prefix(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -367,17 +374,30 @@ class ImageSide(_Side):
         sample (``samples[k]`` for ``rows[k]``, default the row); ``epoch=None``: clean."""
         return self._embed(rows, epoch, samples)
 
-    def _embed(self, rows: np.ndarray, epoch: int | None, samples: np.ndarray | None = None) -> torch.Tensor:
+    def inputs(self, rows: np.ndarray, epoch: int | None = None,
+               samples: np.ndarray | None = None) -> torch.Tensor | list[dict]:
+        """What :meth:`encode` takes for ``rows`` (drawn as in :meth:`train_embed`): cached
+        features ``[batch, width]``, the cached prefix of each image (a list) or pixels
+        ``[batch, 3, H, W]``, by mode; :func:`take` picks some of its items."""
+        if self.mode == "raw":
+            return self._pixels(rows, epoch, samples)
+        slots = self._slots(epoch, rows if samples is None else samples)
         if self.mode == "features":
-            slots = self._slots(epoch, rows if samples is None else samples)
-            return self.model.project_image(self.feats.take(rows, slots))
+            return self.feats.take(rows, slots)
+        return [self.prefix[k][r] for r, k in zip(rows, slots)]
+
+    def encode(self, inputs: torch.Tensor | list[dict]) -> torch.Tensor:
+        """Embeddings ``[batch, embed_dim]`` of what :meth:`inputs` gave (or some of its items)."""
+        if self.mode == "features":
+            return self.model.project_image(inputs)
         if self.mode == "prefix":
             n_last = n_last_blocks(self.model.cfg.image.freeze)
-            slots = self._slots(epoch, rows if samples is None else samples)
-            batch = _pad_prefix([self.prefix[k][r] for r, k in zip(rows, slots)])
-            batch = {k: t.to(self.device) for k, t in batch.items()}
+            batch = {k: t.to(self.device) for k, t in _pad_prefix(inputs).items()}
             return self.model.project_image(self.tower.forward_suffix(batch, n_last=n_last))
-        return self.model.encode_image(self._pixels(rows, epoch, samples))
+        return self.model.encode_image(inputs)
+
+    def _embed(self, rows: np.ndarray, epoch: int | None, samples: np.ndarray | None = None) -> torch.Tensor:
+        return self.encode(self.inputs(rows, epoch, samples))
 
 
 class TextSide(_Side):
@@ -418,30 +438,51 @@ class TextSide(_Side):
         caption; ``epoch=None``: clean."""
         return self._embed(rows, epoch)
 
-    def _embed(self, rows: np.ndarray, epoch: int | None) -> torch.Tensor:
+    def inputs(self, rows: np.ndarray, epoch: int | None = None) -> torch.Tensor | list:
+        """What :meth:`encode` takes for ``rows`` (drawn as in :meth:`train_embed`): cached
+        features ``[batch, width]``, the cached prefix of each caption (a list) or the captions
+        themselves, augmented, by mode; :func:`take` picks some of its items."""
         if self.mode == "features":
-            return self.model.project_text(self.feats.take(rows, self._slots(epoch, rows)))
+            return self.feats.take(rows, self._slots(epoch, rows))
         if self.mode == "prefix":
-            n_last = n_last_blocks(self.model.cfg.text.freeze)
-            items = [self.prefix[k][r] for r, k in zip(rows, self._slots(epoch, rows))]
-
-            def suffix(group: list[dict]) -> torch.Tensor:
-                batch = {k: t.to(self.device) for k, t in _pad_prefix(group).items()}
-                return self.tower.forward_suffix(batch, n_last=n_last)  # [len(group), width]
-
-            if "attention_mask" not in items[0]:  # fixed length: nothing to group
-                return self.model.project_text(suffix(items))
-            lengths = [int(it["attention_mask"].shape[0]) for it in items]
-            return self.model.project_text(_in_chunks(suffix, items, lengths))
+            return [self.prefix[k][r] for r, k in zip(rows, self._slots(epoch, rows))]
         texts = [self.captions[r] for r in rows]
         if self.aug is not None and epoch is not None:
             from crossalign.data.augment import augment_text
 
             texts = [augment_text(t, self.aug, stable_seed(self.seed, "text", "e", epoch, int(r)))
                      for t, r in zip(texts, rows)]
+        return texts
 
-        def encode(group: list[str]) -> torch.Tensor:
+    def lengths(self, inputs: torch.Tensor | list) -> list[int]:
+        """What each item of :meth:`inputs` is padded to: a caption's characters, a cached
+        prefix's tokens; 0 where every item has one length (features, fixed-length prefixes)."""
+        if self.mode == "features" or (self.mode == "prefix" and "attention_mask" not in inputs[0]):
+            return [0] * len(inputs)
+        if self.mode == "prefix":
+            return [int(it["attention_mask"].shape[0]) for it in inputs]
+        return [len(t) for t in inputs]
+
+    def encode(self, inputs: torch.Tensor | list) -> torch.Tensor:
+        """Embeddings ``[batch, embed_dim]`` of what :meth:`inputs` gave (or some of its items)."""
+        if self.mode == "features":
+            return self.model.project_text(inputs)
+        if self.mode == "prefix":
+            n_last = n_last_blocks(self.model.cfg.text.freeze)
+
+            def suffix(group: list[dict]) -> torch.Tensor:
+                batch = {k: t.to(self.device) for k, t in _pad_prefix(group).items()}
+                return self.tower.forward_suffix(batch, n_last=n_last)  # [len(group), width]
+
+            if "attention_mask" not in inputs[0]:  # fixed length: nothing to group
+                return self.model.project_text(suffix(inputs))
+            return self.model.project_text(_in_chunks(suffix, inputs, self.lengths(inputs)))
+
+        def tower(group: list[str]) -> torch.Tensor:
             tok = self.tower.tokenize(group)
             return self.tower(**{k: v.to(self.device) for k, v in tok.items()})  # [len(group), width]
 
-        return self.model.project_text(_in_chunks(encode, texts, [len(t) for t in texts]))
+        return self.model.project_text(_in_chunks(tower, inputs, self.lengths(inputs)))
+
+    def _embed(self, rows: np.ndarray, epoch: int | None) -> torch.Tensor:
+        return self.encode(self.inputs(rows, epoch))
