@@ -172,6 +172,11 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: lr multiplier when the monitor stalls
     plateau_patience: int = 1  # plateau: epochs without improvement before lowering lr
     accum_steps: int = 1  # micro-batches per optimizer step (the loss sees one micro-batch)
+    # gradient caching (Gao et al. 2021): the towers run this many pairs at a time, twice (without
+    # gradients, then with the loss's cached gradient), so a large batch takes a chunk's memory and
+    # gets the same gradient; 0 = off. Needs a tower that trains; each micro-batch of accum_steps
+    # is cached on its own; a chunk as large as the batch is the plain step
+    grad_cache: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
     checkpoint_every: int = 200  # optimizer steps between mid-epoch resume points (0 = epoch ends only)
     log_every: int = 10  # optimizer steps between rows of steps.csv

@@ -27,11 +27,12 @@ from crossalign.data.validate import Problem
 from crossalign.evaluate.retrieval import retrieval_metrics
 from crossalign.models.dual import DualEncoder, build_model
 from crossalign.train.checkpoint import checkpoint_state
+from crossalign.train.grad_cache import all_reduce_grads, check_grad_cache, grad_cache_step
 from crossalign.distributed import DistInfo, all_reduce_mean, resolve_device
 from crossalign.train.batch_norm import has_batch_norm, sync_batch_norm
 from crossalign.train.logs import RunLogger
 from crossalign.train.schedule import make_scheduler
-from crossalign.train.sides import ImageSide, TextSide, drop_failed_images
+from crossalign.train.sides import ImageSide, TextSide, drop_failed_images, length_chunks, take
 from crossalign.train.state import load_resume_point, save_resume_point
 
 __all__ = ["Engine", "run_engine", "seed_everything"]
@@ -179,17 +180,54 @@ class Engine:
                    for k in range(self.pos.step * accum, n_steps * accum)]
         return [(self.t2i[local], local) for local in locals_]
 
+    def _loss(self, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+              local: np.ndarray) -> torch.Tensor:
+        """The loss of this process's rows ``local`` (over the global batch with many)."""
+        ids = torch.as_tensor(self.t2i[local], device=img.device)
+        kwargs = {"logit_bias": bias.float()} if bias is not None else {}
+        return self.loss_fn(img.float(), txt.float(), scale.float(), ids, **kwargs)
+
     def _micro_step(self, batch: np.ndarray, epoch: int, sync: bool) -> float:
+        """Add one micro-batch's gradient; ``sync``: the last of the step (gradients are
+        reduced over processes)."""
         local = self._local(batch)
+        if 0 < self.cfg.train.grad_cache < len(local):
+            return self._cached_micro_step(local, epoch, sync)
         no_sync = self.wrapped.no_sync if (not sync and self.dist.world_size > 1) else nullcontext
         with no_sync():
             with self._autocast():
                 img, txt, scale, bias = self.wrapped(self.t2i[local], local, epoch)
-            ids = torch.as_tensor(self.t2i[local], device=img.device)
-            kwargs = {"logit_bias": bias.float()} if bias is not None else {}
-            loss = self.loss_fn(img.float(), txt.float(), scale.float(), ids, **kwargs)
+            loss = self._loss(img, txt, scale, bias, local)
             (loss / self.cfg.train.accum_steps).backward()
         return loss.item()
+
+    def _cached_micro_step(self, local: np.ndarray, epoch: int, sync: bool) -> float:
+        """:meth:`_micro_step` with the towers run ``train.grad_cache`` rows at a time
+        (:mod:`crossalign.train.grad_cache`): the same gradient, in a chunk's memory.
+
+        The towers run outside DistributedDataParallel (each chunk runs twice; its hooks
+        expect one forward and one backward), so the gradients are averaged over processes
+        here, once, after the step's last micro-batch. Its buffer broadcast is not needed:
+        batch norm in training mode is refused (``grad_cache.check_grad_cache``), and no
+        other buffer changes while training.
+        """
+        img_in = self.images.inputs(self.t2i[local], epoch, local)  # the whole batch's, decoded once
+        txt_in = self.texts.inputs(local, epoch)
+        # parts of captions of similar length: each pads only to its own longest caption
+        parts = length_chunks(self.texts.lengths(txt_in), self.cfg.train.grad_cache)
+
+        def encode(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            with self._autocast():
+                img, txt = self.images.encode(take(img_in, rows)), self.texts.encode(take(txt_in, rows))
+            return img.float(), txt.float()  # [rows, embed_dim] each
+
+        def loss_of(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+            return self._loss(img, txt, self.model.scale(), self.model.logit_bias, local)
+
+        loss = grad_cache_step(encode, parts, loss_of, self.device, divisor=self.cfg.train.accum_steps)
+        if sync:
+            all_reduce_grads([p for p in self.model.parameters() if p.requires_grad], self.dist)
+        return loss
 
     def _optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -300,6 +338,7 @@ def run_engine(run: Path, cfg: RunConfig, table: PairTable, problems: list[Probl
 
         names = warm_start(model, cfg, cfg.train.init_from)
         log.info("started from %s (model_best): %d tensors", cfg.train.init_from, len(names))
+    check_grad_cache(model, cfg.train.grad_cache)  # before any feature is extracted
     if hasattr(model.text_tower, "fit_vocabulary"):
         model.text_tower.fit_vocabulary(table.select("train").caption)
     cache_root = default_cache_dir(cfg.cache) if cfg.cache.enabled else None
