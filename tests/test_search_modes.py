@@ -292,3 +292,25 @@ def test_page_searches_by_words_and_keeps_only_good_matches(app, index, tmp_path
         page.screenshot(path=str(tmp_path / "good.png"), full_page=True)
     assert errors == []
     assert "mode=keyword" in asked[0] and "min_prob=0.5" in asked[-1]
+
+
+def test_a_word_read_nearly_right_still_finds_its_picture(tmp_path):
+    from crossalign.index.search import Index
+    from crossalign.index.store import ImageRecord, IndexStore, write_version
+
+    # what the reader made of some pictures
+    read = ["THINNE SALE", "winner", "OPEN DAILY", "EXIT", "COFFEE MENU", "NO PARKING", "", None]
+    records = [ImageRecord(i, f"/pictures/{i}.jpg", f"{i}.jpg", f"hash{i}", ocr=w)
+               for i, w in enumerate(read)]
+    info = {"dim": 8, "run": "run", "weights_hash": "w", "ocr": True}
+    write_version(tmp_path, info, [], records, np.eye(len(read), 8, dtype=np.float32),
+                  np.zeros((0, 8), np.float32), "flat")
+    ix = Index(IndexStore(tmp_path))
+    try:
+        hits = ix.search(query="thinner", mode="keyword", k=4).hits
+        assert [h.name for h in hits][:2] == ["0.jpg", "1.jpg"]  # most trigrams shared first
+        assert ["SALE", True] in ix.search(query="sale", mode="keyword", k=4).hits[0].snippet
+        # a word to leave out is a rule trigrams cannot keep: only whole words match then
+        assert ix.search(query="thinner -sale", mode="keyword", k=4).hits == []
+    finally:
+        ix.close()

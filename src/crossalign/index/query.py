@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from crossalign.errors import ConfigError
 
-__all__ = ["Term", "Query", "parse_query", "fts_match"]
+__all__ = ["Term", "Query", "parse_query", "fts_match", "gram_match", "trigrams"]
 
 _TOKEN = re.compile(r'([+-]?)"([^"]*)"(?::(\S*))?|(\S+)')
 _WEIGHT = re.compile(r"^(.*?):([0-9]*\.?[0-9]+)$")
@@ -158,3 +158,25 @@ def fts_match(query: Query) -> str:
         raise ConfigError("the keyword query has no word to look for (only words to leave out)")
     expr = " AND ".join(parts)
     return expr + "".join(f" NOT {x}" for x in excluded)
+
+
+def trigrams(word: str) -> list[str]:
+    """The character trigrams of a word, lower-cased, in order, each once."""
+    w = word.lower()
+    return list(dict.fromkeys(w[i:i + 3] for i in range(len(w) - 2)))
+
+
+def gram_match(query: Query) -> str | None:
+    """An FTS5 expression over character trigrams (the ``trigram`` tokenizer) that any
+    trigram of the query's words to look for matches, so that a word read nearly right in a
+    picture still matches; None when no word has three characters, and for a query with a
+    phrase or a word to leave out (whose rules a trigram cannot keep)."""
+    if any(t.phrase or t.weight < 0 for t in query.terms):
+        return None
+    grams = []
+    for t in query.terms:
+        if t.weight > 0:
+            grams += [g for w in _WORD.findall(t.text) if w.lower() not in _COMMON
+                      for g in trigrams(w.strip("*"))]
+    grams = list(dict.fromkeys(grams))
+    return " OR ".join(_quoted(g) for g in grams) if grams else None

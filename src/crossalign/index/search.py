@@ -35,7 +35,7 @@ from crossalign.errors import ConfigError, RunError, UnknownItem
 from crossalign.index._cutoff import Calibrated, cutoff_of
 from crossalign.index._versions import read_current, relative_message
 from crossalign.index.fusion import fuse
-from crossalign.index.query import Query, Term, fts_match, parse_query
+from crossalign.index.query import Query, Term, fts_match, gram_match, parse_query
 from crossalign.index.store import Filters, IndexStore
 from crossalign.index.recall import apply_params, approximate_top, tuned_params
 
@@ -539,7 +539,8 @@ class Index:
             cosines = scores
         else:
             depth = int(k) if mode == "keyword" and cut.cosine is None else max(FUSION_DEPTH, 4 * k)
-            krows, kscores, snips = store.keyword_rows(target, fts_match(query), filters, depth)
+            krows, kscores, snips = store.keyword_rows(target, fts_match(query), filters, depth,
+                                                       gram_match(query))
             snippets = {int(r): _pieces(s) for r, s in zip(krows, snips)}
             if mode == "keyword":
                 rows, scores, cosines = krows, kscores, None

@@ -91,10 +91,14 @@ CREATE INDEX captions_image ON captions(image);
 CREATE VIRTUAL TABLE image_words USING fts5(caption_words, file_name, label_words, picture_words,
                                             tokenize = 'porter unicode61 remove_diacritics 2');
 CREATE VIRTUAL TABLE caption_words USING fts5(text, tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE picture_grams USING fts5(picture_words, tokenize = 'trigram');
 """
 # the keyword index: one document per image (rowid = its FAISS row) of its captions, its file
-# name, its label values and the words read in the picture; one per caption (rowid = its row)
+# name, its label values and the words read in the picture; one per caption (rowid = its row);
+# and the words read in pictures again as character trigrams, which match a word the reader got
+# nearly right ("Thinne" for "Thinner") where the words table needs it whole
 KEYWORD_TABLES = {"images": "image_words", "captions": "caption_words"}
+GRAM_WEIGHT = 0.5  # a picture's trigram BM25 counts this much beside its words' BM25
 
 
 @dataclass
@@ -250,6 +254,8 @@ def _write_db(path: Path, info: dict, sources: list[dict], images: list[ImageRec
                              for r, im in enumerate(images)])
             con.executemany("INSERT INTO caption_words(rowid, text) VALUES (?, ?)",
                             [(r, c.text) for r, c in enumerate(caps)])
+            con.executemany("INSERT INTO picture_grams(rowid, picture_words) VALUES (?, ?)",
+                            [(r, im.ocr) for r, im in enumerate(images) if im.ocr])
         data = con.serialize()
     finally:
         con.close()
@@ -364,6 +370,7 @@ class IndexStore:
                             (", ocr" if "ocr" in have else ", NULL"))
         tables = {r[0] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table'")}
         self.has_keywords = set(KEYWORD_TABLES.values()) <= tables
+        self.has_grams = "picture_grams" in tables and bool(self.info.get("ocr"))
         # (target, normalised Filters) -> FAISS rows, the least recently used first
         self._matching: OrderedDict[tuple[str, Filters], np.ndarray] = OrderedDict()
         self._matching_bytes, self.match_cache_bytes = 0, MATCH_CACHE_BYTES
@@ -519,12 +526,16 @@ class IndexStore:
         self._remember(key, rows)
         return rows
 
-    def keyword_rows(self, target: str, match: str, filters: Filters | None,
-                     limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def keyword_rows(self, target: str, match: str, filters: Filters | None, limit: int,
+                     grams: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The FAISS rows of ``target`` whose words match the FTS5 expression ``match`` and
         whose images pass ``filters``, best first by BM25, at most ``limit``; their scores
         (higher is better: BM25 negated, as SQLite's is lower-better); and a snippet of each,
         the matched words between ``\\x02`` and ``\\x03``.
+
+        ``grams``: an expression over character trigrams of the words read in pictures (an
+        index built with ``--ocr``); a picture's trigram BM25 times :data:`GRAM_WEIGHT` is added
+        to its score, so that a word read nearly right still finds its picture.
 
         Raises :class:`ConfigError` for an index written before it had a keyword index, and
         for an expression SQLite refuses.
@@ -533,19 +544,32 @@ class IndexStore:
             raise ConfigError(f"{self.root} was built before it had a keyword index; update it "
                               f"with 'crossalign index RUN --out {self.root}' to search by words")
         table = KEYWORD_TABLES[target]
+        found = self._match(table, target, match, filters, limit, True)
+        if grams and target == "images" and self.has_grams:
+            score = {r: s for r, s, _ in found}
+            snippet = {r: sn for r, _, sn in found}
+            for r, s, text in self._match("picture_grams", target, grams, filters, limit, False):
+                score[r] = score.get(r, 0.0) + GRAM_WEIGHT * s
+                snippet.setdefault(r, text)
+            rows = sorted(score, key=lambda r: (-score[r], r))[:limit]
+            found = [(r, score[r], snippet[r]) for r in rows]
+        rows = np.array([r[0] for r in found], dtype=np.int64)
+        return rows, np.array([r[1] for r in found], dtype=np.float32), [r[2] for r in found]
+
+    def _match(self, table: str, target: str, match: str, filters: Filters | None, limit: int,
+               snippets: bool) -> list[tuple[int, float, str]]:
+        """(row, negated BM25, snippet or the document's text) of ``table``'s best matches."""
         where, args = (filters.normalised().where() if filters else ("1", []))
         join = (f"JOIN images ON images.row = {table}.rowid" if target == "images" else
                 f"JOIN captions ON captions.row = {table}.rowid "
                 f"JOIN images ON images.id = captions.image")
-        sql = (f"SELECT {table}.rowid, -bm25({table}), "
-               f"snippet({table}, -1, char(2), char(3), '…', 12) FROM {table} {join} "
+        text = f"snippet({table}, -1, char(2), char(3), '…', 12)" if snippets else f"{table}.picture_words"
+        sql = (f"SELECT {table}.rowid, -bm25({table}), {text} FROM {table} {join} "
                f"WHERE {table} MATCH ? AND ({where}) ORDER BY 2 DESC, {table}.rowid LIMIT ?")
         try:
-            found = self._rows(sql, [match, *args, int(limit)])
+            return [(int(r), float(s), t) for r, s, t in self._rows(sql, [match, *args, int(limit)])]
         except sqlite3.OperationalError as e:
             raise ConfigError(f"the keyword query cannot be read ({e})") from None
-        rows = np.array([r[0] for r in found], dtype=np.int64)
-        return rows, np.array([r[1] for r in found], dtype=np.float32), [r[2] for r in found]
 
     def _remember(self, key: tuple[str, Filters], rows: np.ndarray) -> None:
         """Keep ``rows`` for ``key``, dropping the least recently used lists until all the kept
