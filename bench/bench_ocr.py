@@ -207,12 +207,18 @@ def part_sides(args) -> dict:
 
 
 def _recall_at_1(index: Path, rows: list[dict], mode: str) -> float:
-    import crossalign
+    """The share of words whose picture comes first (the index opened once, as the service
+    keeps it; ``crossalign.search`` would load the model for every query)."""
+    from crossalign.index.search import open_index
 
     hits = 0
-    for row in rows:
-        result = crossalign.search(index, query=row["word"], mode=mode, k=1)
-        hits += bool(result.hits) and Path(result.hits[0].path).name == row["file"]
+    ix = open_index(index, model=mode != "keyword")
+    try:
+        for row in rows:
+            result = ix.search(query=row["word"], mode=mode, k=1)
+            hits += bool(result.hits) and Path(result.hits[0].path).name == row["file"]
+    finally:
+        ix.close()
     return round(hits / len(rows), 3)
 
 
