@@ -37,10 +37,10 @@ _UNIT = ("augment.crop_prob", "augment.jitter_prob", "augment.grayscale_prob", "
 _DROPOUT = ("model.image.dropout", "model.text.dropout", "model.head_dropout")  # in [0, 1)
 _AT_LEAST = {"train.batch_size": 1, "train.accum_steps": 1, "train.epochs": 0, "train.patience": 1,
              "train.grad_cache": 0, "runtime.eval_batch_size": 1, "runtime.num_workers": 0,
-             "train.warmup_steps": 0, "train.checkpoint_every": 0, "train.log_every": 1, "model.embed_dim": 1,
-             "model.text.max_tokens": 1, "augment.cached_views": 1, "augment.brightness": 0,
-             "augment.contrast": 0, "augment.saturation": 0, "evaluate.qb_k": 1, "evaluate.qb_bank": 0,
-             "data.min_image_side": 1, "data.max_pixels": 1}
+             "train.warmup_steps": 0, "train.checkpoint_every": 0, "train.log_every": 1,
+             "model.embed_dim": 1, "model.text.max_tokens": 1, "augment.cached_views": 1,
+             "augment.brightness": 0, "augment.contrast": 0, "augment.saturation": 0, "evaluate.qb_k": 1,
+             "evaluate.qb_bank": 0, "data.min_image_side": 1, "data.max_pixels": 1}
 
 
 def _get(cfg, key: str):
@@ -76,8 +76,8 @@ def _together(cfg) -> None:
     if t.grad_cache and all(getattr(cfg.model, side).freeze == "frozen" for side in ("image", "text")):
         # (freeze=auto is resolved when the towers are built; the engine checks it there)
         raise ConfigError("config: train.grad_cache runs the towers in chunks, but both towers are "
-                          "frozen: only the heads run, over cached features; set train.grad_cache=0 (in a "
-                          "staged recipe, set it in the stage whose towers train)")
+                          "frozen: only the heads run, over cached features; set train.grad_cache=0 "
+                          "(in a staged recipe, set it in the stage whose towers train)")
     if cfg.model.logit_scale_init <= 0 or cfg.model.logit_scale_max < cfg.model.logit_scale_init:
         raise ConfigError(f"config: model.logit_scale_init must be positive and at most model.logit_scale_max, "
                           f"got {cfg.model.logit_scale_init} and {cfg.model.logit_scale_max}")

@@ -17,7 +17,7 @@ Step 3 has to recompute step 1's embeddings exactly, dropout masks included, so 
 of each chunk (the CPU's, and the GPU's on CUDA) is saved before its first pass and put back
 before its second. Augmentation is drawn before the step, from seeds of the run, so both passes
 see the same inputs. Batch norm in training mode would normalise each chunk with its own
-statistics and update its running statistics twice: the engine refuses it.
+statistics and update its running statistics twice: :func:`check_grad_cache` refuses it.
 
 Memory: one chunk's activations, plus the batch's inputs and embeddings. Time: one more forward
 pass of the towers (``bench/bench_grad_cache.py``).
@@ -51,9 +51,9 @@ def check_grad_cache(model: DualEncoder, chunk: int) -> None:
         return
     trained = [side for side in ("image", "text") if not is_frozen(getattr(model.cfg, side).freeze)]
     if not trained:
-        raise ConfigError("config: train.grad_cache runs the towers in chunks, but both towers are frozen "
-                          "(freeze=auto freezes a pretrained tower): only the heads run, over cached "
-                          "features; set train.grad_cache=0, or let a tower train")
+        raise ConfigError("config: train.grad_cache runs the towers in chunks, but both towers are "
+                          "frozen (freeze=auto freezes a pretrained tower): only the heads run, over "
+                          "cached features; set train.grad_cache=0, or let a tower train")
     was_training = model.training
     model.train()  # the modes of a training step: frozen blocks' batch norm is in eval mode
     batch_stats = [side for side in trained
@@ -61,10 +61,10 @@ def check_grad_cache(model: DualEncoder, chunk: int) -> None:
                           for m in getattr(model, f"{side}_tower").modules())]
     model.train(was_training)
     if batch_stats:
-        raise ConfigError(f"config: train.grad_cache runs the {batch_stats[0]} tower in chunks, and its batch "
-                          "norm would normalise each chunk with the chunk's own statistics, not the "
-                          "batch's; set model.image.bn_stats=keep (the loaded running statistics) or "
-                          "train.grad_cache=0")
+        raise ConfigError(f"config: train.grad_cache runs the {batch_stats[0]} tower in chunks, and "
+                          "its batch norm would normalise each chunk with the chunk's own statistics, "
+                          "not the batch's; set model.image.bn_stats=keep (the loaded running "
+                          "statistics) or train.grad_cache=0")
 
 
 def _rng_state(device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -90,8 +90,8 @@ def _embed_without_grad(encode: Encode, parts: Sequence[np.ndarray], device: str
             img, txt = encode(part)
             images.append(img)
             texts.append(txt)
-    back = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable"))  # part order -> row order
-    img, txt = torch.cat(images), torch.cat(texts)  # [n, embed_dim] each, in part order
+    back = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable"))  # parts' order -> rows'
+    img, txt = torch.cat(images), torch.cat(texts)  # [n, embed_dim] each, in the parts' order
     return img[back.to(img.device)], txt[back.to(txt.device)], states
 
 
