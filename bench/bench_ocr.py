@@ -242,7 +242,8 @@ def part_index(args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["read", "sides"], default="read")
+    ap.add_argument("--part", choices=["read", "sides", "none"], default="read",
+                    help="none: only the --index part, over a set part read made before")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k"))
     ap.add_argument("--out", type=Path, required=True, help="where the pictures with words go")
     ap.add_argument("--n", type=int, default=500)
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--index", type=Path, help="a run folder: also index the pictures and search them")
     args = ap.parse_args(argv)
     result = {"cores": os.cpu_count()}
-    result[args.part] = part_read(args) if args.part == "read" else part_sides(args)
+    if args.part != "none":
+        result[args.part] = part_read(args) if args.part == "read" else part_sides(args)
     if args.index:
         result["index"] = part_index(args)
     print(json.dumps(result, indent=2))
