@@ -25,7 +25,7 @@ import numpy as np
 import crossalign
 from crossalign.index.search import open_index
 
-KEYWORD_WEIGHTS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+KEYWORD_WEIGHTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEPTH = 10
 
 
