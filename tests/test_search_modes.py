@@ -122,7 +122,7 @@ def index(built):
 
 def test_build_reads_words_once_and_calibrates(built, run, data):
     out, summary = built
-    assert "none" not in summary.calibration
+    assert summary.calibration.startswith("calibration: ") and "none" not in summary.calibration
     store = open_index(out, model=False).store
     info = store.info
     assert info["ocr"] is True and info["calibration"]["images"]
@@ -312,5 +312,25 @@ def test_a_word_read_nearly_right_still_finds_its_picture(tmp_path):
         assert ["SALE", True] in ix.search(query="sale", mode="keyword", k=4).hits[0].snippet
         # a word to leave out is a rule trigrams cannot keep: only whole words match then
         assert ix.search(query="thinner -sale", mode="keyword", k=4).hits == []
+    finally:
+        ix.close()
+
+
+def test_a_run_that_trained_on_its_validation_pairs_is_not_calibrated(tmp_path, run, data):
+    """Pairs the weights learned from would make the sets far too narrow (bench/RESULTS.md:
+    90 % sets held 59 % of the matches), so such a run's index says why it has no calibration."""
+    import yaml
+
+    refit = tmp_path / "refit"
+    shutil.copytree(run, refit)
+    cfg = yaml.safe_load((refit / "config.yaml").read_text())
+    cfg["train"].update(fit_on="train+val", keep="last", early_stopping=False)
+    (refit / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = build_index(refit, tmp_path / "idx", data=data, split="test", progress=False)
+    assert "trained on its validation pairs" in summary.calibration
+    ix = open_index(tmp_path / "idx", refit)
+    try:
+        with pytest.raises(ConfigError, match="--no-refit"):
+            ix.search(query="a red circle", coverage=0.9)
     finally:
         ix.close()

@@ -62,4 +62,4 @@ def print_summary(summary) -> None:
               f"{t['ms']:.2f} ms a query{verdict}")
     if summary.ocr_read:
         print(f"  words read in {summary.ocr_read} pictures")
-    print(f"  cut-off calibration: {summary.calibration}")
+    print(f"  {summary.calibration} (for --min-prob and --coverage)")

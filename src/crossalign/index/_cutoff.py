@@ -16,7 +16,9 @@ import numpy as np
 
 from crossalign.errors import ConfigError
 
-__all__ = ["Cutoff", "Calibrated", "cutoff_of"]
+__all__ = ["Cutoff", "Calibrated", "cutoff_of", "NOTHING_PASSES"]
+
+NOTHING_PASSES = 2.0  # a cosine cut-off above every cosine: no hit is likely enough
 
 
 @dataclass
@@ -106,4 +108,8 @@ def cutoff_of(q: np.ndarray | None, calibrated: Calibrated | None, n_gallery: in
         if coverage is not None:
             c = _check_fraction("coverage", coverage)
             cuts.append(float(np.asarray(cal.coverage_cosine(c, mu, sigma)).reshape(-1)[0]))
-    return Cutoff(max(cuts), asked)
+    cut = max(cuts)
+    if cut == float("-inf"):  # every hit is likely enough: no cut
+        return Cutoff(None, asked)
+    # no cosine is likely enough: a cut above every cosine, which JSON can carry (not +inf)
+    return Cutoff(min(cut, NOTHING_PASSES), asked)

@@ -278,8 +278,9 @@ def _calibration_line(info: dict) -> str:
     from crossalign.index.calibrate import Calibration
 
     fitted = info.get("calibration", {}).get("images")
-    line = Calibration.from_dict(fitted).summary() if fitted else "none"
-    return line + (f" ({info['calibration_note']})" if info.get("calibration_note") else "")
+    if fitted:
+        return Calibration.from_dict(fitted).summary()
+    return f"calibration: none ({info.get('calibration_note') or 'not fitted'})"
 
 
 def _open_old(out: Path) -> IndexStore | None:
