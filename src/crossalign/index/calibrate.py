@@ -184,7 +184,7 @@ class Calibration:
         return a + b * cosine + c * (cosine - mu) / sigma
 
     def _cosine_at_score(self, score, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        """The cosine whose :meth:`_score` is ``score`` (the inverse, per query)."""
+        """The cosine whose :meth:`Calibration._score` is ``score`` (the inverse, per query)."""
         a, b, c = self.coef
         slope = b + c / sigma  # > 0: a fit keeps b + c >= 0, c >= 0, and sigma <= 1
         with np.errstate(invalid="ignore", divide="ignore"):  # slope 0: a fit without signal
@@ -234,7 +234,7 @@ class Calibration:
         return _sigmoid(self._fit_logit(cosine, mu, sigma) + shift)
 
     def min_cosine(self, prob: float, mu: np.ndarray, sigma: np.ndarray, n_gallery: int) -> np.ndarray:
-        """Per query, the lowest cosine whose :meth:`probability` is at least ``prob``.
+        """Per query, the lowest cosine whose :meth:`Calibration.probability` is at least ``prob``.
 
         Hits at or above it pass; ``+inf`` where no cosine reaches ``prob``, ``-inf`` where all do.
         """
@@ -287,7 +287,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        """The inverse of :meth:`to_dict`."""
+        """The inverse of :meth:`Calibration.to_dict`."""
         try:
             cal = cls(method=str(d["method"]), coef=tuple(map(float, d["coef"])),
                       knots_x=tuple(map(float, d["knots_x"])), knots_p=tuple(map(float, d["knots_p"])),

@@ -202,7 +202,7 @@ class Engine:
         return loss.item()
 
     def _cached_micro_step(self, local: np.ndarray, epoch: int, sync: bool) -> float:
-        """:meth:`_micro_step` with the towers run ``train.grad_cache`` rows at a time
+        """:meth:`Engine._micro_step` with the towers run ``train.grad_cache`` rows at a time
         (:mod:`crossalign.train.grad_cache`): the same gradient, in a chunk's memory.
 
         The towers run outside DistributedDataParallel (each chunk runs twice; its hooks

@@ -376,7 +376,7 @@ class ImageSide(_Side):
 
     def inputs(self, rows: np.ndarray, epoch: int | None = None,
                samples: np.ndarray | None = None) -> torch.Tensor | list[dict]:
-        """What :meth:`encode` takes for ``rows`` (drawn as in :meth:`train_embed`): cached
+        """What :meth:`ImageSide.encode` takes for ``rows`` (drawn as in :meth:`ImageSide.train_embed`): cached
         features ``[batch, width]``, the cached prefix of each image (a list) or pixels
         ``[batch, 3, H, W]``, by mode; :func:`take` picks some of its items."""
         if self.mode == "raw":
@@ -387,7 +387,7 @@ class ImageSide(_Side):
         return [self.prefix[k][r] for r, k in zip(rows, slots)]
 
     def encode(self, inputs: torch.Tensor | list[dict]) -> torch.Tensor:
-        """Embeddings ``[batch, embed_dim]`` of what :meth:`inputs` gave (or some of its items)."""
+        """Embeddings ``[batch, embed_dim]`` of what :meth:`ImageSide.inputs` gave (or some of its items)."""
         if self.mode == "features":
             return self.model.project_image(inputs)
         if self.mode == "prefix":
@@ -439,7 +439,7 @@ class TextSide(_Side):
         return self._embed(rows, epoch)
 
     def inputs(self, rows: np.ndarray, epoch: int | None = None) -> torch.Tensor | list:
-        """What :meth:`encode` takes for ``rows`` (drawn as in :meth:`train_embed`): cached
+        """What :meth:`TextSide.encode` takes for ``rows`` (drawn as in :meth:`TextSide.train_embed`): cached
         features ``[batch, width]``, the cached prefix of each caption (a list) or the captions
         themselves, augmented, by mode; :func:`take` picks some of its items."""
         if self.mode == "features":
@@ -455,7 +455,7 @@ class TextSide(_Side):
         return texts
 
     def lengths(self, inputs: torch.Tensor | list) -> list[int]:
-        """What each item of :meth:`inputs` is padded to: a caption's characters, a cached
+        """What each item of :meth:`TextSide.inputs` is padded to: a caption's characters, a cached
         prefix's tokens; 0 where every item has one length (features, fixed-length prefixes)."""
         if self.mode == "features" or (self.mode == "prefix" and "attention_mask" not in inputs[0]):
             return [0] * len(inputs)
@@ -464,7 +464,7 @@ class TextSide(_Side):
         return [len(t) for t in inputs]
 
     def encode(self, inputs: torch.Tensor | list) -> torch.Tensor:
-        """Embeddings ``[batch, embed_dim]`` of what :meth:`inputs` gave (or some of its items)."""
+        """Embeddings ``[batch, embed_dim]`` of what :meth:`TextSide.inputs` gave (or some of its items)."""
         if self.mode == "features":
             return self.model.project_text(inputs)
         if self.mode == "prefix":
