@@ -75,7 +75,7 @@ def test_search_result_html_escapes_and_names_unreadable_images(search_result):
 def test_search_result_text_and_empty(search_result):
     text = str(search_result)
     assert text.splitlines()[0].startswith("  1  cos 0.8000  ")
-    assert "(+1 more)" in text and text.endswith("(ranking plain: cos is cosine similarity)")
+    assert "(+1 more)" in text and text.endswith("(vector search, ranking plain: cos is cosine similarity)")
     empty = SearchResult(hits=[], target="images", seconds=0.0)
     assert "nothing found" in str(empty) and "nothing found" in empty._repr_html_()
 

@@ -197,31 +197,54 @@ def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, run: 
            max_connections=max_connections)
 
 
-def duplicates(index: str | Path, *, threshold: float = 0.9, max_hash_distance: int = 10, neighbours: int = 10,
-               out: str | Path | None = None):
+def duplicates(index: str | Path, *, threshold: float | None = None, max_hash_distance: int = 10,
+               min_correlation: float = 0.9, neighbours: int = 10, calibration_sample: int = 50,
+               run: str | Path | None = None, device: str = "auto", out: str | Path | None = None):
     """True duplicates (same content) and near-duplicate pairs of an index's images
-    (``crossalign duplicates``): pairs at cosine ``threshold`` or more whose difference hashes
-    are at most ``max_hash_distance`` bits apart, each image against its nearest
-    ``neighbours``. With ``out``, a page of them and their JSON are written into that folder.
+    (``crossalign duplicates``). Each image's nearest ``neighbours`` by difference hash, at most
+    ``max_hash_distance`` bits apart, and by image vector, at cosine ``threshold`` or more, are
+    candidates; a candidate is a near-duplicate when the two pictures, aligned by their
+    keypoints, correlate at ``min_correlation`` or more. With ``out``, a page of them and
+    their JSON are written into that folder.
+
+    Args:
+        index: an index folder written by :func:`index`.
+        threshold: the cosine from which images are candidates; default: calibrated on the
+            collection: copies are planted of ``calibration_sample`` of its images (halved,
+            quartered, cropped, re-encoded, rotated, colour-shifted), those the hash misses
+            are embedded with the index's run, and the threshold is the lower end of their
+            cosines to their originals.
+        max_hash_distance: the bits within which images are candidates by difference hash.
+        min_correlation: the aligned pictures' correlation from which a candidate is a copy.
+        neighbours: each image's nearest this many, in either space, are its candidates.
+        calibration_sample: images of the index copied to calibrate the threshold.
+        run: the run that embeds the planted copies (default: the one that built the index);
+            not loaded when ``threshold`` is given.
+        device: ``cpu`` or ``cuda``.
+        out: a folder for ``duplicates.html`` and ``duplicates.json``.
 
     Returns:
-        A :class:`~crossalign.index.duplicates.Duplicates` (``.exact``, ``.near``, ``.page``).
+        A :class:`~crossalign.index.duplicates.Duplicates` (``.exact``, ``.near``,
+        ``.calibration``, ``.page``; ``.summary()`` says how the pairs were chosen).
     """
     import json
 
     from crossalign._io import atomic_write_text
+    from crossalign.distributed import resolve_device
     from crossalign.index.duplicates import find_duplicates, write_duplicates_page
-    from crossalign.index.store import IndexStore
+    from crossalign.index.search import open_index
 
     _quiet_faiss()
-    store = IndexStore(index)
+    opened = open_index(index, run, model=threshold is None, device=resolve_device(device))
     try:
-        dup = find_duplicates(store, threshold, max_hash_distance, neighbours)
+        with opened.pinned() as served:  # one version of the index throughout
+            dup = find_duplicates(served.store, threshold, max_hash_distance, min_correlation,
+                                  neighbours, opened.embedder, calibration_sample)
         if out:
             folder = Path(out)
             folder.mkdir(parents=True, exist_ok=True)
             dup.page = write_duplicates_page(dup, folder / "duplicates.html")
             atomic_write_text(folder / "duplicates.json", json.dumps(dup.to_dict(), indent=2))
     finally:
-        store.close()
+        opened.close()
     return dup
