@@ -26,7 +26,7 @@ def read_words(images: list[ImageRecord], old: IndexStore | None, progress: bool
     same content was read before, else by reading it now. Returns how many were read now."""
     from crossalign.index.ocr import WordReader, words_text
 
-    known = {im.content_hash: im.ocr for im in old.all_images() if im.ocr is not None} if old else {}
+    known = old.words_by_hash() if old is not None else {}  # hashes and words, not whole records
     todo = [im for im in images if known.get(im.content_hash) is None]
     for im in images:
         im.ocr = known.get(im.content_hash)

@@ -484,6 +484,13 @@ class IndexStore:
         rows = self._rows(f"SELECT {self._image_cols} FROM images ORDER BY row")
         return [self._image(r, caps.get(r[0], [])) for r in rows]
 
+    def words_by_hash(self) -> dict[str, str]:
+        """The words read in each picture (``--ocr``) by its content hash; pictures never read
+        are left out."""
+        if "ocr" not in self._image_cols:
+            return {}
+        return dict(self._rows("SELECT content_hash, ocr FROM images WHERE ocr IS NOT NULL"))
+
     def vector(self, target: str, item_id: int) -> np.ndarray | None:
         """The stored vector ``[dim]`` of an image or caption id, or None for an unknown id."""
         row = self.id_rows[target].get(int(item_id))
